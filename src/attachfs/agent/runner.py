@@ -1,0 +1,170 @@
+"""The agent loop: find servers of this host whose desired state is not yet their actual state,
+reconcile each on a worker (one pass per server at a time), and on start and periodically
+compare the host with the database to repair drift (guests, mounts, virtiofsd, sockets)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from sqlalchemy import or_, select
+
+from attachfs.agent.reconciler import Reconciler
+from attachfs.core.model import AttachmentStatus, VmState
+from attachfs.db.tables import Server, ShareMapping
+from attachfs.storage import mountinfo
+from attachfs.virt.base import PowerState
+
+log = logging.getLogger(__name__)
+TRANSITIONAL = (AttachmentStatus.ATTACHING, AttachmentStatus.DETACHING)
+
+
+class Agent:
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.r = reconciler
+        self.config = reconciler.config
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._inflight: dict[str, Future[None]] = {}
+        self._pool = ThreadPoolExecutor(self.config.agent.workers, thread_name_prefix="reconcile")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    # ---- what needs work ---------------------------------------------------------------------
+    def dirty_servers(self) -> list[str]:
+        with self.r.db.session() as s:
+            busy = select(ShareMapping.instance_uuid).where(ShareMapping.status.in_(TRANSITIONAL))
+            rows = s.scalars(select(Server.uuid).where(
+                Server.host == self.r.host, Server.vm_state != VmState.DELETED,
+                or_(Server.generation != Server.observed_generation,
+                    Server.task_state.is_not(None), Server.uuid.in_(busy))))
+            return list(rows)
+
+    def host_servers(self) -> dict[str, Server]:
+        with self.r.db.session() as s:
+            rows = s.scalars(select(Server).where(Server.host == self.r.host,
+                                                  Server.vm_state != VmState.DELETED))
+            return {row.uuid: row for row in rows}
+
+    def submit(self, uuid: str) -> None:
+        running = self._inflight.get(uuid)
+        if running is not None and not running.done():
+            return
+        self._inflight[uuid] = self._pool.submit(self._reconcile_safely, uuid)
+
+    def _reconcile_safely(self, uuid: str) -> None:
+        try:
+            self.r.reconcile(uuid)
+        except Exception:  # one server's surprise must not stop the agent
+            log.exception("reconcile of server %s failed; will retry", uuid)
+
+    # ---- drift -----------------------------------------------------------------------------
+    def repair(self) -> None:
+        """Compare host and database; fix and log every difference."""
+        servers = self.host_servers()
+        guests = self.r.virt.list_guests()
+        for uuid, state in guests.items():
+            if uuid not in servers and state == PowerState.RUNNING:
+                log.warning("repair: destroying guest %s that has no server", uuid)
+                self.r.virt.stop_guest(uuid, 0)
+        for uuid, server in servers.items():
+            guest = guests.get(uuid, PowerState.MISSING)
+            if server.vm_state == VmState.STOPPED and server.task_state is None \
+                    and guest == PowerState.RUNNING:
+                log.warning("repair: guest %s runs although its server is SHUTOFF", uuid)
+                self.submit(uuid)
+            elif server.vm_state == VmState.ACTIVE and server.task_state is None \
+                    and guest != PowerState.RUNNING:
+                self.r.note_guest_stopped(uuid)
+        self.r.metadata.sync({u for u, sv in servers.items()})
+        self._repair_mounts()
+        self._repair_virtiofsd()
+
+    def _needed_mounts(self) -> set[Path]:
+        with self.r.db.session() as s:
+            rows = s.scalars(select(ShareMapping.share_id).join(
+                Server, Server.uuid == ShareMapping.instance_uuid).where(
+                Server.host == self.r.host, ShareMapping.status.in_(
+                    (AttachmentStatus.ACTIVE, AttachmentStatus.INACTIVE,
+                     AttachmentStatus.DETACHING)),
+                Server.vm_state.in_((VmState.ACTIVE, VmState.BUILDING))))
+            return {self.r.mount_path(share_id) for share_id in rows}
+
+    def _repair_mounts(self) -> None:
+        root = self.config.mount_root
+        needed = self._needed_mounts()
+        for point in mountinfo.mount_points(root):
+            if point.parent == root and point not in needed:
+                log.warning("repair: unmounting %s, no running guest uses it", point)
+                try:
+                    mountinfo.unmount(point)
+                except Exception as exc:  # noqa: BLE001 - logged; next repair retries
+                    log.error("repair: cannot unmount %s: %s", point, exc)
+
+    def _repair_virtiofsd(self) -> None:
+        """A virtiofsd serving one of our mounts whose guest is gone is an orphan: stop it."""
+        root = str(self.config.mount_root)
+        running = {u for u, st in self.r.virt.list_guests().items() if st == PowerState.RUNNING}
+        for pid, argv in _processes():
+            if not argv or not argv[0].endswith("virtiofsd"):
+                continue
+            args = " ".join(argv)
+            if root not in args:
+                continue
+            if any(u in args for u in running) or self._serves_running_guest(args, running):
+                continue
+            log.warning("repair: killing orphaned virtiofsd %d (%s)", pid, args)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def _serves_running_guest(self, args: str, running: set[str]) -> bool:
+        tags = set()
+        for uuid in running:
+            tags |= {str(self.r.mount_path(t)) for t in self._share_ids(uuid)}
+        return any(path in args for path in tags)
+
+    def _share_ids(self, uuid: str) -> list[str]:
+        with self.r.db.session() as s:
+            return list(s.scalars(select(ShareMapping.share_id)
+                                  .where(ShareMapping.instance_uuid == uuid)))
+
+    # ---- loop --------------------------------------------------------------------------------
+    def run(self) -> None:
+        log.info("agent for host %s starting", self.r.host)
+        self.repair()
+        last_repair = time.monotonic()
+        while not self._stop.is_set():
+            for uuid in self.dirty_servers():
+                self.submit(uuid)
+            if time.monotonic() - last_repair > self.config.agent.resync_interval:
+                self.repair()
+                last_repair = time.monotonic()
+            self._wake.wait(self.config.agent.poll_interval)
+            self._wake.clear()
+        self._pool.shutdown(wait=True)
+        log.info("agent stopped")
+
+
+def _processes() -> list[tuple[int, list[str]]]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        out.append((int(entry), [a.decode(errors="replace") for a in raw.split(b"\0") if a]))
+    return out

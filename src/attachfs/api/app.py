@@ -1,0 +1,134 @@
+"""The compute API application: microversions, auth context, fault bodies, routers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from attachfs.api import microversion
+from attachfs.api.auth import noauth_context
+from attachfs.api.policy import PolicyEnforcer
+from attachfs.config import Config
+from attachfs.db.engine import Database
+from attachfs.errors import ClientError, Conflict
+from attachfs.storage.local import LocalShareProvider
+
+log = logging.getLogger(__name__)
+
+# Discovery is answered without a token (clients call it before authenticating).
+UNAUTHENTICATED = {"/", "/v2.1", "/v2.1/"}
+
+
+@dataclass
+class ApiState:
+    config: Config
+    db: Database
+    provider: LocalShareProvider
+    policy: PolicyEnforcer
+    wake_agent: Callable[[], None]
+
+
+def fault(code: int, name: str, message: str) -> JSONResponse:
+    return JSONResponse({name: {"code": code, "message": message}}, status_code=code)
+
+
+_HTTP_FAULTS = {400: "badRequest", 401: "unauthorized", 403: "forbidden", 404: "itemNotFound",
+                405: "HTTPMethodNotAllowed", 406: "notAcceptable", 409: "conflictingRequest",
+                413: "overLimit", 415: "badMediaType"}
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+    return "Invalid input for the request body: " + "; ".join(parts)
+
+
+def create_app(state: ApiState) -> FastAPI:
+    app = FastAPI(title="attachfs compute API", openapi_url="/openapi.json", docs_url=None,
+                  redoc_url=None)
+    app.state.api = state
+
+    @app.middleware("http")
+    async def context_middleware(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request_id = f"req-{uuid.uuid4()}"
+        try:
+            version = microversion.parse(request.headers.get(microversion.HEADERS[0]),
+                                         request.headers.get(microversion.HEADERS[1]))
+        except ClientError as exc:
+            response: Response = fault(exc.code, exc.fault, exc.message)
+        else:
+            request.state.version = version
+            request.state.context = noauth_context(
+                request.headers.get("X-Auth-Token"), state.config.api, request_id)
+            response = await call_next(request)
+            response.headers[microversion.HEADERS[0]] = f"compute {version}"
+            response.headers[microversion.HEADERS[1]] = str(version)
+        response.headers["Vary"] = microversion.VARY
+        response.headers["x-openstack-request-id"] = request_id
+        response.headers["x-compute-request-id"] = request_id
+        return response
+
+    @app.exception_handler(ClientError)
+    async def client_error(_request: Request, exc: ClientError) -> JSONResponse:
+        return fault(exc.code, exc.fault, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return fault(400, "badRequest", _validation_message(exc))
+
+    @app.exception_handler(json.JSONDecodeError)
+    async def json_error(_request: Request, exc: json.JSONDecodeError) -> JSONResponse:
+        return fault(400, "badRequest", f"Malformed request body: {exc}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        name = _HTTP_FAULTS.get(exc.status_code, "computeFault")
+        message = "The resource could not be found." if exc.status_code == 404 else str(exc.detail)
+        return fault(exc.status_code, name, message)
+
+    @app.exception_handler(IntegrityError)
+    async def integrity_error(_request: Request, exc: IntegrityError) -> JSONResponse:
+        # A race two requests lost against a unique constraint: the loser learns it conflicted.
+        text = str(exc.orig)
+        if "tag" in text:
+            return fault(409, Conflict.fault, "Tag is already used by another share on this server")
+        if "share" in text:
+            return fault(409, Conflict.fault, "Share is already attached to this server")
+        return fault(409, Conflict.fault, "The request conflicts with a concurrent change")
+
+    @app.exception_handler(DBAPIError)
+    async def db_error(_request: Request, exc: DBAPIError) -> JSONResponse:
+        log.error("database error: %s", exc)
+        return fault(503, "serviceUnavailable", "The database is busy; retry the request")
+
+    from attachfs.api import catalog, filesystems, server_shares, servers
+
+    for module in (catalog, servers, server_shares, filesystems):
+        app.include_router(module.router)
+    return app
+
+
+def json_body(raw: bytes) -> Any:
+    """Parse a request body, turning malformed JSON into a 400 (never a 500)."""
+    from attachfs.errors import BadRequest
+
+    if not raw:
+        raise BadRequest("The request body is empty")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"Malformed request body: {exc}") from exc

@@ -1,0 +1,28 @@
+"""Who is calling. Strategy `noauth` (the embedded default):
+
+    X-Auth-Token: user:project[:role,role]   e.g. "alice:p1", "bob:p1:reader", "admin:admin"
+
+Any other token (the openstack CLI sends "notused" with auth_type none) maps to the configured
+default user and project. User `admin` always holds the admin role; everyone else holds
+`member` and `reader` unless roles are given in the token.
+"""
+
+from __future__ import annotations
+
+from attachfs.config import ApiConfig
+from attachfs.storage.base import RequestContext
+
+
+def noauth_context(token: str | None, api: ApiConfig, request_id: str) -> RequestContext:
+    parts = (token or "").split(":")
+    if len(parts) in (2, 3) and all(parts[:2]):
+        user, project = parts[0], parts[1]
+        roles = tuple(r for r in parts[2].split(",") if r) if len(parts) == 3 else ()
+    else:
+        user, project, roles = api.default_user, api.default_project, ()
+    if not roles:
+        roles = ("admin", "member", "reader") if user == "admin" else ("member", "reader")
+    elif user == "admin" and "admin" not in roles:
+        roles = ("admin", *roles)
+    return RequestContext(user_id=user, project_id=project, roles=roles, auth_token=token,
+                          request_id=request_id)

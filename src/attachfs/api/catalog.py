@@ -1,0 +1,92 @@
+"""Version discovery, flavors and the guest images this host can boot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from attachfs.api import deps, views
+from attachfs.api.microversion import MAX_VERSION, MIN_VERSION, fmt
+from attachfs.core.services import FLAVORS, find_flavor
+from attachfs.errors import NotFound
+from attachfs.virt.base import BootImage
+from attachfs.virt.image import load_images
+
+router = APIRouter()
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _v21(request: Request) -> dict[str, Any]:
+    return {
+        "id": "v2.1", "status": "CURRENT", "version": fmt(MAX_VERSION),
+        "min_version": fmt(MIN_VERSION), "updated": "2013-07-23T11:33:21Z",
+        "links": [{"rel": "self", "href": f"{base_url(request)}/v2.1/"},
+                  {"rel": "describedby", "type": "text/html",
+                   "href": "https://docs.openstack.org/"}],
+        "media-types": [{"base": "application/json",
+                         "type": "application/vnd.openstack.compute+json;version=2.1"}],
+    }
+
+
+@router.get("/")
+def versions(request: Request) -> dict[str, Any]:
+    return {"versions": [_v21(request)]}
+
+
+@router.get("/v2.1")
+@router.get("/v2.1/")
+def version_v21(request: Request) -> dict[str, Any]:
+    return {"version": _v21(request)}
+
+
+@router.get("/v2.1/flavors")
+@router.get("/v2.1/flavors/detail")
+def list_flavors(request: Request) -> dict[str, Any]:
+    detailed = request.url.path.endswith("/detail")
+    base = base_url(request)
+    out = [views.flavor(f, base) if detailed else
+           {"id": f.id, "name": f.name, "links": views.link(base, "flavors", f.id)}
+           for f in FLAVORS.values()]
+    return {"flavors": out}
+
+
+@router.get("/v2.1/flavors/{flavor_id}")
+def show_flavor(flavor_id: str, request: Request) -> dict[str, Any]:
+    return {"flavor": views.flavor(find_flavor(flavor_id), base_url(request))}
+
+
+def host_images(request: Request) -> list[BootImage]:
+    return load_images(deps.api(request).config.images_dir)
+
+
+def find_image(images: list[BootImage], ref: str) -> BootImage:
+    ref = ref.rstrip("/").rsplit("/", 1)[-1]
+    for image in images:
+        if ref in (image.id, image.name):
+            return image
+    raise NotFound(f"Image {ref} could not be found.")
+
+
+def _image_view(image: BootImage, base: str) -> dict[str, Any]:
+    return {"id": image.id, "name": image.name, "status": "ACTIVE", "progress": 100,
+            "minDisk": 0, "minRam": 0, "metadata": {"kernel_cmdline": image.cmdline},
+            "created": None, "updated": None, "links": views.link(base, "images", image.id)}
+
+
+@router.get("/v2.1/images")
+@router.get("/v2.1/images/detail")
+def list_images(request: Request) -> dict[str, Any]:
+    base = base_url(request)
+    detailed = request.url.path.endswith("/detail")
+    return {"images": [_image_view(i, base) if detailed else
+                       {"id": i.id, "name": i.name, "links": views.link(base, "images", i.id)}
+                       for i in host_images(request)]}
+
+
+@router.get("/v2.1/images/{image_id}")
+def show_image(image_id: str, request: Request) -> dict[str, Any]:
+    return {"image": _image_view(find_image(host_images(request), image_id), base_url(request))}

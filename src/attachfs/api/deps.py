@@ -1,0 +1,48 @@
+"""Request-scoped helpers shared by the routers."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from attachfs.api.app import ApiState
+from attachfs.api.microversion import Version
+from attachfs.errors import BadRequest, NotFound
+from attachfs.storage.base import RequestContext
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def api(request: Request) -> ApiState:
+    state: ApiState = request.app.state.api
+    return state
+
+
+def context(request: Request) -> RequestContext:
+    ctx: RequestContext = request.state.context
+    return ctx
+
+
+def version(request: Request) -> Version:
+    v: Version = request.state.version
+    return v
+
+
+def require_version(request: Request, minimum: str) -> None:
+    """Below the microversion that introduced a resource, it does not exist (404)."""
+    if not version(request).at_least(minimum):
+        raise NotFound("The resource could not be found.")
+
+
+def parse(model: type[M], body: Any) -> M:
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise BadRequest(f"Invalid input for the request body: {problems}") from exc

@@ -1,0 +1,65 @@
+"""Authorization with oslo.policy, using the compute service's rule names and defaults.
+
+An operator's policy file (YAML or JSON, `api.policy_file`) overrides any rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from oslo_config import cfg
+from oslo_policy import policy
+
+from attachfs.errors import Forbidden
+from attachfs.storage.base import RequestContext
+
+ADMIN = "role:admin"
+PROJECT_READER_OR_ADMIN = "(role:reader and project_id:%(project_id)s) or rule:context_is_admin"
+PROJECT_MEMBER_OR_ADMIN = "(role:member and project_id:%(project_id)s) or rule:context_is_admin"
+
+_SHARES = "os_compute_api:os-server-shares:%s"
+_RULES: list[tuple[str, str, str]] = [
+    ("context_is_admin", ADMIN, "Decides what an administrator is"),
+    (_SHARES % "index", PROJECT_READER_OR_ADMIN, "List shares attached to a server"),
+    (_SHARES % "show", PROJECT_READER_OR_ADMIN, "Show a share attached to a server"),
+    (_SHARES % "create", PROJECT_MEMBER_OR_ADMIN, "Attach a share to a server"),
+    (_SHARES % "delete", PROJECT_MEMBER_OR_ADMIN, "Detach a share from a server"),
+    ("os_compute_api:servers:index", PROJECT_READER_OR_ADMIN, "List servers"),
+    ("os_compute_api:servers:show", PROJECT_READER_OR_ADMIN, "Show a server"),
+    ("os_compute_api:servers:create", PROJECT_MEMBER_OR_ADMIN, "Create a server"),
+    ("os_compute_api:servers:delete", PROJECT_MEMBER_OR_ADMIN, "Delete a server"),
+    ("os_compute_api:servers:start", PROJECT_MEMBER_OR_ADMIN, "Start a server"),
+    ("os_compute_api:servers:stop", PROJECT_MEMBER_OR_ADMIN, "Stop a server"),
+    ("os_compute_api:servers:reboot", PROJECT_MEMBER_OR_ADMIN, "Reboot a server"),
+    ("os_compute_api:os-console-output", PROJECT_MEMBER_OR_ADMIN, "Read the serial console"),
+    ("os_compute_api:os-instance-actions:list", PROJECT_READER_OR_ADMIN, "List actions"),
+    ("attachfs:os-filesystem:index", PROJECT_READER_OR_ADMIN, "List built-in shares"),
+    ("attachfs:os-filesystem:show", PROJECT_READER_OR_ADMIN, "Show a built-in share"),
+    ("attachfs:os-filesystem:create", PROJECT_MEMBER_OR_ADMIN, "Create a built-in share"),
+    ("attachfs:os-filesystem:delete", PROJECT_MEMBER_OR_ADMIN, "Delete a built-in share"),
+    ("attachfs:os-filesystem:global", ADMIN, "Create a share of global scope"),
+]
+
+
+class PolicyEnforcer:
+    def __init__(self, policy_file: str = "") -> None:
+        conf = cfg.ConfigOpts()
+        conf([], project="attachfs", validate_default_values=True)
+        self._enforcer = policy.Enforcer(conf, policy_file=policy_file or "policy.yaml")
+        self._enforcer.register_defaults(
+            [policy.RuleDefault(name, check, description=desc) for name, check, desc in _RULES]
+        )
+        if policy_file:
+            self._enforcer.load_rules()
+
+    def allowed(self, rule: str, context: RequestContext, target_project: str) -> bool:
+        creds: dict[str, Any] = {
+            "user_id": context.user_id, "project_id": context.project_id,
+            "roles": list(context.roles),
+        }
+        target = {"project_id": target_project, "user_id": context.user_id}
+        return bool(self._enforcer.enforce(rule, target, creds, do_raise=False))
+
+    def authorize(self, rule: str, context: RequestContext, target_project: str) -> None:
+        if not self.allowed(rule, context, target_project):
+            raise Forbidden(f"Policy doesn't allow {rule} to be performed.")

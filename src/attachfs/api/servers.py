@@ -1,0 +1,213 @@
+"""Servers: create/list/show/delete and the actions start, stop, reboot, console output,
+plus seed 004's legacy `share_attach` / `share_detach` actions."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Literal
+
+from fastapi import APIRouter, Body, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+
+from attachfs.api import deps, views
+from attachfs.api.catalog import base_url, find_image, host_images
+from attachfs.api.server_shares import do_attach, do_detach
+from attachfs.core import services
+from attachfs.core.model import ShareScope, VmState
+from attachfs.db.tables import Server, Share, ShareMapping
+from attachfs.errors import BadRequest
+from attachfs.storage.local import share_info
+
+router = APIRouter(prefix="/v2.1/servers")
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class ServerCreate(BaseModel):
+    model_config = _STRICT
+    name: str = Field(min_length=1, max_length=255)
+    flavorRef: str = Field(min_length=1)
+    imageRef: str = Field(min_length=1)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    user_data: str | None = Field(default=None, max_length=65535)
+    # Accepted for client compatibility; one host, user-mode networking, no keys or groups yet.
+    networks: Any = None
+    min_count: int = Field(default=1, ge=1, le=1)
+    max_count: int = Field(default=1, ge=1, le=1)
+    security_groups: Any = None
+    key_name: str | None = None
+    availability_zone: str | None = None
+    description: str | None = None
+
+    @field_validator("user_data")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ValueError("user_data must be base64 encoded") from exc
+        return value
+
+
+class ServerCreateBody(BaseModel):
+    model_config = _STRICT
+    server: ServerCreate
+
+
+class ConsoleOutput(BaseModel):
+    model_config = _STRICT
+    length: int | str | None = None
+
+
+class Reboot(BaseModel):
+    model_config = _STRICT
+    type: Literal["SOFT", "HARD", "soft", "hard"]
+
+
+class LegacyAttach(BaseModel):
+    model_config = _STRICT
+    share_id: str
+    mount_point: str | None = Field(default=None, min_length=1, max_length=255)
+    tag: str | None = None
+
+
+class LegacyDetach(BaseModel):
+    model_config = _STRICT
+    share_id: str
+    mount_point: str | None = None
+
+
+def _project_shares(s: Any, project_id: str) -> list[Share]:
+    return list(s.scalars(select(Share).where(Share.project_id == project_id,
+                                              Share.scope == ShareScope.PROJECT)))
+
+
+@router.post("", status_code=202)
+def create_server(request: Request, body: Any = Body(None)) -> dict[str, Any]:
+    state, ctx = deps.api(request), deps.context(request)
+    spec = deps.parse(ServerCreateBody, body).server
+    state.policy.authorize("os_compute_api:servers:create", ctx, ctx.project_id)
+    flavor = services.find_flavor(spec.flavorRef)
+    image = find_image(host_images(request), spec.imageRef)
+    with state.db.session() as s:
+        shares = [share_info(sh, state.provider.storage_root)
+                  for sh in _project_shares(s, ctx.project_id)]
+        server = services.create_server(
+            s, ctx, name=spec.name, flavor=flavor, image_id=image.id,
+            host=state.config.agent.host, metadata=spec.metadata, user_data=spec.user_data,
+            project_shares=shares)
+        uuid = server.uuid
+    state.wake_agent()
+    return {"server": {"id": uuid, "links": views.link(base_url(request), "servers", uuid),
+                       "OS-DCF:diskConfig": "MANUAL", "security_groups": [{"name": "default"}],
+                       "adminPass": ""}}
+
+
+def _visible_servers(s: Any, ctx: Any, request: Request) -> list[Server]:
+    query = select(Server).where(Server.vm_state != VmState.DELETED).order_by(Server.created_at)
+    all_tenants = request.query_params.get("all_tenants") not in (None, "0", "false", "False")
+    if not (ctx.is_admin and all_tenants):
+        query = query.where(Server.project_id == ctx.project_id)
+    return list(s.scalars(query))
+
+
+@router.get("")
+def list_servers(request: Request) -> dict[str, Any]:
+    state, ctx = deps.api(request), deps.context(request)
+    state.policy.authorize("os_compute_api:servers:index", ctx, ctx.project_id)
+    with state.db.session() as s:
+        return {"servers": [views.server_brief(sv, base_url(request))
+                            for sv in _visible_servers(s, ctx, request)]}
+
+
+@router.get("/detail")
+def list_servers_detail(request: Request) -> dict[str, Any]:
+    state, ctx = deps.api(request), deps.context(request)
+    state.policy.authorize("os_compute_api:servers:index", ctx, ctx.project_id)
+    with state.db.session() as s:
+        servers = _visible_servers(s, ctx, request)
+        by_server: dict[str, list[ShareMapping]] = {}
+        for m in s.scalars(select(ShareMapping).order_by(ShareMapping.id)):
+            by_server.setdefault(m.instance_uuid, []).append(m)
+        return {"servers": [views.server_detail(sv, by_server.get(sv.uuid, []), base_url(request),
+                                                deps.version(request), ctx.is_admin)
+                            for sv in servers]}
+
+
+@router.get("/{server_id}")
+def show_server(server_id: str, request: Request) -> dict[str, Any]:
+    state, ctx = deps.api(request), deps.context(request)
+    with state.db.session() as s:
+        server = services.get_server(s, server_id, ctx)
+        state.policy.authorize("os_compute_api:servers:show", ctx, server.project_id)
+        mappings = services.list_mappings(s, server.uuid)
+        return {"server": views.server_detail(server, mappings, base_url(request),
+                                              deps.version(request), ctx.is_admin)}
+
+
+@router.delete("/{server_id}", status_code=204)
+def delete_server(server_id: str, request: Request) -> Response:
+    state, ctx = deps.api(request), deps.context(request)
+    with state.db.session() as s:
+        server = services.get_server(s, server_id, ctx, lock=True)
+        state.policy.authorize("os_compute_api:servers:delete", ctx, server.project_id)
+        services.delete_server(s, ctx, server)
+    state.wake_agent()
+    return Response(status_code=204)
+
+
+def _console_output(request: Request, server: Server, spec: ConsoleOutput) -> dict[str, Any]:
+    path = deps.api(request).config.console_dir / f"{server.uuid}.log"
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        text = ""
+    lines = text.splitlines(keepends=True)
+    if spec.length not in (None, "-1", -1):
+        try:
+            length = int(spec.length)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise BadRequest("length must be an integer") from exc
+        if length < 0:
+            raise BadRequest("length must be -1 or a positive integer")
+        lines = lines[-length:] if length else []
+    return {"output": "".join(lines)}
+
+
+@router.post("/{server_id}/action")
+def server_action(server_id: str, request: Request, body: Any = Body(None)) -> Any:
+    state, ctx = deps.api(request), deps.context(request)
+    if not isinstance(body, dict) or len(body) != 1:
+        raise BadRequest("The action body must be an object with exactly one action")
+    (action, args), = body.items()
+    if action == "share_attach":
+        spec = deps.parse(LegacyAttach, args)
+        do_attach(request, server_id, spec.share_id, spec.tag, spec.mount_point)
+        return Response(status_code=202)
+    if action == "share_detach":
+        do_detach(request, server_id, deps.parse(LegacyDetach, args).share_id)
+        return Response(status_code=202)
+    handlers = {"os-start": ("start", services.start_server),
+                "os-stop": ("stop", services.stop_server)}
+    with state.db.session() as s:
+        server = services.get_server(s, server_id, ctx, lock=True)
+        if action == "os-getConsoleOutput":
+            state.policy.authorize("os_compute_api:os-console-output", ctx, server.project_id)
+            return _console_output(request, server, deps.parse(ConsoleOutput, args or {}))
+        if action == "reboot":
+            reboot = deps.parse(Reboot, args)
+            state.policy.authorize("os_compute_api:servers:reboot", ctx, server.project_id)
+            services.reboot_server(s, ctx, server, hard=reboot.type.upper() == "HARD")
+        elif action in handlers:
+            if args is not None and args != {}:
+                raise BadRequest(f"{action} takes no arguments")
+            verb, handler = handlers[action]
+            state.policy.authorize(f"os_compute_api:servers:{verb}", ctx, server.project_id)
+            handler(s, ctx, server)
+        else:
+            raise BadRequest(f"Unsupported server action: {action}")
+    state.wake_agent()
+    return Response(status_code=202)

@@ -1,0 +1,80 @@
+"""Response bodies, shaped as the compute API shapes them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from attachfs.api.microversion import Version
+from attachfs.core.model import server_status
+from attachfs.core.services import FLAVORS, Flavor
+from attachfs.db.tables import Server, ShareMapping
+
+POWER_STATE = {"active": 1, "stopped": 4, "building": 0, "error": 0, "deleted": 0}
+
+
+def iso(t: dt.datetime | None) -> str | None:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+
+
+def link(base: str, kind: str, ident: str) -> list[dict[str, str]]:
+    return [{"rel": "self", "href": f"{base}/v2.1/{kind}/{ident}"},
+            {"rel": "bookmark", "href": f"{base}/{kind}/{ident}"}]
+
+
+def share_mapping(m: ShareMapping, admin: bool) -> dict[str, Any]:
+    view: dict[str, Any] = {"share_id": m.share_id, "status": m.status, "tag": m.tag}
+    if admin:  # the compute API shows the mapping uuid and export location to admins only
+        view["uuid"] = m.uuid
+        view["export_location"] = m.export_location
+    return view
+
+
+def flavor(f: Flavor, base: str) -> dict[str, Any]:
+    return {"id": f.id, "name": f.name, "vcpus": f.vcpus, "ram": f.ram_mib, "disk": f.disk_gib,
+            "OS-FLV-EXT-DATA:ephemeral": 0, "swap": 0, "rxtx_factor": 1.0,
+            "os-flavor-access:is_public": True, "OS-FLV-DISABLED:disabled": False,
+            "description": None, "extra_specs": {}, "links": link(base, "flavors", f.id)}
+
+
+def server_brief(s: Server, base: str) -> dict[str, Any]:
+    return {"id": s.uuid, "name": s.name, "links": link(base, "servers", s.uuid)}
+
+
+def server_detail(s: Server, mappings: list[ShareMapping], base: str, version: Version,
+                  admin: bool) -> dict[str, Any]:
+    fl = FLAVORS.get(s.flavor_id)
+    flavor_view: dict[str, Any]
+    if version.at_least("2.47"):
+        flavor_view = {"vcpus": s.vcpus, "ram": s.memory_mib, "disk": 0, "ephemeral": 0,
+                       "swap": 0, "original_name": fl.name if fl else s.flavor_id,
+                       "extra_specs": {}}
+    else:
+        flavor_view = {"id": s.flavor_id, "links": link(base, "flavors", s.flavor_id)[1:]}
+    view: dict[str, Any] = {
+        "id": s.uuid, "name": s.name, "status": server_status(s.vm_state, s.task_state),
+        "tenant_id": s.project_id, "user_id": s.user_id, "metadata": s.meta or {},
+        "hostId": "", "image": {"id": s.image_id, "links": link(base, "images", s.image_id)[1:]},
+        "flavor": flavor_view, "created": iso(s.created_at), "updated": iso(s.updated_at),
+        "addresses": {}, "accessIPv4": "", "accessIPv6": "", "links": link(base, "servers", s.uuid),
+        "OS-DCF:diskConfig": "MANUAL", "progress": 0, "OS-EXT-AZ:availability_zone": "nova",
+        "config_drive": "", "key_name": None, "OS-SRV-USG:launched_at": iso(s.launched_at),
+        "OS-SRV-USG:terminated_at": None, "security_groups": [],
+        "OS-EXT-STS:vm_state": s.vm_state, "OS-EXT-STS:task_state": s.task_state,
+        "OS-EXT-STS:power_state": POWER_STATE.get(s.vm_state, 0),
+        "os-extended-volumes:volumes_attached": [],
+        # seed 004: attached shares shown on the server
+        "os-extended-shares:shares_attached": [share_mapping(m, admin) for m in mappings],
+        "locked": False, "tags": [], "description": None, "host_status": "UP" if admin else None,
+        "trusted_image_certificates": None, "server_groups": [],
+        "pinned_availability_zone": None,
+    }
+    if not version.at_least("2.16"):
+        view.pop("host_status")
+    if admin:
+        view["OS-EXT-SRV-ATTR:host"] = s.host
+        view["OS-EXT-SRV-ATTR:hypervisor_hostname"] = s.host
+        view["OS-EXT-SRV-ATTR:instance_name"] = f"attachfs-{s.uuid}"
+    if s.fault_message and s.vm_state == "error":
+        view["fault"] = {"code": 500, "message": s.fault_message, "created": iso(s.updated_at)}
+    return view

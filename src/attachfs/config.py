@@ -1,0 +1,130 @@
+"""Configuration: one TOML file (see etc/attachfs.toml.sample), every key optional.
+
+Precedence: built-in defaults < config file < command-line flags. Paths left empty are derived
+from `state_dir`, so `attachfs serve --state-dir DIR` works with no file at all.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from attachfs.errors import BadRequest
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApiConfig(_Section):
+    listen: str = "127.0.0.1:8774"
+    # noauth: token "user:project[:role,role]"; any other token is default_user/default_project.
+    auth_strategy: Literal["noauth"] = "noauth"
+    default_user: str = "demo"
+    default_project: str = "demo"
+    policy_file: str = ""
+    # Strict 2.97: attach/detach only while the server is stopped (hot plug comes later).
+    max_attachments_per_server: int = Field(default=32, ge=1, le=256)
+
+
+class AgentConfig(_Section):
+    host: str = Field(default_factory=socket.gethostname)
+    poll_interval: float = Field(default=1.0, gt=0)
+    resync_interval: float = Field(default=30.0, gt=0)
+    stop_timeout: float = Field(default=10.0, ge=0)
+    workers: int = Field(default=4, ge=1, le=64)
+
+
+class LibvirtConfig(_Section):
+    uri: str = "qemu:///system"
+    spare_root_ports: int = Field(default=8, ge=0, le=30)
+
+
+class StorageConfig(_Section):
+    provider: Literal["local"] = "local"
+    root: str = ""  # built-in shares live here; default STATE/shares
+    mount_root: str = ""  # host mounts handed to guests; default STATE/mounts
+
+
+class MetadataConfig(_Section):
+    socket_dir: str = ""  # one unix socket per server; default STATE/metadata
+
+
+class ImagesConfig(_Section):
+    dir: str = "/var/lib/attachfs/images"
+
+
+class Config(_Section):
+    state_dir: str = "/var/lib/attachfs/state"
+    database_url: str = ""  # default sqlite under state_dir
+    log_level: str = "INFO"
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    libvirt: LibvirtConfig = Field(default_factory=LibvirtConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    metadata: MetadataConfig = Field(default_factory=MetadataConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
+
+    # Derived paths -------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_path / 'attachfs.db'}"
+
+    @property
+    def storage_root(self) -> Path:
+        return Path(self.storage.root).resolve() if self.storage.root else self.state_path / "shares"
+
+    @property
+    def mount_root(self) -> Path:
+        if self.storage.mount_root:
+            return Path(self.storage.mount_root).resolve()
+        return self.state_path / "mounts"
+
+    @property
+    def metadata_socket_dir(self) -> Path:
+        if self.metadata.socket_dir:
+            return Path(self.metadata.socket_dir).resolve()
+        return self.state_path / "metadata"
+
+    @property
+    def console_dir(self) -> Path:
+        return self.state_path / "console"
+
+    @property
+    def images_dir(self) -> Path:
+        return Path(self.images.dir).resolve()
+
+    def listen_address(self) -> tuple[str, int]:
+        host, _, port = self.api.listen.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the TOML file (if any) and apply overrides given as dotted keys ("api.listen")."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise BadRequest(f"cannot read config file {path}: {exc}") from exc
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(f"invalid configuration: {exc}") from exc

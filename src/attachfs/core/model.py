@@ -1,0 +1,128 @@
+"""Domain vocabulary: server and attachment states, and the attachment state machine.
+
+Pure: no I/O. The API records desired state with these rules; the agent moves actual state
+along the same table (DESIGN.md, "State machine of an attachment").
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+
+from attachfs.errors import BadRequest, Conflict
+
+
+class VmState(enum.StrEnum):
+    """`OS-EXT-STS:vm_state`; the API `status` is derived from it (see `server_status`)."""
+
+    BUILDING = "building"
+    ACTIVE = "active"
+    STOPPED = "stopped"
+    ERROR = "error"
+    DELETED = "deleted"
+
+
+class TaskState(enum.StrEnum):
+    SPAWNING = "spawning"
+    POWERING_ON = "powering-on"
+    POWERING_OFF = "powering-off"
+    REBOOTING = "rebooting"
+    REBOOTING_HARD = "rebooting_hard"
+    DELETING = "deleting"
+
+
+_STATUS = {
+    VmState.BUILDING: "BUILD",
+    VmState.ACTIVE: "ACTIVE",
+    VmState.STOPPED: "SHUTOFF",
+    VmState.ERROR: "ERROR",
+    VmState.DELETED: "DELETED",
+}
+
+
+def server_status(vm_state: str, task_state: str | None) -> str:
+    if vm_state == VmState.ACTIVE and task_state in (TaskState.REBOOTING,):
+        return "REBOOT"
+    if vm_state == VmState.ACTIVE and task_state == TaskState.REBOOTING_HARD:
+        return "HARD_REBOOT"
+    return _STATUS.get(VmState(vm_state), "UNKNOWN")
+
+
+class PowerIntent(enum.StrEnum):
+    ON = "on"
+    OFF = "off"
+
+
+class AttachmentStatus(enum.StrEnum):
+    ATTACHING = "attaching"
+    INACTIVE = "inactive"
+    ACTIVE = "active"
+    DETACHING = "detaching"
+    ERROR = "error"
+
+
+class ShareScope(enum.StrEnum):
+    INSTANCE = "instance"
+    PROJECT = "project"
+    GLOBAL = "global"
+
+
+# QEMU's vhost-user-fs "tag" is at most 36 bytes; Nova allows 255 and fails late. We refuse early.
+TAG_MAX_BYTES = 36
+_TAG_RE = re.compile(r"^[a-zA-Z0-9-]{1,255}$")
+
+
+def validate_tag(tag: str) -> str:
+    if not _TAG_RE.match(tag):
+        raise BadRequest(
+            "Invalid input for field/attribute tag: must be 1-255 characters of [a-zA-Z0-9-]"
+        )
+    if len(tag.encode()) > TAG_MAX_BYTES:
+        raise BadRequest(
+            f"Invalid input for field/attribute tag: '{tag}' is {len(tag)} characters; "
+            f"virtio-fs carries at most {TAG_MAX_BYTES}"
+        )
+    return tag
+
+
+def validate_uuid(value: str, field: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise BadRequest(f"Invalid input for field/attribute {field}: '{value}' is not a UUID") from exc
+
+
+# ---- attachment state machine ---------------------------------------------------------------
+
+def require_server_stopped_for_share_change(vm_state: str, task_state: str | None, verb: str) -> None:
+    """2.97 rule: shares change only while the server is stopped and idle."""
+    if vm_state != VmState.STOPPED or task_state is not None:
+        raise Conflict(
+            f"Cannot '{verb}' share while the server is in vm_state {vm_state}"
+            + (f", task_state {task_state}" if task_state else "")
+            + "; stop the server first"
+        )
+
+
+def status_after_detach_request(status: str) -> str:
+    """DELETE is allowed from inactive, active and error; anything in flight is a conflict."""
+    if status in (AttachmentStatus.INACTIVE, AttachmentStatus.ACTIVE, AttachmentStatus.ERROR):
+        return AttachmentStatus.DETACHING
+    raise Conflict(f"Share attachment is {status}; wait until it is inactive, active or error")
+
+
+def status_after_power(status: str, power_on: bool) -> str:
+    """Where a settled attachment goes when its server powers on/off (transitional ones stay)."""
+    if power_on and status == AttachmentStatus.INACTIVE:
+        return AttachmentStatus.ACTIVE
+    if not power_on and status == AttachmentStatus.ACTIVE:
+        return AttachmentStatus.INACTIVE
+    return status
+
+
+def status_after_retry(status: str) -> str:
+    """POST of a share already attached: only an attachment in `error` may be driven again."""
+    if status == AttachmentStatus.ERROR:
+        return AttachmentStatus.ATTACHING
+    raise Conflict("Share is already attached to this server")

@@ -1,0 +1,129 @@
+"""SQLAlchemy 2 tables. Schema changes go through Alembic (db/migrations)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Server(Base):
+    __tablename__ = "servers"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(String(255), index=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255), index=True)
+    flavor_id: Mapped[str] = mapped_column(String(255))
+    image_id: Mapped[str] = mapped_column(String(36))
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    vm_state: Mapped[str] = mapped_column(String(32))
+    task_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    power_intent: Mapped[str] = mapped_column(String(8))  # desired: on/off
+    user_data: Mapped[str | None] = mapped_column(Text, nullable=True)  # base64, as given
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    fault_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    launched_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    # Bumped by every API request that changes desired state; the agent records the generation
+    # it converged, so "dirty" is derivable and a restart simply reconciles again.
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    observed_generation: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Share(Base):
+    """A share of the built-in provider: a directory under the storage root."""
+
+    __tablename__ = "shares"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    project_id: Mapped[str] = mapped_column(String(255), index=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    size_gib: Mapped[int] = mapped_column(Integer)
+    scope: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(32))
+    mount_point: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ShareAccess(Base):
+    """Access rules of the built-in provider: which host may mount which share."""
+
+    __tablename__ = "share_access"
+
+    share_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("shares.uuid", ondelete="CASCADE"), primary_key=True
+    )
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    access_level: Mapped[str] = mapped_column(String(4), default="rw")
+    locked: Mapped[bool] = mapped_column(Boolean, default=True)
+    lock_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ShareMapping(Base):
+    """An attachment of a share to a server (Nova's share_mapping, plus fault and requester)."""
+
+    __tablename__ = "share_mappings"
+    __table_args__ = (
+        UniqueConstraint("instance_uuid", "share_id", name="uniq_share_mapping_instance_share"),
+        UniqueConstraint("instance_uuid", "tag", name="uniq_share_mapping_instance_tag"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    instance_uuid: Mapped[str] = mapped_column(
+        String(36), ForeignKey("servers.uuid", ondelete="CASCADE"), index=True
+    )
+    share_id: Mapped[str] = mapped_column(String(36), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    tag: Mapped[str] = mapped_column(String(255))
+    export_location: Mapped[str] = mapped_column(Text, default="")
+    share_proto: Mapped[str] = mapped_column(String(32), default="")
+    mount_point: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    fault_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class InstanceAction(Base):
+    """Audit trail: who asked for what, and how it ended."""
+
+    __tablename__ = "instance_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    instance_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(String(255))
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[str | None] = mapped_column(String(32), nullable=True)  # Success / Error
+    start_time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finish_time: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

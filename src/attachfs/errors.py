@@ -1,0 +1,71 @@
+"""Every error attachfs raises on purpose, in one tree.
+
+    AttachfsError
+     ├── ClientError              a request that cannot be honoured; the API answers its `code`
+     │    ├── BadRequest          400 badRequest
+     │    ├── Unauthorized        401 unauthorized
+     │    ├── Forbidden           403 forbidden
+     │    ├── NotFound            404 itemNotFound
+     │    ├── NotAcceptable       406 notAcceptable (unsupported microversion)
+     │    └── Conflict            409 conflictingRequest
+     └── BackendError             a host-side step failed (agent only; never reaches HTTP as 500)
+          ├── TemporaryError      worth retrying later (a daemon restarting, a lock held)
+          └── PermanentError      retrying will not help: the attachment goes to `error`
+
+Lower-layer errors (libvirt, subprocess, database) are converted at the adapter that calls them.
+"""
+
+from __future__ import annotations
+
+
+class AttachfsError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ClientError(AttachfsError):
+    code = 400
+    fault = "badRequest"
+
+
+class BadRequest(ClientError):
+    code = 400
+    fault = "badRequest"
+
+
+class Unauthorized(ClientError):
+    code = 401
+    fault = "unauthorized"
+
+
+class Forbidden(ClientError):
+    code = 403
+    fault = "forbidden"
+
+
+class NotFound(ClientError):
+    code = 404
+    fault = "itemNotFound"
+
+
+class NotAcceptable(ClientError):
+    code = 406
+    fault = "notAcceptable"
+
+
+class Conflict(ClientError):
+    code = 409
+    fault = "conflictingRequest"
+
+
+class BackendError(AttachfsError):
+    """A step on the host or in a storage backend failed."""
+
+
+class TemporaryError(BackendError):
+    pass
+
+
+class PermanentError(BackendError):
+    pass

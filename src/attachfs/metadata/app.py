@@ -1,0 +1,91 @@
+"""The guest-facing metadata service (the compute API's OpenStack metadata format).
+
+One app instance per server: the server is known from the unix socket the request arrived on
+(metadata/sockets.py), never from anything in the request, so a guest cannot ask as another.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from sqlalchemy import select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from attachfs.core.model import AttachmentStatus, VmState
+from attachfs.db.engine import Database
+from attachfs.db.tables import Server, ShareMapping
+
+VERSIONS = ("2025-04-04", "latest")
+# Attachments the guest should mount: present as devices. Detaching and failed ones are not.
+LISTED = (AttachmentStatus.ACTIVE, AttachmentStatus.INACTIVE)
+
+
+def share_devices(mappings: list[ShareMapping]) -> list[dict[str, Any]]:
+    devices = []
+    for m in mappings:
+        if m.status not in LISTED:
+            continue
+        device: dict[str, Any] = {"type": "share", "share_id": m.share_id, "tag": m.tag,
+                                  "bus": "none", "address": "none"}
+        if m.mount_point:
+            device["mount_point"] = m.mount_point
+        devices.append(device)
+    return devices
+
+
+def meta_data(server: Server, mappings: list[ShareMapping]) -> dict[str, Any]:
+    return {
+        "uuid": server.uuid, "name": server.name, "hostname": server.name,
+        "project_id": server.project_id, "availability_zone": "nova", "launch_index": 0,
+        "meta": server.meta or {}, "devices": share_devices(mappings),
+    }
+
+
+def make_app(db: Database, server_uuid: str) -> Starlette:
+    def load() -> tuple[Server, list[ShareMapping]] | None:
+        with db.session() as s:
+            server = s.get(Server, server_uuid)
+            if server is None or server.vm_state == VmState.DELETED:
+                return None
+            mappings = list(s.scalars(select(ShareMapping)
+                                      .where(ShareMapping.instance_uuid == server_uuid)
+                                      .order_by(ShareMapping.id)))
+            return server, mappings
+
+    def not_found() -> Response:
+        return PlainTextResponse("404 Not Found", status_code=404)
+
+    async def root(_request: Request) -> Response:
+        return PlainTextResponse("openstack\n")
+
+    async def versions(_request: Request) -> Response:
+        return PlainTextResponse("\n".join(VERSIONS) + "\n")
+
+    async def listing(request: Request) -> Response:
+        if request.path_params["version"] not in VERSIONS:
+            return not_found()
+        return PlainTextResponse("meta_data.json\nuser_data\n")
+
+    async def meta_data_json(request: Request) -> Response:
+        found = load()
+        if found is None or request.path_params["version"] not in VERSIONS:
+            return not_found()
+        return JSONResponse(meta_data(*found))
+
+    async def user_data(request: Request) -> Response:
+        found = load()
+        if found is None or request.path_params["version"] not in VERSIONS or not found[0].user_data:
+            return not_found()
+        return Response(base64.b64decode(found[0].user_data),
+                        media_type="application/octet-stream")
+
+    return Starlette(routes=[
+        Route("/", root), Route("/openstack", versions), Route("/openstack/", versions),
+        Route("/openstack/{version}", listing), Route("/openstack/{version}/", listing),
+        Route("/openstack/{version}/meta_data.json", meta_data_json),
+        Route("/openstack/{version}/user_data", user_data),
+    ])

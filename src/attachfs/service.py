@@ -1,0 +1,93 @@
+"""Wiring: build the parts from a Config. `serve` = API + agent + metadata in one process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI
+
+from attachfs.agent.reconciler import Reconciler
+from attachfs.agent.runner import Agent
+from attachfs.api.app import ApiState, create_app
+from attachfs.api.policy import PolicyEnforcer
+from attachfs.config import Config
+from attachfs.db.engine import Database, migrate
+from attachfs.metadata.sockets import MetadataSockets
+from attachfs.storage.bind import BindConnector
+from attachfs.storage.local import LocalShareProvider
+from attachfs.virt.image import load_images
+
+log = logging.getLogger("attachfs")
+
+
+@dataclass
+class Parts:
+    config: Config
+    db: Database
+    provider: LocalShareProvider
+
+
+def open_parts(config: Config) -> Parts:
+    for path in (config.state_path, config.storage_root, config.mount_root, config.console_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    migrate(config.db_url)
+    db = Database(config.db_url)
+    return Parts(config, db, LocalShareProvider(db, config.storage_root))
+
+
+def build_api(parts: Parts, wake: callable = lambda: None) -> FastAPI:  # type: ignore[valid-type]
+    state = ApiState(parts.config, parts.db, parts.provider,
+                     PolicyEnforcer(parts.config.api.policy_file), wake)
+    return create_app(state)
+
+
+def build_agent(parts: Parts) -> Agent:
+    from attachfs.virt.libvirt import LibvirtDriver  # libvirt only where an agent runs
+
+    config = parts.config
+    reconciler = Reconciler(
+        config, parts.db, parts.provider,
+        {"LOCAL": BindConnector(config.storage_root, config.mount_root)},
+        LibvirtDriver(config.libvirt.uri, spare_root_ports=config.libvirt.spare_root_ports),
+        MetadataSockets(parts.db, config.metadata_socket_dir),
+        lambda: load_images(config.images_dir),
+    )
+    return Agent(reconciler)
+
+
+def configure_logging(config: Config) -> None:
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(config: Config) -> None:
+    configure_logging(config)
+    parts = open_parts(config)
+    agent = build_agent(parts)
+    agent_thread = threading.Thread(target=agent.run, name="agent", daemon=True)
+    agent_thread.start()
+    host, port = config.listen_address()
+    log.info("attachfs serving the compute API on http://%s:%d/v2.1", host, port)
+    try:
+        uvicorn.run(build_api(parts, agent.wake), host=host, port=port, log_level="warning")
+    finally:
+        agent.stop()
+        agent_thread.join(timeout=30)
+        agent.r.metadata.close()
+
+
+def run_agent(config: Config) -> None:
+    import signal
+
+    configure_logging(config)
+    parts = open_parts(config)
+    agent = build_agent(parts)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop())
+    try:
+        agent.run()
+    finally:
+        agent.r.metadata.close()

@@ -1,0 +1,77 @@
+"""Storage interfaces: providers (where shares come from) and connectors (how a host mounts).
+
+A provider answers for shares the way the shared-file-system service does (status, protocol,
+export locations) and manages access rules for compute hosts, with locks so a tenant cannot
+drop the rule under a running guest. The built-in provider is storage/local.py; Manila fits
+the same interface later. A connector turns an export location into a mount on this host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ShareInfo:
+    id: str
+    name: str
+    status: str  # "available" when it can be attached
+    protocol: str  # LOCAL, NFS, CEPHFS
+    export_locations: tuple[str, ...]
+    project_id: str
+    size_gib: int
+    scope: str = "instance"  # instance | project | global (built-in provider)
+    mount_point: str | None = None  # where the guest should mount it, when the share says
+
+    @property
+    def preferred_export(self) -> str:
+        return self.export_locations[0] if self.export_locations else ""
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who is asking: forwarded to providers so the share service's records name the user."""
+
+    user_id: str
+    project_id: str
+    roles: tuple[str, ...] = ()
+    auth_token: str | None = None
+    request_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+class ShareProvider(Protocol):
+    name: str
+
+    def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
+        """Raise NotFound when the share does not exist or is not visible to `context`."""
+
+    def grant_access(self, share_id: str, host: str, access_level: str, reason: str) -> None:
+        """Allow `host` to mount the share, and lock the rule. Idempotent."""
+
+    def revoke_access(self, share_id: str, host: str) -> None:
+        """Unlock and remove the rule for `host`. Idempotent (no rule: nothing to do)."""
+
+
+@dataclass(frozen=True)
+class HostMount:
+    """A share mounted on this host, ready to be handed to a guest."""
+
+    share_id: str
+    path: Path
+    read_only: bool = False
+
+
+class HostConnector(Protocol):
+    protocol: str
+
+    def mount(self, export_location: str, target: Path, read_only: bool) -> None:
+        """Mount the export at `target` (idempotent: already mounted is fine)."""
+
+    def unmount(self, target: Path) -> None:
+        """Unmount `target` (idempotent)."""

@@ -1,0 +1,77 @@
+"""The interface every virt driver implements (libvirt for VMs; LXC for containers later).
+
+The agent builds a `GuestSpec` from the database and asks the driver to make the host match it.
+Drivers keep no state of their own between calls: what is running is read back from the
+hypervisor (`list_guests`, `guest_state`), so a restarted agent sees exactly what is there.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class PowerState(enum.StrEnum):
+    RUNNING = "running"
+    SHUTOFF = "shutoff"  # defined/known but not running
+    MISSING = "missing"  # the hypervisor has no such guest
+
+
+@dataclass(frozen=True)
+class GuestShare:
+    """One filesystem handed to the guest; the guest mounts it by `tag`."""
+
+    tag: str
+    host_path: Path  # the host-side mount (under the configured mount root)
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class BootImage:
+    """A direct-kernel-boot guest image (kernel + initramfs), see virt/image.py."""
+
+    id: str
+    name: str
+    kernel: Path
+    initrd: Path
+    cmdline: str = "console=ttyS0"
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    uuid: str
+    name: str
+    vcpus: int
+    memory_mib: int
+    image: BootImage
+    console_log: Path  # serial console of the guest is appended here
+    metadata_socket: Path  # guest HTTP to 169.254.169.254:80 is relayed to this unix socket
+    shares: tuple[GuestShare, ...] = field(default_factory=tuple)
+    config_drive: Path | None = None  # ISO image, later issue
+
+
+@dataclass(frozen=True)
+class VirtCapabilities:
+    hot_plug: bool = False
+    read_only_enforced_by_hypervisor: bool = False
+    share_transports: tuple[str, ...] = ("virtiofs",)
+
+
+class VirtDriver(Protocol):
+    capabilities: VirtCapabilities
+
+    def start_guest(self, spec: GuestSpec) -> None:
+        """Boot the guest as `spec` describes. Idempotent: a guest already running is left alone."""
+
+    def stop_guest(self, uuid: str, timeout: float) -> None:
+        """Ask the guest to power off; force it off after `timeout` seconds. Missing guest: no-op."""
+
+    def guest_state(self, uuid: str) -> PowerState: ...
+
+    def list_guests(self) -> dict[str, PowerState]:
+        """Every guest this driver manages on the host (by server uuid), running or not."""
+
+    def guest_share_tags(self, uuid: str) -> set[str]:
+        """Tags of the filesystem devices the running guest has (empty if not running)."""

@@ -1,0 +1,96 @@
+import base64
+
+from fastapi.testclient import TestClient
+
+from attachfs.service import Parts
+from tests.conftest import create_server, settle_server
+
+
+def test_create_list_show_delete(client: TestClient, wakes: object) -> None:
+    user_data = base64.b64encode(b"#!/bin/sh\necho hi\n").decode()
+    sid = create_server(client, "web", metadata={"role": "web"}, user_data=user_data)
+    assert wakes.count >= 1  # type: ignore[attr-defined]
+    listed = client.get("/v2.1/servers").json()["servers"]
+    assert [s["id"] for s in listed] == [sid]
+    detail = client.get("/v2.1/servers/detail").json()["servers"][0]
+    assert detail["status"] == "BUILD"
+    server = client.get(f"/v2.1/servers/{sid}").json()["server"]
+    assert server["name"] == "web" and server["metadata"] == {"role": "web"}
+    assert server["OS-EXT-STS:vm_state"] == "building"
+    assert server["os-extended-shares:shares_attached"] == []
+    assert "OS-EXT-SRV-ATTR:host" not in server
+    r = client.delete(f"/v2.1/servers/{sid}")
+    assert r.status_code == 204
+    assert client.get(f"/v2.1/servers/{sid}").json()["server"]["OS-EXT-STS:task_state"] == "deleting"
+
+
+def test_other_project_cannot_see_server(client: TestClient) -> None:
+    sid = create_server(client)
+    r = client.get(f"/v2.1/servers/{sid}", headers={"X-Auth-Token": "bob:p2"})
+    assert r.status_code == 404
+    assert r.json()["itemNotFound"]["code"] == 404
+    assert client.get("/v2.1/servers", headers={"X-Auth-Token": "bob:p2"}).json()["servers"] == []
+    admin = client.get(f"/v2.1/servers/{sid}", headers={"X-Auth-Token": "admin:admin"})
+    assert admin.json()["server"]["OS-EXT-SRV-ATTR:host"] == "test-host"
+
+
+def test_create_bad_input(client: TestClient) -> None:
+    cases = [
+        {"server": {"name": "x", "flavorRef": "1"}},
+        {"server": {"name": "x", "flavorRef": "1", "imageRef": "debian-busybox", "bogus": 1}},
+        {"server": {"name": "", "flavorRef": "1", "imageRef": "debian-busybox"}},
+        {"server": {"name": "x", "flavorRef": "1", "imageRef": "debian-busybox",
+                    "user_data": "not base64!"}},
+        {"nothing": {}},
+        [],
+    ]
+    for body in cases:
+        r = client.post("/v2.1/servers", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["badRequest"]["code"] == 400
+    r = client.post("/v2.1/servers", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    r = client.post("/v2.1/servers", json={"server": {"name": "x", "flavorRef": "9",
+                                                      "imageRef": "debian-busybox"}})
+    assert r.status_code == 404
+    r = client.post("/v2.1/servers", json={"server": {"name": "x", "flavorRef": "1",
+                                                      "imageRef": "no-such-image"}})
+    assert r.status_code == 404
+
+
+def test_reader_cannot_create(client: TestClient) -> None:
+    r = client.post("/v2.1/servers", headers={"X-Auth-Token": "rita:p1:reader"},
+                    json={"server": {"name": "x", "flavorRef": "1", "imageRef": "debian-busybox"}})
+    assert r.status_code == 403
+    assert r.json()["forbidden"]["code"] == 403
+
+
+def test_power_actions_follow_states(client: TestClient, parts: Parts) -> None:
+    sid = create_server(client)
+    act = f"/v2.1/servers/{sid}/action"
+    assert client.post(act, json={"os-start": None}).status_code == 409  # building
+    settle_server(parts, sid, "active")
+    assert client.post(act, json={"os-start": None}).status_code == 409  # already on
+    assert client.post(act, json={"reboot": {"type": "BOGUS"}}).status_code == 400
+    assert client.post(act, json={"reboot": {"type": "SOFT"}}).status_code == 202
+    assert client.get(f"/v2.1/servers/{sid}").json()["server"]["status"] == "REBOOT"
+    settle_server(parts, sid, "active")
+    assert client.post(act, json={"os-stop": None}).status_code == 202
+    assert client.post(act, json={"os-stop": None}).status_code == 409  # task in flight
+    settle_server(parts, sid, "stopped")
+    assert client.get(f"/v2.1/servers/{sid}").json()["server"]["status"] == "SHUTOFF"
+    assert client.post(act, json={"os-start": None}).status_code == 202
+    assert client.post(act, json={"os-explode": None}).status_code == 400
+    assert client.post(act, json={"os-start": None, "os-stop": None}).status_code == 400
+
+
+def test_console_output(client: TestClient, parts: Parts) -> None:
+    sid = create_server(client)
+    log = parts.config.console_dir / f"{sid}.log"
+    log.write_text("one\ntwo\nthree\n")
+    act = f"/v2.1/servers/{sid}/action"
+    r = client.post(act, json={"os-getConsoleOutput": {"length": 2}})
+    assert r.json() == {"output": "two\nthree\n"}
+    assert client.post(act, json={"os-getConsoleOutput": {}}).json()["output"].startswith("one")
+    assert client.post(act, json={"os-getConsoleOutput": {"length": "x"}}).status_code == 400
+    assert client.post(act, json={"os-getConsoleOutput": {"length": -5}}).status_code == 400
