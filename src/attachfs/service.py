@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import uvicorn
@@ -38,7 +39,7 @@ def open_parts(config: Config) -> Parts:
     return Parts(config, db, LocalShareProvider(db, config.storage_root))
 
 
-def build_api(parts: Parts, wake: callable = lambda: None) -> FastAPI:  # type: ignore[valid-type]
+def build_api(parts: Parts, wake: Callable[[], None] = lambda: None) -> FastAPI:
     state = ApiState(parts.config, parts.db, parts.provider,
                      PolicyEnforcer(parts.config.api.policy_file), wake)
     return create_app(state)

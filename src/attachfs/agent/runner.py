@@ -4,6 +4,7 @@ compare the host with the database to repair drift (guests, mounts, virtiofsd, s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -124,10 +125,8 @@ class Agent:
             if any(u in args for u in running) or self._serves_running_guest(args, running):
                 continue
             log.warning("repair: killing orphaned virtiofsd %d (%s)", pid, args)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     def _serves_running_guest(self, args: str, running: set[str]) -> bool:
         tags = set()

@@ -168,7 +168,7 @@ def _console_output(request: Request, server: Server, spec: ConsoleOutput) -> di
     lines = text.splitlines(keepends=True)
     if spec.length not in (None, "-1", -1):
         try:
-            length = int(spec.length)  # type: ignore[arg-type]
+            length = int(spec.length)
         except ValueError as exc:
             raise BadRequest("length must be an integer") from exc
         if length < 0:

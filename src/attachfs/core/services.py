@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from attachfs.core.model import (
     AttachmentStatus,
     PowerIntent,
-    ShareScope,
     TaskState,
     VmState,
     require_server_stopped_for_share_change,

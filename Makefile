@@ -1,0 +1,28 @@
+# make demo / make test work on a fresh Debian bookworm machine as root: both run setup first.
+PY := .venv/bin/python
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@bash scripts/demo.sh
+
+lint: setup
+	.venv/bin/ruff check src tests
+	.venv/bin/mypy
+
+test: setup lint
+	.venv/bin/pytest -q -ra tests
+
+# Unit and API tests only (no guests): seconds.
+test-fast:
+	.venv/bin/pytest -q -m "not vm" tests
+
+bench: setup
+	$(PY) -m attachfs.bench
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,56 @@
+import pytest
+
+from attachfs.core import model
+from attachfs.core.model import AttachmentStatus as S
+from attachfs.errors import BadRequest, Conflict
+
+
+def test_tag_rules() -> None:
+    assert model.validate_tag("data-1") == "data-1"
+    assert model.validate_tag("x" * 36) == "x" * 36
+    for bad in ("", "with space", "ünï", "x" * 37, "a/b", "a_b"):
+        with pytest.raises(BadRequest):
+            model.validate_tag(bad)
+
+
+def test_uuid_rule() -> None:
+    u = "3d3aafde-b4cb-45ab-8ac6-31ff93f69536"
+    assert model.validate_uuid(u.upper(), "share_id") == u
+    with pytest.raises(BadRequest, match="share_id"):
+        model.validate_uuid("nope", "share_id")
+
+
+def test_share_changes_need_a_stopped_idle_server() -> None:
+    model.require_server_stopped_for_share_change("stopped", None, "attach")
+    for vm, task in (("active", None), ("building", "spawning"), ("stopped", "powering-on")):
+        with pytest.raises(Conflict):
+            model.require_server_stopped_for_share_change(vm, task, "attach")
+
+
+def test_detach_transitions() -> None:
+    for start in (S.INACTIVE, S.ACTIVE, S.ERROR):
+        assert model.status_after_detach_request(start) == S.DETACHING
+    for busy in (S.ATTACHING, S.DETACHING):
+        with pytest.raises(Conflict):
+            model.status_after_detach_request(busy)
+
+
+def test_power_transitions() -> None:
+    assert model.status_after_power(S.INACTIVE, power_on=True) == S.ACTIVE
+    assert model.status_after_power(S.ACTIVE, power_on=False) == S.INACTIVE
+    assert model.status_after_power(S.ERROR, power_on=True) == S.ERROR
+    assert model.status_after_power(S.DETACHING, power_on=False) == S.DETACHING
+
+
+def test_retry_only_from_error() -> None:
+    assert model.status_after_retry(S.ERROR) == S.ATTACHING
+    with pytest.raises(Conflict):
+        model.status_after_retry(S.ACTIVE)
+
+
+def test_server_status_mapping() -> None:
+    assert model.server_status("active", None) == "ACTIVE"
+    assert model.server_status("stopped", None) == "SHUTOFF"
+    assert model.server_status("building", "spawning") == "BUILD"
+    assert model.server_status("active", "rebooting") == "REBOOT"
+    assert model.server_status("error", None) == "ERROR"
