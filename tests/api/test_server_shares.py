@@ -182,7 +182,8 @@ def test_legacy_actions(client: TestClient, parts: Parts) -> None:
     assert r.status_code == 202 and r.content == b""
     server = client.get(f"/v2.1/servers/{sid}").json()["server"]
     attached = server["os-extended-shares:shares_attached"]
-    assert attached == [{"share_id": share["id"], "status": "attaching", "tag": share["id"]}]
+    assert attached == [{"share_id": share["id"], "status": "attaching", "tag": share["id"],
+                         "mount_point": "/net/mymount"}]
     assert client.post(act, json={"share_attach": {"share_id": share["id"]}}).status_code == 409
     assert client.post(act, json={"share_attach": {"share_id": "x"}}).status_code == 400
     assert client.post(act, json={"share_attach": {}}).status_code == 400

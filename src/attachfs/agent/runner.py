@@ -68,6 +68,10 @@ class Agent:
             self.r.reconcile(uuid)
         except Exception:  # one server's surprise must not stop the agent
             log.exception("reconcile of server %s failed; will retry", uuid)
+        finally:
+            # A request that arrived during this pass was skipped by submit(): look again now
+            # rather than at the next poll tick.
+            self._wake.set()
 
     # ---- drift -----------------------------------------------------------------------------
     def repair(self) -> None:

@@ -73,7 +73,7 @@ def _get(s: Any, request: Request, name: str) -> Share:
 def list_filesystems(request: Request) -> dict[str, Any]:
     state, ctx = deps.api(request), deps.context(request)
     state.policy.authorize(RULE % "index", ctx, ctx.project_id)
-    with state.db.session() as s:
+    with state.db.read() as s:
         shares = s.scalars(select(Share).order_by(Share.name))
         return {"fs_entries": [_view(sh) for sh in shares if share_visible(sh, ctx)]}
 
@@ -81,7 +81,7 @@ def list_filesystems(request: Request) -> dict[str, Any]:
 @router.get("/{name}")
 def show_filesystem(name: str, request: Request) -> dict[str, Any]:
     state, ctx = deps.api(request), deps.context(request)
-    with state.db.session() as s:
+    with state.db.read() as s:
         share = _get(s, request, name)
         state.policy.authorize(RULE % "show", ctx, share.project_id
                                if share.scope != ShareScope.GLOBAL else ctx.project_id)
@@ -144,7 +144,7 @@ def delete_filesystem(name: str, request: Request) -> Response:
 @router.get("/{name}/instances")
 def list_instances(name: str, request: Request) -> dict[str, Any]:
     state, ctx = deps.api(request), deps.context(request)
-    with state.db.session() as s:
+    with state.db.read() as s:
         share = _get(s, request, name)
         state.policy.authorize(RULE % "show", ctx, share.project_id
                                if share.scope != ShareScope.GLOBAL else ctx.project_id)
@@ -158,7 +158,7 @@ def list_instances(name: str, request: Request) -> dict[str, Any]:
 
 
 def _share_id(request: Request, name: str) -> str:
-    with deps.api(request).db.session() as s:
+    with deps.api(request).db.read() as s:
         return _get(s, request, name).uuid
 
 

@@ -33,8 +33,8 @@ def do_attach(request: Request, server_id: str, share_id: str, tag: str | None,
     """Shared by POST /shares and the legacy share_attach action: same rules, same states."""
     state, ctx = deps.api(request), deps.context(request)
     share_id = validate_uuid(share_id, "share_id")
-    with state.db.session() as s:
-        server = services.get_server(s, server_id, ctx, lock=True)
+    with state.db.read() as s:
+        server = services.get_server(s, server_id, ctx)
         state.policy.authorize(RULE % "create", ctx, server.project_id)
     share = state.provider.get_share(share_id, ctx)  # 404 when missing or not visible
     with state.db.session() as s:
@@ -59,7 +59,7 @@ def do_detach(request: Request, server_id: str, share_id: str) -> None:
 def list_shares(server_id: str, request: Request) -> dict[str, Any]:
     deps.require_version(request, MICROVERSION)
     state, ctx = deps.api(request), deps.context(request)
-    with state.db.session() as s:
+    with state.db.read() as s:
         server = services.get_server(s, server_id, ctx)
         state.policy.authorize(RULE % "index", ctx, server.project_id)
         return {"shares": [views.share_mapping(m, admin=False)
@@ -79,7 +79,7 @@ def show_share(server_id: str, share_id: str, request: Request) -> dict[str, Any
     deps.require_version(request, MICROVERSION)
     state, ctx = deps.api(request), deps.context(request)
     share_id = validate_uuid(share_id, "share_id")
-    with state.db.session() as s:
+    with state.db.read() as s:
         server = services.get_server(s, server_id, ctx)
         state.policy.authorize(RULE % "show", ctx, server.project_id)
         mapping = services.get_mapping(s, server.uuid, share_id)

@@ -118,7 +118,7 @@ def _visible_servers(s: Any, ctx: Any, request: Request) -> list[Server]:
 def list_servers(request: Request) -> dict[str, Any]:
     state, ctx = deps.api(request), deps.context(request)
     state.policy.authorize("os_compute_api:servers:index", ctx, ctx.project_id)
-    with state.db.session() as s:
+    with state.db.read() as s:
         return {"servers": [views.server_brief(sv, base_url(request))
                             for sv in _visible_servers(s, ctx, request)]}
 
@@ -127,10 +127,12 @@ def list_servers(request: Request) -> dict[str, Any]:
 def list_servers_detail(request: Request) -> dict[str, Any]:
     state, ctx = deps.api(request), deps.context(request)
     state.policy.authorize("os_compute_api:servers:index", ctx, ctx.project_id)
-    with state.db.session() as s:
+    with state.db.read() as s:
         servers = _visible_servers(s, ctx, request)
         by_server: dict[str, list[ShareMapping]] = {}
-        for m in s.scalars(select(ShareMapping).order_by(ShareMapping.id)):
+        ids = [sv.uuid for sv in servers]
+        for m in s.scalars(select(ShareMapping).where(ShareMapping.instance_uuid.in_(ids))
+                           .order_by(ShareMapping.id)):
             by_server.setdefault(m.instance_uuid, []).append(m)
         return {"servers": [views.server_detail(sv, by_server.get(sv.uuid, []), base_url(request),
                                                 deps.version(request), ctx.is_admin)
@@ -140,7 +142,7 @@ def list_servers_detail(request: Request) -> dict[str, Any]:
 @router.get("/{server_id}")
 def show_server(server_id: str, request: Request) -> dict[str, Any]:
     state, ctx = deps.api(request), deps.context(request)
-    with state.db.session() as s:
+    with state.db.read() as s:
         server = services.get_server(s, server_id, ctx)
         state.policy.authorize("os_compute_api:servers:show", ctx, server.project_id)
         mappings = services.list_mappings(s, server.uuid)

@@ -30,6 +30,17 @@ def share_mapping(m: ShareMapping, admin: bool) -> dict[str, Any]:
     return view
 
 
+def attached_share(m: ShareMapping, admin: bool) -> dict[str, Any]:
+    """Seed 004's extension on the server body; unlike 2.97's view it also says why an
+    attachment failed, so the reason kept by the agent is visible to its owner."""
+    view = share_mapping(m, admin)
+    if m.mount_point:
+        view["mount_point"] = m.mount_point
+    if m.fault_message:
+        view["fault"] = m.fault_message
+    return view
+
+
 def flavor(f: Flavor, base: str) -> dict[str, Any]:
     return {"id": f.id, "name": f.name, "vcpus": f.vcpus, "ram": f.ram_mib, "disk": f.disk_gib,
             "OS-FLV-EXT-DATA:ephemeral": 0, "swap": 0, "rxtx_factor": 1.0,
@@ -64,7 +75,7 @@ def server_detail(s: Server, mappings: list[ShareMapping], base: str, version: V
         "OS-EXT-STS:power_state": POWER_STATE.get(s.vm_state, 0),
         "os-extended-volumes:volumes_attached": [],
         # seed 004: attached shares shown on the server
-        "os-extended-shares:shares_attached": [share_mapping(m, admin) for m in mappings],
+        "os-extended-shares:shares_attached": [attached_share(m, admin) for m in mappings],
         "locked": False, "tags": [], "description": None, "host_status": "UP" if admin else None,
         "trusted_image_certificates": None, "server_groups": [],
         "pinned_availability_zone": None,

@@ -47,7 +47,7 @@ def meta_data(server: Server, mappings: list[ShareMapping]) -> dict[str, Any]:
 
 def make_app(db: Database, server_uuid: str) -> Starlette:
     def load() -> tuple[Server, list[ShareMapping]] | None:
-        with db.session() as s:
+        with db.read() as s:
             server = s.get(Server, server_uuid)
             if server is None or server.vm_state == VmState.DELETED:
                 return None

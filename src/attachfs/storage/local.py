@@ -79,7 +79,7 @@ class LocalShareProvider:
 
     # ---- ShareProvider ---------------------------------------------------------------------
     def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
-        with self.db.session() as s:
+        with self.db.read() as s:
             share = s.get(Share, share_id)
             if share is None or not share_visible(share, context):
                 raise NotFound(f"Share {share_id} could not be found.")
