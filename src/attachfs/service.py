@@ -52,7 +52,8 @@ def build_agent(parts: Parts) -> Agent:
     reconciler = Reconciler(
         config, parts.db, parts.provider,
         {"LOCAL": BindConnector(config.storage_root, config.mount_root)},
-        LibvirtDriver(config.libvirt.uri, spare_root_ports=config.libvirt.spare_root_ports),
+        LibvirtDriver(config.libvirt.uri, spare_root_ports=config.libvirt.spare_root_ports,
+                      owner=f"{config.agent.host}:{config.state_path}"),
         MetadataSockets(parts.db, config.metadata_socket_dir),
         lambda: load_images(config.images_dir),
     )

@@ -140,6 +140,7 @@ class Serve:
         return mountinfo.mount_points(self.mount_root.resolve())
 
     def virtiofsd_pids(self) -> list[int]:
+        """One per device: the sandboxed child virtiofsd forks is not counted separately."""
         out = []
         root = str(self.mount_root.resolve())
         for entry in os.listdir("/proc"):
@@ -151,4 +152,12 @@ class Serve:
                 continue
             if "virtiofsd" in cmd.split(" ")[0] and root in cmd:
                 out.append(int(entry))
-        return out
+        return [pid for pid in out if _parent(pid) not in out]
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])

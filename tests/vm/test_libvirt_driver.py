@@ -1,25 +1,27 @@
 """Boot a real guest through LibvirtDriver and use a virtio-fs share from inside it.
 
-This test isolates the driver: the metadata service is a tiny stdlib HTTP server on the guest's
-metadata unix socket, serving a fixed meta_data.json and user_data. The real metadata service is
-tested end to end elsewhere. Needs root and libvirtd (scripts/setup-libvirt.sh); boots under TCG
+The rows the metadata service reads are written straight into a database (no API or agent:
+those are tested end to end in test_end_to_end.py); the metadata service itself is the real
+one, on the guest's own unix socket. Needs root and libvirtd (scripts/setup-libvirt.sh); boots under TCG
 when KVM is not usable.
 """
 
 from __future__ import annotations
 
-import http.server
-import json
+import base64
+import contextlib
 import os
 import shutil
-import socketserver
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+from attachfs.db.engine import Database, migrate
+from attachfs.db.tables import Server, ShareMapping
+from attachfs.metadata.sockets import MetadataSockets
 
 pytestmark = pytest.mark.vm
 
@@ -28,41 +30,34 @@ SHARES = Path("/var/lib/attachfs/test-shares")
 RUN = Path("/run/attachfs-test")
 
 
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-
-def _serve_metadata(sock: Path, files: dict[str, bytes]) -> _UnixHTTPServer:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            body = files.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def address_string(self) -> str:
-            return "guest"
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = _UnixHTTPServer(str(sock), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+def _serve_metadata(work: Path, server_uuid: str, tag: str, user_data: str) -> MetadataSockets:
+    """The real metadata service on a real database holding just this server and its share."""
+    url = f"sqlite:///{work / 'attachfs.db'}"
+    migrate(url)
+    db = Database(url)
+    with db.session() as s:
+        s.add(Server(uuid=server_uuid, name="test-vm", project_id="p1", user_id="u1", host="h",
+                     flavor_id="1", image_id="i", vcpus=1, memory_mib=256, vm_state="active",
+                     power_intent="on", user_data=base64.b64encode(user_data.encode()).decode(),
+                     meta={}))
+        s.flush()
+        s.add(ShareMapping(uuid=str(uuid.uuid4()), instance_uuid=server_uuid,
+                           share_id=str(uuid.uuid4()), status="active", tag=tag,
+                           user_id="u1", project_id="p1"))
+    return MetadataSockets(db, work / "metadata")
 
 
 def _wait_for(log: Path, text: str, timeout: float) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        if log.exists() and text in log.read_text(errors="replace"):
+        content = log.read_text(errors="replace") if log.exists() else ""
+        if text in content:
             return time.monotonic() - start
+        if "attachfs-guest: ready" in content:
+            break  # the agent is done: the line will not come
         time.sleep(0.2)
     content = log.read_text(errors="replace") if log.exists() else "(no console log)"
-    raise AssertionError(f"{text!r} not on the console after {timeout} s:\n{content[-4000:]}")
+    raise AssertionError(f"{text!r} not on the console:\n{content[-4000:]}")
 
 
 def test_boot_guest_with_share_and_stop() -> None:
@@ -73,34 +68,24 @@ def test_boot_guest_with_share_and_stop() -> None:
     from attachfs.virt.libvirt import LibvirtDriver
 
     image = build_image(IMAGES)
-    driver = LibvirtDriver()
+    driver = LibvirtDriver(owner="test-owner")
+    stranger = LibvirtDriver(owner="another-agent")
     server_uuid = str(uuid.uuid4())
     SHARES.mkdir(parents=True, exist_ok=True)
     RUN.mkdir(parents=True, exist_ok=True)
     share_dir = Path(tempfile.mkdtemp(prefix="share-", dir=SHARES))
     work = Path(tempfile.mkdtemp(prefix="vm-", dir=RUN))
     console = work / "console.log"
-    sock = work / "metadata.sock"
     (share_dir / "from-host.txt").write_text("hello from the host\n")
     tag = "testshare"
-    meta = {
-        "uuid": server_uuid,
-        "name": "test-vm",
-        "devices": [
-            {"type": "share", "share_id": str(uuid.uuid4()), "tag": tag, "bus": "none",
-             "address": "none"},
-        ],
-    }
     user_data = (
         "#!/bin/sh\n"
         f"cat /mnt/{tag}/from-host.txt\n"
         f"echo written by the guest > /mnt/{tag}/from-guest.txt\n"
         "sync\n"
     )
-    server = _serve_metadata(sock, {
-        "/openstack/latest/meta_data.json": json.dumps(meta).encode(),
-        "/openstack/latest/user_data": user_data.encode(),
-    })
+    metadata = _serve_metadata(work, server_uuid, tag, user_data)
+    sock = metadata.ensure(server_uuid)
     spec = GuestSpec(
         uuid=server_uuid, name="test-vm", vcpus=1, memory_mib=256, image=image,
         console_log=console, metadata_socket=sock,
@@ -113,6 +98,10 @@ def test_boot_guest_with_share_and_stop() -> None:
         assert driver.list_guests().get(server_uuid) == PowerState.RUNNING
         assert driver.guest_state(server_uuid) == PowerState.RUNNING
         assert driver.guest_share_tags(server_uuid) == {tag}
+        # another agent on the same libvirtd neither sees nor touches this guest
+        assert server_uuid not in stranger.list_guests()
+        stranger.stop_guest(server_uuid, 0)
+        assert driver.guest_state(server_uuid) == PowerState.RUNNING
         _wait_for(console, f"attachfs-guest: mounted share {tag} at /mnt/{tag}", 180)
         _wait_for(console, "attachfs-guest: ready", 60)
         print(f"boot to ready: {time.monotonic() - started:.1f} s")
@@ -131,12 +120,10 @@ def test_boot_guest_with_share_and_stop() -> None:
     finally:
         dom = driver._lookup(server_uuid)
         if dom is not None:
-            try:
+            with contextlib.suppress(Exception):
                 dom.destroy()
-            except Exception:
-                pass
         driver.close()
-        server.shutdown()
-        server.server_close()
+        stranger.close()
+        metadata.close()
         shutil.rmtree(share_dir, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -22,6 +22,7 @@ from attachfs.storage import mountinfo
 from attachfs.virt.base import PowerState
 
 log = logging.getLogger(__name__)
+ORPHAN_GRACE = 60.0  # seconds
 TRANSITIONAL = (AttachmentStatus.ATTACHING, AttachmentStatus.DETACHING)
 
 
@@ -117,31 +118,22 @@ class Agent:
                     log.error("repair: cannot unmount %s: %s", point, exc)
 
     def _repair_virtiofsd(self) -> None:
-        """A virtiofsd serving one of our mounts whose guest is gone is an orphan: stop it."""
+        """A virtiofsd serving one of our mounts that no running guest uses is an orphan.
+        Young ones are spared: libvirt starts virtiofsd just before the guest it serves."""
         root = str(self.config.mount_root)
-        running = {u for u, st in self.r.virt.list_guests().items() if st == PowerState.RUNNING}
+        running = [u for u, st in self.r.virt.list_guests().items() if st == PowerState.RUNNING]
+        with self.r.db.read() as s:
+            in_use = {str(self.r.mount_path(share_id)) for share_id in s.scalars(
+                select(ShareMapping.share_id).where(ShareMapping.instance_uuid.in_(running)))}
         for pid, argv in _processes():
-            if not argv or not argv[0].endswith("virtiofsd"):
-                continue
             args = " ".join(argv)
-            if root not in args:
+            if not argv or not argv[0].endswith("virtiofsd") or root not in args:
                 continue
-            if any(u in args for u in running) or self._serves_running_guest(args, running):
+            if any(path in args for path in in_use) or _age(pid) < ORPHAN_GRACE:
                 continue
             log.warning("repair: killing orphaned virtiofsd %d (%s)", pid, args)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-
-    def _serves_running_guest(self, args: str, running: set[str]) -> bool:
-        tags = set()
-        for uuid in running:
-            tags |= {str(self.r.mount_path(t)) for t in self._share_ids(uuid)}
-        return any(path in args for path in tags)
-
-    def _share_ids(self, uuid: str) -> list[str]:
-        with self.r.db.session() as s:
-            return list(s.scalars(select(ShareMapping.share_id)
-                                  .where(ShareMapping.instance_uuid == uuid)))
 
     # ---- loop --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -171,3 +163,13 @@ def _processes() -> list[tuple[int, list[str]]]:
             continue
         out.append((int(entry), [a.decode(errors="replace") for a in raw.split(b"\0") if a]))
     return out
+
+
+def _age(pid: int) -> float:
+    """Seconds since the process started (0 if it is gone)."""
+    try:
+        started_ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return uptime - started_ticks / os.sysconf("SC_CLK_TCK")

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Configure and start libvirt for attachfs on a host without systemd (see /work/shared/PLATFORM.md).
+# Idempotent and fast when already done:
+#   - /etc/libvirt/qemu.conf: QEMU runs as root (user/group "root"); otherwise libvirt re-probes
+#     QEMU for ~60 s per define because the libvirt-qemu user cannot open /dev/kvm, and root is
+#     what virtiofsd (started by libvirt) and the guestfwd relay need to reach our sockets/dirs.
+#     The guestfwd relay (`-netdev user,guestfwd=...-cmd:socat ...`) makes QEMU fork+exec socat,
+#     which libvirt's QEMU seccomp sandbox forbids (spawn=deny): seccomp_sandbox = 0.
+#   - starts virtlogd and libvirtd (daemon mode) when not running;
+#   - waits until `virsh -c qemu:///system version` answers.
+# Packages needed (apt): qemu-system-x86 qemu-system-common libvirt-daemon-system socat.
+set -euo pipefail
+
+CONF=/etc/libvirt/qemu.conf
+URI=qemu:///system
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "setup-libvirt: must run as root" >&2
+    exit 1
+fi
+
+for prog in libvirtd virtlogd virsh socat; do
+    if ! command -v "$prog" >/dev/null 2>&1; then
+        echo "setup-libvirt: $prog not found (apt-get install libvirt-daemon-system socat)" >&2
+        exit 1
+    fi
+done
+
+changed=0
+# set_conf KEY VALUE: make `KEY = VALUE` the only active setting of KEY in qemu.conf.
+set_conf() {
+    local key=$1 value=$2
+    local active
+    active=$(grep -E "^[[:space:]]*${key}[[:space:]]*=" "$CONF" || true)
+    if [[ $active == "$key = $value" ]]; then
+        return 0
+    fi
+    sed -i -E "/^[[:space:]]*${key}[[:space:]]*=/d" "$CONF"
+    printf '%s = %s\n' "$key" "$value" >>"$CONF"
+    changed=1
+}
+
+set_conf user '"root"'
+set_conf group '"root"'
+set_conf seccomp_sandbox 0
+
+running() { pgrep -x "$1" >/dev/null 2>&1; }
+
+if [[ $changed -eq 1 ]] && running libvirtd; then
+    echo "setup-libvirt: $CONF changed, restarting libvirtd"
+    pid=$(pgrep -x libvirtd | head -n1)
+    kill "$pid"
+    for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+fi
+
+if ! running virtlogd; then
+    virtlogd -d
+fi
+if ! running libvirtd; then
+    libvirtd -d
+fi
+
+for _ in $(seq 1 150); do
+    if virsh -c "$URI" version >/dev/null 2>&1; then
+        echo "setup-libvirt: libvirt ready ($URI)"
+        exit 0
+    fi
+    sleep 0.2
+done
+echo "setup-libvirt: libvirtd did not answer on $URI within 30 s" >&2
+exit 1
