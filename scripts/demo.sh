@@ -59,7 +59,8 @@ if [ -f /mnt/data/hello.txt ]; then
 fi
 EOF
 run attachfs server create demo-vm --image debian-busybox --flavor a1.small \
-    --user-data "$STATE/user-data.sh" --wait
+    --user-data "$STATE/user-data.sh" --wait -f json >/dev/null
+run attachfs server list
 run attachfs server stop demo-vm --wait
 
 step "Attach the share with tag 'data' (server stopped, as microversion 2.97 requires)"
@@ -67,6 +68,7 @@ run attachfs server add share demo-vm demo-data --tag data --wait
 run attachfs server share list demo-vm
 
 step "Start the server: the agent mounts the share on the host and boots the guest with it"
+BEFORE=$(attachfs server console demo-vm | wc -l)  # the first boot's lines (no share yet)
 START=$(date +%s.%N)
 run attachfs server start demo-vm --wait
 for _ in $(seq 1 240); do
@@ -74,8 +76,9 @@ for _ in $(seq 1 240); do
     sleep 0.5
 done
 ELAPSED=$(python3 -c "import time; print(f'{time.time() - $START:.1f}')")
-echo "The guest's own console (attachfs-guest and user_data lines):"
-attachfs server console demo-vm | grep -E "attachfs-guest:|guest (read|wrote):" | sed 's/^/    /'
+echo "The guest's own console since this boot (attachfs-guest and user_data lines):"
+attachfs server console demo-vm | tail -n +"$((BEFORE + 1))" |
+    grep -E "attachfs-guest:|guest (read|wrote):" | sed 's/^/    /'
 attachfs server console demo-vm | grep -q "guest wrote:" || { echo "the guest did not report" >&2; exit 1; }
 echo "(power-on to the guest's write: ${ELAPSED}s)"
 
