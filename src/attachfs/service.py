@@ -81,6 +81,15 @@ def serve(config: Config) -> None:
         agent.r.metadata.close()
 
 
+def run_api(config: Config) -> None:
+    """The API alone: agents on the compute hosts find its changes by polling the database."""
+    configure_logging(config)
+    parts = open_parts(config)
+    host, port = config.listen_address()
+    log.info("attachfs API on http://%s:%d/v2.1 (no agent in this process)", host, port)
+    uvicorn.run(build_api(parts), host=host, port=port, log_level="warning")
+
+
 def run_agent(config: Config) -> None:
     import signal
 

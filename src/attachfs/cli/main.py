@@ -154,6 +154,20 @@ def serve(config: ConfigFile = None, state_dir: StateDir = None,
         "images.dir": images_dir, "log_level": log_level}))
 
 
+@app.command("api")
+@handled
+def api_only(config: ConfigFile = None, state_dir: StateDir = None,
+        listen: Annotated[str | None, typer.Option(help="HOST:PORT of the API.")] = None,
+        database_url: DbUrl = None, images_dir: ImagesDir = None,
+        log_level: LogLevel = None) -> None:
+    """Run only the compute API (several can share one database; agents poll it)."""
+    from attachfs import service
+
+    _run_service(service.run_api, _config(config, {
+        "state_dir": state_dir, "api.listen": listen, "database_url": database_url,
+        "images.dir": images_dir, "log_level": log_level}))
+
+
 @app.command()
 @handled
 def agent(config: ConfigFile = None, state_dir: StateDir = None, database_url: DbUrl = None,
