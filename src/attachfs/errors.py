@@ -69,3 +69,7 @@ class TemporaryError(BackendError):
 
 class PermanentError(BackendError):
     pass
+
+
+class NoFreeSlot(PermanentError):
+    """The running guest has no free hot-plug slot left for another device."""

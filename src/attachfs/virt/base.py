@@ -49,7 +49,7 @@ class GuestSpec:
     console_log: Path  # serial console of the guest is appended here
     metadata_socket: Path  # guest HTTP to 169.254.169.254:80 is relayed to this unix socket
     shares: tuple[GuestShare, ...] = field(default_factory=tuple)
-    config_drive: Path | None = None  # ISO image, later issue
+    config_drive: Path | None = None  # ISO 9660 image, label config-2, attached as a cdrom
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,18 @@ class VirtDriver(Protocol):
 
     def guest_share_tags(self, uuid: str) -> set[str]:
         """Tags of the filesystem devices the running guest has (empty if not running)."""
+
+    # ---- hot plug (running guests) ----------------------------------------------------------
+    def attach_share(self, uuid: str, share: GuestShare) -> None:
+        """Add a filesystem device to the running guest. Idempotent: a device with that tag
+        already present is left alone. Raises NoFreeSlot when no hot-plug slot is left."""
+
+    def detach_share(self, uuid: str, tag: str, timeout: float) -> None:
+        """Remove the device with `tag` from the running guest and wait (up to `timeout`) until
+        it is gone. Idempotent: no such device (or no guest) is fine. Other devices untouched."""
+
+    def free_share_slots(self, uuid: str) -> int:
+        """How many more filesystem devices the running guest can take by hot plug."""
+
+    def set_config_drive(self, uuid: str, iso: Path) -> None:
+        """Point the running guest's config drive at `iso` (live media change)."""
