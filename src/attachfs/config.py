@@ -27,7 +27,9 @@ class ApiConfig(_Section):
     default_user: str = "demo"
     default_project: str = "demo"
     policy_file: str = ""
-    # Strict 2.97: attach/detach only while the server is stopped (hot plug comes later).
+    # true: attach/detach also on running servers (hot plug). false: the strict 2.97 rule,
+    # 409 unless the server is stopped.
+    hot_plug: bool = True
     max_attachments_per_server: int = Field(default=32, ge=1, le=256)
 
 
@@ -37,6 +39,9 @@ class AgentConfig(_Section):
     resync_interval: float = Field(default=30.0, gt=0)
     stop_timeout: float = Field(default=10.0, ge=0)
     workers: int = Field(default=4, ge=1, le=64)
+    # Hot detach: how long the guest gets to unmount a share (it learns of the detach from the
+    # metadata service or config drive) before the device is removed anyway.
+    detach_timeout: float = Field(default=10.0, ge=0)
 
 
 class LibvirtConfig(_Section):
@@ -52,6 +57,19 @@ class StorageConfig(_Section):
 
 class MetadataConfig(_Section):
     socket_dir: str = ""  # one unix socket per server; default STATE/metadata
+    # false: no metadata service at all; guests learn their shares from the config drive only
+    # (servers created with config_drive true).
+    enabled: bool = True
+
+
+class NotificationsConfig(_Section):
+    # log: the versioned notification as a JSON log line; file: JSON lines appended to `file`;
+    # noop: none.
+    driver: Literal["log", "file", "noop"] = "log"
+    file: str = ""  # default STATE/notifications.jsonl
+    topic: str = "versioned_notifications"
+    # As the compute service's option: instance.power_on/power_off carry the server's shares.
+    include_share_mapping: bool = False
 
 
 class ImagesConfig(_Section):
@@ -68,6 +86,7 @@ class Config(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
 
     # Derived paths -------------------------------------------------------------------------
     @property
@@ -97,6 +116,16 @@ class Config(_Section):
     @property
     def console_dir(self) -> Path:
         return self.state_path / "console"
+
+    @property
+    def config_drive_dir(self) -> Path:
+        return self.state_path / "config-drive"
+
+    @property
+    def notifications_file(self) -> Path:
+        if self.notifications.file:
+            return Path(self.notifications.file).resolve()
+        return self.state_path / "notifications.jsonl"
 
     @property
     def images_dir(self) -> Path:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import uvicorn
 from fastapi import FastAPI
 
+from attachfs.agent.attachments import Attachments
 from attachfs.agent.reconciler import Reconciler
 from attachfs.agent.runner import Agent
 from attachfs.api.app import ApiState, create_app
@@ -17,6 +18,7 @@ from attachfs.api.policy import PolicyEnforcer
 from attachfs.config import Config
 from attachfs.db.engine import Database, migrate
 from attachfs.metadata.sockets import MetadataSockets
+from attachfs.notify.base import make_notifier
 from attachfs.storage.bind import BindConnector
 from attachfs.storage.local import LocalShareProvider
 from attachfs.virt.image import load_images
@@ -49,15 +51,17 @@ def build_agent(parts: Parts) -> Agent:
     from attachfs.virt.libvirt import LibvirtDriver  # libvirt only where an agent runs
 
     config = parts.config
-    reconciler = Reconciler(
+    for path in (config.config_drive_dir, config.metadata_socket_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    attachments = Attachments(
         config, parts.db, parts.provider,
         {"LOCAL": BindConnector(config.storage_root, config.mount_root)},
         LibvirtDriver(config.libvirt.uri, spare_root_ports=config.libvirt.spare_root_ports,
                       owner=f"{config.agent.host}:{config.state_path}"),
-        MetadataSockets(parts.db, config.metadata_socket_dir),
-        lambda: load_images(config.images_dir),
+        MetadataSockets(parts.db, config.metadata_socket_dir, config.metadata.enabled),
+        make_notifier(config),
     )
-    return Agent(reconciler)
+    return Agent(Reconciler(config, parts.db, attachments, lambda: load_images(config.images_dir)))
 
 
 def configure_logging(config: Config) -> None:

@@ -122,13 +122,14 @@ def test_unknown_server_and_share_are_404(client: TestClient, parts: Parts) -> N
 
 
 def test_conflicts_are_409(client: TestClient, parts: Parts) -> None:
-    running = create_server(client, "running")
-    settle_server(parts, running, "active")
     share = create_share(client)
-    r = _attach(client, running, share["id"])
-    assert r.status_code == 409 and r.json()["conflictingRequest"]["code"] == 409
     building = create_server(client, "building")
-    assert _attach(client, building, share["id"]).status_code == 409
+    r = _attach(client, building, share["id"])
+    assert r.status_code == 409 and r.json()["conflictingRequest"]["code"] == 409
+    stopping = create_server(client, "stopping")
+    settle_server(parts, stopping, "active")
+    assert client.post(f"/v2.1/servers/{stopping}/action", json={"os-stop": None}).status_code == 202
+    assert _attach(client, stopping, share["id"]).status_code == 409  # task in flight
 
     sid = _stopped_server(client, parts)
     assert _attach(client, sid, share["id"], tag="t1").status_code == 201
@@ -143,10 +144,12 @@ def test_conflicts_are_409(client: TestClient, parts: Parts) -> None:
         row.status = "error"
     r = _attach(client, sid, broken["id"])
     assert r.status_code == 409 and "available" in r.json()["conflictingRequest"]["message"]
-    # detach of a running server's share is refused too
+    # detach while the server is busy (rebooting) is refused too
     with parts.db.session() as s:
-        s.query(ShareMapping).update({"status": "inactive"})
+        s.query(ShareMapping).update({"status": "active"})
     settle_server(parts, sid, "active")
+    assert client.post(f"/v2.1/servers/{sid}/action",
+                       json={"reboot": {"type": "SOFT"}}).status_code == 202
     assert client.delete(f"/v2.1/servers/{sid}/shares/{share['id']}").status_code == 409
 
 

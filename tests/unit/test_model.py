@@ -20,11 +20,23 @@ def test_uuid_rule() -> None:
         model.validate_uuid("nope", "share_id")
 
 
-def test_share_changes_need_a_stopped_idle_server() -> None:
-    model.require_server_stopped_for_share_change("stopped", None, "attach")
-    for vm, task in (("active", None), ("building", "spawning"), ("stopped", "powering-on")):
+def test_share_changes_need_an_idle_server() -> None:
+    model.require_share_change_allowed("stopped", None, "attach", hot_plug=False)
+    model.require_share_change_allowed("active", None, "attach", hot_plug=True)
+    with pytest.raises(Conflict, match="stop the server"):
+        model.require_share_change_allowed("active", None, "attach", hot_plug=False)
+    for vm, task in (("building", "spawning"), ("stopped", "powering-on"), ("error", None),
+                     ("active", "rebooting")):
         with pytest.raises(Conflict):
-            model.require_server_stopped_for_share_change(vm, task, "attach")
+            model.require_share_change_allowed(vm, task, "attach", hot_plug=True)
+
+
+def test_slots() -> None:
+    model.require_free_slot("active", 2, 1)
+    model.require_free_slot("stopped", 2, 5)  # slots only bind a running guest
+    model.require_free_slot("active", None, 5)
+    with pytest.raises(Conflict, match="hot-plug slot"):
+        model.require_free_slot("active", 2, 2)
 
 
 def test_detach_transitions() -> None:

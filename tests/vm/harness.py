@@ -41,8 +41,9 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 120,
 class Serve:
     """`attachfs serve` in its own process, so a test can kill -9 it and start it again."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, config: str = "") -> None:
         self.state_dir = state_dir
+        self.config = config  # TOML text, for settings that have no flag
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -55,6 +56,9 @@ class Serve:
         exe = Path(sys.executable).with_name("attachfs")
         argv = [str(exe), "serve", "--state-dir", str(self.state_dir),
                 "--listen", f"127.0.0.1:{self.port}", "--images-dir", str(IMAGES_DIR)]
+        if self.config:
+            (self.state_dir / "attachfs.toml").write_text(self.config)
+            argv += ["--config", str(self.state_dir / "attachfs.toml")]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         wait_for("the API to answer", self._answers, timeout=30)

@@ -2,8 +2,9 @@
 
 The rows the metadata service reads are written straight into a database (no API or agent:
 those are tested end to end in test_end_to_end.py); the metadata service itself is the real
-one, on the guest's own unix socket. Needs root and libvirtd (scripts/setup-libvirt.sh); boots under TCG
-when KVM is not usable.
+one, on the guest's own unix socket. The tests without the `vm` mark check the domain XML, the
+live-XML readers and the config drive builder without a hypervisor. The vm test needs root and
+libvirtd (scripts/setup-libvirt.sh); it boots under TCG when KVM is not usable.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import pytest
 from attachfs.db.engine import Database, migrate
 from attachfs.db.tables import Server, ShareMapping
 from attachfs.metadata.sockets import MetadataSockets
-
-pytestmark = pytest.mark.vm
 
 IMAGES = Path("/var/lib/attachfs/images")
 SHARES = Path("/var/lib/attachfs/test-shares")
@@ -53,13 +52,12 @@ def _wait_for(log: Path, text: str, timeout: float) -> float:
         content = log.read_text(errors="replace") if log.exists() else ""
         if text in content:
             return time.monotonic() - start
-        if "attachfs-guest: ready" in content:
-            break  # the agent is done: the line will not come
         time.sleep(0.2)
     content = log.read_text(errors="replace") if log.exists() else "(no console log)"
     raise AssertionError(f"{text!r} not on the console:\n{content[-4000:]}")
 
 
+@pytest.mark.vm
 def test_boot_guest_with_share_and_stop() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: libvirt qemu:///system, virtiofsd, /var/lib/attachfs")
@@ -127,3 +125,85 @@ def test_boot_guest_with_share_and_stop() -> None:
         metadata.close()
         shutil.rmtree(share_dir, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+# ---- no hypervisor needed -----------------------------------------------------------------------
+LIVE_XML = """<domain type='qemu'><devices>
+  <controller type='pci' index='0' model='pcie-root'><alias name='pcie.0'/></controller>
+  <controller type='pci' index='1' model='pcie-root-port'>
+    <address type='pci' domain='0x0000' bus='0x00' slot='0x01' function='0x0'/></controller>
+  <controller type='pci' index='2' model='pcie-root-port'>
+    <address type='pci' domain='0x0000' bus='0x00' slot='0x01' function='0x1'/></controller>
+  <controller type='pci' index='10' model='pcie-root-port'>
+    <address type='pci' domain='0x0000' bus='0x00' slot='0x02' function='0x1'/></controller>
+  <controller type='sata' index='0'>
+    <address type='pci' domain='0x0000' bus='0x00' slot='0x1f' function='0x2'/></controller>
+  <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>
+    <source file='/var/lib/attachfs/cd/x.iso'/><target dev='sda' bus='sata'/><readonly/>
+    <address type='drive' controller='0' bus='0' target='0' unit='0'/></disk>
+  <filesystem type='mount' accessmode='passthrough'><driver type='virtiofs'/>
+    <source dir='/srv/a'/><target dir='a'/><alias name='fs0'/>
+    <address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></filesystem>
+  <filesystem type='mount' accessmode='passthrough'><driver type='virtiofs'/>
+    <source dir='/srv/b'/><target dir='b'/><alias name='fs3'/>
+    <address type='pci' domain='0x0000' bus='0x0a' slot='0x00' function='0x0'/></filesystem>
+</devices></domain>"""
+
+
+def test_live_xml_readers() -> None:
+    from attachfs.virt import libvirt_xml as lx
+
+    shares = lx.live_shares(LIVE_XML)
+    assert set(shares) == {"a", "b"}
+    assert (shares["b"].alias, shares["b"].bus, shares["b"].source) == ("fs3", 10, "/srv/b")
+    assert lx.root_ports(LIVE_XML) == ([1, 2, 10], [2])
+    assert lx.cdrom_source(LIVE_XML) == (True, "/var/lib/attachfs/cd/x.iso")
+    assert lx.cdrom_source("<domain><devices/></domain>") == (False, None)
+
+
+def test_domain_xml_has_ports_and_a_cdrom() -> None:
+    import dataclasses
+    import xml.etree.ElementTree as ET
+
+    from attachfs.virt import libvirt_xml as lx
+    from attachfs.virt.base import BootImage, GuestShare, GuestSpec
+
+    image = BootImage(id="i", name="n", kernel=Path("/k"), initrd=Path("/i"))
+    spec = GuestSpec(uuid=str(uuid.uuid4()), name="vm", vcpus=1, memory_mib=256, image=image,
+                     console_log=Path("/run/c.log"), metadata_socket=Path("/run/m.sock"),
+                     shares=(GuestShare("t", Path("/srv/t"), read_only=True),))
+    root = ET.fromstring(lx.domain_xml(spec, domain_type="qemu", owner="o", socat="/usr/bin/socat",
+                                       spare_root_ports=3))
+    ports = [c for c in root.iterfind("./devices/controller") if c.get("model") == "pcie-root-port"]
+    assert len(ports) == 4  # spare + one per boot-time share
+    assert root.find("./devices/filesystem/readonly") is None  # libvirt 9.0 refuses it
+    cdrom = root.find("./devices/disk[@device='cdrom']")
+    assert cdrom is not None and cdrom.find("source") is None  # empty: ready for a media change
+    with_drive = ET.fromstring(lx.domain_xml(
+        dataclasses.replace(spec, config_drive=Path("/run/cd.iso")), domain_type="qemu",
+        owner=None, socat="/usr/bin/socat", spare_root_ports=0))
+    source = with_drive.find("./devices/disk[@device='cdrom']/source")
+    assert source is not None and source.get("file") == "/run/cd.iso"
+
+
+def test_build_config_drive(tmp_path: Path) -> None:
+    import subprocess
+
+    from attachfs.virt.configdrive import ConfigDriveError, build_config_drive
+
+    if not shutil.which("genisoimage") or not shutil.which("isoinfo"):
+        pytest.skip("needs genisoimage and isoinfo")
+    iso = tmp_path / "cd" / "config.iso"
+    build_config_drive(iso, {"openstack/latest/meta_data.json": b'{"devices": []}',
+                             "openstack/latest/user_data": b"#!/bin/sh\n"})
+    label = subprocess.run(["isoinfo", "-d", "-i", str(iso)], capture_output=True, text=True)
+    assert "Volume id: config-2" in label.stdout
+    data = subprocess.run(["isoinfo", "-R", "-i", str(iso), "-x",
+                           "/openstack/latest/meta_data.json"], capture_output=True)
+    assert data.stdout == b'{"devices": []}'
+    first = iso.stat().st_ino
+    build_config_drive(iso, {"openstack/latest/meta_data.json": b"{}"})
+    assert iso.stat().st_ino != first  # a new file renamed over the old one
+    assert sorted(p.name for p in iso.parent.iterdir()) == ["config.iso"]  # no leftovers
+    with pytest.raises(ConfigDriveError):
+        build_config_drive(iso, {"../escape": b""})

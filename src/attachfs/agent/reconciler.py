@@ -7,54 +7,45 @@ again after a crash (kill -9 anywhere) converges to the same place.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
+from attachfs.agent.attachments import HELD, Attachments
 from attachfs.config import Config
-from attachfs.core.model import (
-    AttachmentStatus,
-    PowerIntent,
-    TaskState,
-    VmState,
-    status_after_power,
-)
-from attachfs.core.services import finish_action
+from attachfs.core.model import AttachmentStatus, PowerIntent, TaskState, VmState
 from attachfs.db.engine import Database
 from attachfs.db.tables import InstanceAction, Server, ShareMapping, utcnow
 from attachfs.errors import BackendError
-from attachfs.metadata.sockets import MetadataSockets
+from attachfs.metadata.app import config_drive_files
+from attachfs.notify.payloads import instance_action_payload
 from attachfs.paths import under_root
-from attachfs.storage.base import HostConnector, ShareProvider
-from attachfs.virt.base import BootImage, GuestShare, GuestSpec, PowerState, VirtDriver
+from attachfs.virt.base import BootImage, GuestShare, GuestSpec, PowerState
+from attachfs.virt.configdrive import build_config_drive
 
 log = logging.getLogger(__name__)
-RUNNING_STATES = (AttachmentStatus.ACTIVE, AttachmentStatus.INACTIVE)
 
 
 @dataclass
 class Snapshot:
-    """The rows as read at the start of a pass (detached copies; the session is closed)."""
+    """The rows as read at the start of a step (detached copies; the session is closed)."""
 
     server: Server
     mappings: list[ShareMapping]
 
 
 class Reconciler:
-    def __init__(self, config: Config, db: Database, provider: ShareProvider,
-                 connectors: dict[str, HostConnector], virt: VirtDriver,
-                 metadata: MetadataSockets, images: Callable[[], list[BootImage]]) -> None:
-        self.config, self.db, self.provider = config, db, provider
-        self.connectors, self.virt, self.metadata, self.images = connectors, virt, metadata, images
-        self.host = config.agent.host
+    def __init__(self, config: Config, db: Database, attachments: Attachments,
+                 images: Callable[[], list[BootImage]]) -> None:
+        self.config, self.db, self.a, self.images = config, db, attachments, images
+        self.virt, self.metadata, self.host = attachments.virt, attachments.metadata, config.agent.host
 
-    # ---- reading -------------------------------------------------------------------------
-    def _snapshot(self, uuid: str) -> Snapshot | None:
-        with self.db.session() as s:
+    def snapshot(self, uuid: str) -> Snapshot | None:
+        with self.db.read() as s:
             server = s.get(Server, uuid)
             if server is None:
                 return None
@@ -63,68 +54,9 @@ class Reconciler:
                                       .order_by(ShareMapping.id)))
             return Snapshot(server, mappings)
 
-    def _set_mapping(self, mapping_id: int, status: str | None, fault: str | None = None) -> None:
-        """Move one attachment on; status None deletes the row (detach finished)."""
-        with self.db.session() as s:
-            row = s.get(ShareMapping, mapping_id)
-            if row is None:
-                return
-            if status is None:
-                finish_action(s, row.request_id, "Success", None)
-                s.delete(row)
-                return
-            row.status, row.fault_message = status, fault
-            if status == AttachmentStatus.ERROR:
-                finish_action(s, row.request_id, "Error", fault)
-            elif status in RUNNING_STATES:
-                finish_action(s, row.request_id, "Success", None)
-
-    def _fail(self, mapping: ShareMapping, step: str, exc: Exception) -> None:
-        fault = f"{step} failed: {exc}"
-        log.warning("server %s share %s: %s", mapping.instance_uuid, mapping.share_id, fault)
-        self._set_mapping(mapping.id, AttachmentStatus.ERROR, fault)
-
-    # ---- host mounts (shared by every guest of this host that uses the share) --------------
-    def mount_path(self, share_id: str) -> Path:
-        return under_root(self.config.mount_root, share_id)
-
-    def _mount(self, mapping: ShareMapping) -> Path:
-        connector = self.connectors.get(mapping.share_proto)
-        if connector is None:
-            raise BackendError(f"no connector for share protocol {mapping.share_proto}")
-        path = self.mount_path(mapping.share_id)
-        connector.mount(mapping.export_location, path, read_only=False)
-        return path
-
-    def _share_in_use(self, s: Session, share_id: str, except_server: str) -> bool:
-        """Does a running guest of this host (other than `except_server`) still use the share?"""
-        rows = s.scalars(select(Server.uuid).join(ShareMapping,
-                                                  ShareMapping.instance_uuid == Server.uuid)
-                         .where(ShareMapping.share_id == share_id, Server.host == self.host,
-                                Server.uuid != except_server,
-                                ShareMapping.status == AttachmentStatus.ACTIVE))
-        return any(self.virt.guest_state(uuid) == PowerState.RUNNING for uuid in rows)
-
-    def _release_mount(self, mapping: ShareMapping) -> None:
-        with self.db.session() as s:
-            in_use = self._share_in_use(s, mapping.share_id, mapping.instance_uuid)
-        connector = self.connectors.get(mapping.share_proto)
-        if not in_use and connector is not None:
-            connector.unmount(self.mount_path(mapping.share_id))
-
-    def _release_access(self, mapping: ShareMapping) -> None:
-        """Revoke the host's rule unless another attachment on this host still needs it."""
-        with self.db.session() as s:
-            others = s.scalar(select(ShareMapping.id).join(
-                Server, Server.uuid == ShareMapping.instance_uuid).where(
-                ShareMapping.share_id == mapping.share_id, ShareMapping.id != mapping.id,
-                Server.host == self.host).limit(1))
-        if others is None:
-            self.provider.revoke_access(mapping.share_id, self.host)
-
     # ---- the pass --------------------------------------------------------------------------
     def reconcile(self, uuid: str) -> None:
-        snap = self._snapshot(uuid)
+        snap = self.snapshot(uuid)
         if snap is None or snap.server.vm_state == VmState.DELETED:
             if self.virt.guest_state(uuid) != PowerState.MISSING:
                 log.warning("repair: guest %s has no server row; destroying it", uuid)
@@ -135,13 +67,17 @@ class Reconciler:
         if server.task_state == TaskState.DELETING:
             self._delete(snap)
             return
+        running = self.virt.guest_state(uuid) == PowerState.RUNNING
+        changed = False
         for m in snap.mappings:
             if m.status == AttachmentStatus.ATTACHING:
-                self._grant(m)
+                changed |= self.a.attach(server, m, running)
             elif m.status == AttachmentStatus.DETACHING:
-                self._detach(m)
-        snap = self._snapshot(uuid)
+                changed |= self.a.detach(server, m, running)
+        snap = self.snapshot(uuid)
         assert snap is not None
+        if changed and snap.server.config_drive:
+            self._refresh_config_drive(snap, running)
         if snap.server.vm_state == VmState.ERROR and snap.server.task_state is None:
             return  # a failed server waits for the user (stop, reboot --hard, delete)
         if snap.server.task_state in (TaskState.REBOOTING, TaskState.REBOOTING_HARD):
@@ -152,91 +88,118 @@ class Reconciler:
         else:
             self._power_off(snap)
 
-    def _grant(self, m: ShareMapping) -> None:
-        try:
-            self.provider.grant_access(m.share_id, self.host, "rw",
-                                       reason=f"attached to server {m.instance_uuid} by attachfs")
-        except BackendError as exc:
-            self._fail(m, "granting access", exc)
-            return
-        self._set_mapping(m.id, AttachmentStatus.INACTIVE)
-        log.info("server %s share %s: access granted -> inactive", m.instance_uuid, m.share_id)
+    # ---- config drive ----------------------------------------------------------------------
+    def config_drive_path(self, uuid: str) -> Path:
+        return under_root(self.config.config_drive_dir, f"{uuid}.iso")
 
-    def _detach(self, m: ShareMapping) -> None:
-        try:
-            if m.tag in self.virt.guest_share_tags(m.instance_uuid):
-                # Cold detach only (2.97): the device goes away with the next power off.
-                return
-            self._release_mount(m)
-            self._release_access(m)
-        except BackendError as exc:
-            self._fail(m, "detaching", exc)
-            return
-        self._set_mapping(m.id, None)
-        log.info("server %s share %s: detached", m.instance_uuid, m.share_id)
+    def _refresh_config_drive(self, snap: Snapshot, running: bool) -> Path:
+        """Rebuild the ISO from the rows; a running guest gets the new media live."""
+        path = self.config_drive_path(snap.server.uuid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_config_drive(path, config_drive_files(snap.server, snap.mappings))
+        if running:
+            try:
+                self.virt.set_config_drive(snap.server.uuid, path)
+            except BackendError as exc:
+                log.error("server %s: config drive media change failed: %s",
+                          snap.server.uuid, exc)
+        return path
+
+    # ---- power -------------------------------------------------------------------------------
+    def _power_notify(self, snap: Snapshot, event: str) -> None:
+        """instance.power_on/power_off, naming the user whose request it was."""
+        with self.db.read() as s:
+            action = s.scalar(select(InstanceAction).where(
+                InstanceAction.instance_uuid == snap.server.uuid,
+                InstanceAction.finish_time.is_(None)).order_by(InstanceAction.id.desc()).limit(1))
+        shares = snap.mappings if self.config.notifications.include_share_mapping else None
+        payload = instance_action_payload(
+            snap.server, user_id=action.user_id if action else snap.server.user_id,
+            project_id=action.project_id if action else snap.server.project_id,
+            request_id=action.request_id if action else None, fault=None, shares=shares)
+        self.a.notifier.notify(f"instance.{event}", payload)
 
     def _power_on(self, snap: Snapshot) -> None:
-        server = snap.server
-        uuid = server.uuid
-        state = self.virt.guest_state(uuid)
-        wanted = [m for m in snap.mappings if m.status in RUNNING_STATES]
-        if state != PowerState.RUNNING:
-            image = next((i for i in self.images() if i.id == server.image_id), None)
-            if image is None:
-                self._server_done(server, VmState.ERROR, f"image {server.image_id} is not on "
-                                  f"host {self.host}")
+        server, uuid = snap.server, snap.server.uuid
+        wanted = [m for m in snap.mappings if m.status in HELD]
+        if self.virt.guest_state(uuid) != PowerState.RUNNING:
+            if not self._boot(snap, wanted):
                 return
-            shares: list[GuestShare] = []
-            for m in wanted:
-                try:
-                    shares.append(GuestShare(tag=m.tag, host_path=self._mount(m)))
-                except BackendError as exc:
-                    self._fail(m, "mounting on the host", exc)
-            spec = GuestSpec(
-                uuid=uuid, name=server.name, vcpus=server.vcpus, memory_mib=server.memory_mib,
-                image=image, console_log=self.console_log(uuid),
-                metadata_socket=self.metadata.ensure(uuid), shares=tuple(shares))
-            try:
-                self.virt.start_guest(spec)
-            except BackendError as exc:
-                self._server_done(server, VmState.ERROR, f"starting the guest failed: {exc}")
-                return
-            log.info("server %s: guest started with %d share(s)", uuid, len(shares))
         else:
             self.metadata.ensure(uuid)
-        present = self.virt.guest_share_tags(uuid)
-        for m in wanted:
-            if m.tag in present:
-                if m.status != AttachmentStatus.ACTIVE:
-                    self._set_mapping(m.id, status_after_power(m.status, power_on=True))
-            elif self._snapshot_status(m.id) in RUNNING_STATES:
-                self._fail(m, "adding the device", BackendError(
-                    f"the running guest has no device with tag {m.tag}; stop and start the "
-                    "server to add it"))
+        self._plug_missing(snap, wanted)
         self._server_done(server, VmState.ACTIVE, None)
 
-    def _snapshot_status(self, mapping_id: int) -> str | None:
+    def _boot(self, snap: Snapshot, wanted: list[ShareMapping]) -> bool:
+        server, uuid = snap.server, snap.server.uuid
+        image = next((i for i in self.images() if i.id == server.image_id), None)
+        if image is None:
+            self._server_done(server, VmState.ERROR, f"image {server.image_id} is not on host "
+                              f"{self.host}")
+            return False
+        self._power_notify(snap, "power_on.start")
+        shares: list[GuestShare] = []
+        for m in wanted:
+            try:
+                shares.append(GuestShare(tag=m.tag, host_path=self.a.mount(m),
+                                         read_only=m.read_only))
+            except BackendError as exc:
+                self.a.fail(server, m, "mounting on the host", exc)
+        drive = self._refresh_config_drive(snap, running=False) if server.config_drive else None
+        spec = GuestSpec(uuid=uuid, name=server.name, vcpus=server.vcpus,
+                         memory_mib=server.memory_mib, image=image,
+                         console_log=self.console_log(uuid),
+                         metadata_socket=self.metadata.ensure(uuid), shares=tuple(shares),
+                         config_drive=drive)
+        try:
+            self.virt.start_guest(spec)
+        except BackendError as exc:
+            self._server_done(server, VmState.ERROR, f"starting the guest failed: {exc}")
+            return False
+        slots = len(shares) + self.virt.free_share_slots(uuid)
         with self.db.session() as s:
-            row = s.get(ShareMapping, mapping_id)
-            return row.status if row else None
+            row = s.get(Server, uuid)
+            if row is not None:
+                row.share_slots = slots
+        log.info("server %s: guest started with %d share(s), %d slot(s)", uuid, len(shares),
+                 slots)
+        self._power_notify(snap, "power_on.end")
+        return True
+
+    def _plug_missing(self, snap: Snapshot, wanted: list[ShareMapping]) -> None:
+        """Every held attachment of a running guest must have its device: add what is missing
+        (hot plug) and mark them active."""
+        present = self.virt.guest_share_tags(snap.server.uuid)
+        for m in wanted:
+            if m.tag not in present:
+                try:
+                    with contextlib.ExitStack() as undo:
+                        self.a.plug(snap.server.uuid, m, undo)
+                        undo.pop_all()
+                except BackendError as exc:
+                    self.a.fail(snap.server, m, "adding the device", exc)
+                    continue
+            if m.status != AttachmentStatus.ACTIVE:
+                self.a.set_status(m.id, AttachmentStatus.ACTIVE)
 
     def _power_off(self, snap: Snapshot) -> None:
         uuid = snap.server.uuid
         if self.virt.guest_state(uuid) == PowerState.RUNNING:
+            self._power_notify(snap, "power_off.start")
             self.virt.stop_guest(uuid, self.config.agent.stop_timeout)
             log.info("server %s: guest stopped", uuid)
+            self._power_notify(snap, "power_off.end")
         for m in snap.mappings:
             if m.status == AttachmentStatus.ACTIVE:
-                self._set_mapping(m.id, status_after_power(m.status, power_on=False))
+                self.a.set_status(m.id, AttachmentStatus.INACTIVE)
         for m in snap.mappings:
-            if m.status in RUNNING_STATES:
+            if m.status in HELD:
                 try:
-                    self._release_mount(m)
+                    self.a.release_mount(m)
                 except BackendError as exc:
-                    self._fail(m, "unmounting on the host", exc)
-        vm_state = VmState.STOPPED if snap.server.vm_state != VmState.ERROR or \
-            snap.server.task_state else snap.server.vm_state
-        self._server_done(snap.server, vm_state, None)
+                    self.a.fail(snap.server, m, "unmounting on the host", exc)
+        keep_error = snap.server.vm_state == VmState.ERROR and not snap.server.task_state
+        self._server_done(snap.server, VmState.ERROR if keep_error else VmState.STOPPED, None)
 
     def _delete(self, snap: Snapshot) -> None:
         uuid = snap.server.uuid
@@ -245,18 +208,19 @@ class Reconciler:
         failures = []
         for m in snap.mappings:
             try:
-                self._release_mount(m)
-                self._release_access(m)
+                self.a.release_mount(m)
+                self.a.release_access(m)
             except BackendError as exc:
-                self._fail(m, "detaching on delete", exc)
+                self.a.fail(snap.server, m, "detaching on delete", exc)
                 failures.append(f"share {m.share_id}: {exc}")
                 continue
-            self._set_mapping(m.id, None)
+            self.a.set_status(m.id, None)
         if failures:  # keep the server and the failed attachments visible: nothing is lost
             self._server_done(snap.server, VmState.ERROR,
                               "delete could not detach " + "; ".join(failures))
             return
         self.console_log(uuid).unlink(missing_ok=True)
+        self.config_drive_path(uuid).unlink(missing_ok=True)
         self._server_done(snap.server, VmState.DELETED, None)
         log.info("server %s: deleted", uuid)
 
@@ -269,9 +233,10 @@ class Reconciler:
             row.fault_message = fault
             if row.generation != server.generation and vm_state != VmState.DELETED:
                 return  # a newer request arrived; the next pass handles it
-            row.vm_state = vm_state
-            row.task_state = None
+            row.vm_state, row.task_state = vm_state, None
             row.observed_generation = server.generation
+            if vm_state != VmState.ACTIVE:
+                row.share_slots = None
             if vm_state == VmState.ACTIVE and row.launched_at is None:
                 row.launched_at = utcnow()
             result, message = ("Error", fault) if fault else ("Success", None)

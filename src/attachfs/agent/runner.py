@@ -44,7 +44,7 @@ class Agent:
 
     # ---- what needs work ---------------------------------------------------------------------
     def dirty_servers(self) -> list[str]:
-        with self.r.db.session() as s:
+        with self.r.db.read() as s:
             busy = select(ShareMapping.instance_uuid).where(ShareMapping.status.in_(TRANSITIONAL))
             rows = s.scalars(select(Server.uuid).where(
                 Server.host == self.r.host, Server.vm_state != VmState.DELETED,
@@ -53,7 +53,7 @@ class Agent:
             return list(rows)
 
     def host_servers(self) -> dict[str, Server]:
-        with self.r.db.session() as s:
+        with self.r.db.read() as s:
             rows = s.scalars(select(Server).where(Server.host == self.r.host,
                                                   Server.vm_state != VmState.DELETED))
             return {row.uuid: row for row in rows}
@@ -92,19 +92,39 @@ class Agent:
             elif server.vm_state == VmState.ACTIVE and server.task_state is None \
                     and guest != PowerState.RUNNING:
                 self.r.note_guest_stopped(uuid)
-        self.r.metadata.sync({u for u, sv in servers.items()})
+        self.r.metadata.sync(set(servers))
+        self._repair_devices(servers, guests)
         self._repair_mounts()
         self._repair_virtiofsd()
 
+    def _repair_devices(self, servers: dict[str, Server],
+                        guests: dict[str, PowerState]) -> None:
+        """No device without a row: a running guest's share device that no attachment of its
+        server claims is removed (a crash between adding it and recording it leaves one)."""
+        for uuid, state in guests.items():
+            if state != PowerState.RUNNING or uuid not in servers:
+                continue
+            snap = self.r.snapshot(uuid)
+            if snap is None or snap.server.task_state is not None:
+                continue
+            claimed = {m.tag for m in snap.mappings}
+            for tag in self.r.virt.guest_share_tags(uuid) - claimed:
+                log.warning("repair: removing device %s from guest %s: no attachment has it",
+                            tag, uuid)
+                try:
+                    self.r.virt.detach_share(uuid, tag, 30.0)
+                except Exception as exc:  # noqa: BLE001 - logged; the next repair retries
+                    log.error("repair: cannot remove device %s from %s: %s", tag, uuid, exc)
+
     def _needed_mounts(self) -> set[Path]:
-        with self.r.db.session() as s:
-            rows = s.scalars(select(ShareMapping.share_id).join(
+        with self.r.db.read() as s:
+            rows = s.execute(select(ShareMapping.share_id, ShareMapping.read_only).join(
                 Server, Server.uuid == ShareMapping.instance_uuid).where(
                 Server.host == self.r.host, ShareMapping.status.in_(
                     (AttachmentStatus.ACTIVE, AttachmentStatus.INACTIVE,
-                     AttachmentStatus.DETACHING)),
+                     AttachmentStatus.ATTACHING, AttachmentStatus.DETACHING)),
                 Server.vm_state.in_((VmState.ACTIVE, VmState.BUILDING))))
-            return {self.r.mount_path(share_id) for share_id in rows}
+            return {self.r.a.mount_path(share_id, ro) for share_id, ro in rows}
 
     def _repair_mounts(self) -> None:
         root = self.config.mount_root
@@ -123,8 +143,9 @@ class Agent:
         root = str(self.config.mount_root)
         running = [u for u, st in self.r.virt.list_guests().items() if st == PowerState.RUNNING]
         with self.r.db.read() as s:
-            in_use = {str(self.r.mount_path(share_id)) for share_id in s.scalars(
-                select(ShareMapping.share_id).where(ShareMapping.instance_uuid.in_(running)))}
+            in_use = {str(self.r.a.mount_path(share_id, ro)) for share_id, ro in s.execute(
+                select(ShareMapping.share_id, ShareMapping.read_only)
+                .where(ShareMapping.instance_uuid.in_(running)))}
         for pid, argv in _processes():
             args = " ".join(argv)
             if not argv or not argv[0].endswith("virtiofsd") or root not in args:

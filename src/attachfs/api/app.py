@@ -68,14 +68,17 @@ def create_app(state: ApiState) -> FastAPI:
         try:
             version = microversion.parse(request.headers.get(microversion.HEADERS[0]),
                                          request.headers.get(microversion.HEADERS[1]))
+            extension = microversion.parse_extension(request.headers.get(microversion.HEADERS[0]))
         except ClientError as exc:
             response: Response = fault(exc.code, exc.fault, exc.message)
         else:
             request.state.version = version
+            request.state.extension = extension
             request.state.context = noauth_context(
                 request.headers.get("X-Auth-Token"), state.config.api, request_id)
             response = await call_next(request)
-            response.headers[microversion.HEADERS[0]] = f"compute {version}"
+            response.headers[microversion.HEADERS[0]] = f"compute {version}" + (
+                f", {microversion.EXT_SERVICE} {extension}" if extension else "")
             response.headers[microversion.HEADERS[1]] = str(version)
         response.headers["Vary"] = microversion.VARY
         response.headers["x-openstack-request-id"] = request_id
@@ -115,9 +118,9 @@ def create_app(state: ApiState) -> FastAPI:
         log.error("database error: %s", exc)
         return fault(503, "serviceUnavailable", "The database is busy; retry the request")
 
-    from attachfs.api import catalog, filesystems, server_shares, servers
+    from attachfs.api import catalog, filesystems, instance_actions, server_shares, servers
 
-    for module in (catalog, servers, server_shares, filesystems):
+    for module in (catalog, servers, server_shares, filesystems, instance_actions):
         app.include_router(module.router)
     return app
 

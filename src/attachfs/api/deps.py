@@ -30,6 +30,12 @@ def version(request: Request) -> Version:
     return v
 
 
+def extension(request: Request, minimum: str) -> bool:
+    """Did the client ask for attachfs extension `minimum` (or newer)?"""
+    ext: Version | None = request.state.extension
+    return ext is not None and ext.at_least(minimum)
+
+
 def require_version(request: Request, minimum: str) -> None:
     """Below the microversion that introduced a resource, it does not exist (404)."""
     if not version(request).at_least(minimum):

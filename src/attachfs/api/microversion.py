@@ -31,6 +31,33 @@ def fmt(v: tuple[int, int]) -> str:
     return f"{v[0]}.{v[1]}"
 
 
+# attachfs's own extensions, asked for beside the compute version:
+#   OpenStack-API-Version: compute 2.97, attachfs 1.1
+# 1.1: read-only attachments (`read_only` in the attach body and in attachment views).
+EXT_SERVICE = "attachfs"
+EXT_MAX = (1, 1)
+
+
+def parse_extension(openstack_header: str | None) -> Version | None:
+    """The attachfs extension version asked for, or None (then bodies are exactly 2.97's)."""
+    for part in (openstack_header or "").split(","):
+        service, _, value = part.strip().partition(" ")
+        if service.lower() != EXT_SERVICE:
+            continue
+        value = value.strip()
+        if value.lower() == "latest":
+            return Version(*EXT_MAX)
+        m = _RE.match(value)
+        if not m:
+            raise BadRequest(f"attachfs API version {value} is of invalid format")
+        version = Version(int(m.group(1)), int(m.group(2)))
+        if not (Version(1, 0) <= version <= Version(*EXT_MAX)):
+            raise NotAcceptable(f"attachfs API version {value} is not supported; "
+                                f"minimum 1.0, maximum {fmt(EXT_MAX)}")
+        return version
+    return None
+
+
 def parse(openstack_header: str | None, nova_header: str | None) -> Version:
     """Pick the requested version; no header means the minimum, as the compute API does."""
     text: str | None = None

@@ -33,6 +33,7 @@ _RULES: list[tuple[str, str, str]] = [
     ("os_compute_api:servers:reboot", PROJECT_MEMBER_OR_ADMIN, "Reboot a server"),
     ("os_compute_api:os-console-output", PROJECT_MEMBER_OR_ADMIN, "Read the serial console"),
     ("os_compute_api:os-instance-actions:list", PROJECT_READER_OR_ADMIN, "List actions"),
+    ("os_compute_api:os-instance-actions:show", PROJECT_READER_OR_ADMIN, "Show an action"),
     ("attachfs:os-filesystem:index", PROJECT_READER_OR_ADMIN, "List built-in shares"),
     ("attachfs:os-filesystem:show", PROJECT_READER_OR_ADMIN, "Show a built-in share"),
     ("attachfs:os-filesystem:create", PROJECT_MEMBER_OR_ADMIN, "Create a built-in share"),

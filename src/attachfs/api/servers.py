@@ -40,6 +40,7 @@ class ServerCreate(BaseModel):
     key_name: str | None = None
     availability_zone: str | None = None
     description: str | None = None
+    config_drive: bool = False
 
     @field_validator("user_data")
     @classmethod
@@ -70,8 +71,9 @@ class Reboot(BaseModel):
 class LegacyAttach(BaseModel):
     model_config = _STRICT
     share_id: str
-    mount_point: str | None = Field(default=None, min_length=1, max_length=255)
+    mount_point: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=255)
     tag: str | None = None
+    read_only: bool = False
 
 
 class LegacyDetach(BaseModel):
@@ -98,7 +100,7 @@ def create_server(request: Request, body: Any = Body(None)) -> dict[str, Any]:
         server = services.create_server(
             s, ctx, name=spec.name, flavor=flavor, image_id=image.id,
             host=state.config.agent.host, metadata=spec.metadata, user_data=spec.user_data,
-            project_shares=shares)
+            project_shares=shares, config_drive=spec.config_drive)
         uuid = server.uuid
     state.wake_agent()
     return {"server": {"id": uuid, "links": views.link(base_url(request), "servers", uuid),
@@ -187,7 +189,7 @@ def server_action(server_id: str, request: Request, body: Any = Body(None)) -> A
     (action, args), = body.items()
     if action == "share_attach":
         spec = deps.parse(LegacyAttach, args)
-        do_attach(request, server_id, spec.share_id, spec.tag, spec.mount_point)
+        do_attach(request, server_id, spec.share_id, spec.tag, spec.mount_point, spec.read_only)
         return Response(status_code=202)
     if action == "share_detach":
         do_detach(request, server_id, deps.parse(LegacyDetach, args).share_id)

@@ -36,6 +36,8 @@ def attached_share(m: ShareMapping, admin: bool) -> dict[str, Any]:
     view = share_mapping(m, admin)
     if m.mount_point:
         view["mount_point"] = m.mount_point
+    if m.read_only:
+        view["read_only"] = True
     if m.fault_message:
         view["fault"] = m.fault_message
     return view
@@ -69,7 +71,8 @@ def server_detail(s: Server, mappings: list[ShareMapping], base: str, version: V
         "flavor": flavor_view, "created": iso(s.created_at), "updated": iso(s.updated_at),
         "addresses": {}, "accessIPv4": "", "accessIPv6": "", "links": link(base, "servers", s.uuid),
         "OS-DCF:diskConfig": "MANUAL", "progress": 0, "OS-EXT-AZ:availability_zone": "nova",
-        "config_drive": "", "key_name": None, "OS-SRV-USG:launched_at": iso(s.launched_at),
+        "config_drive": "True" if s.config_drive else "", "key_name": None,
+        "OS-SRV-USG:launched_at": iso(s.launched_at),
         "OS-SRV-USG:terminated_at": None, "security_groups": [],
         "OS-EXT-STS:vm_state": s.vm_state, "OS-EXT-STS:task_state": s.task_state,
         "OS-EXT-STS:power_state": POWER_STATE.get(s.vm_state, 0),

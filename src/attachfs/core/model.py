@@ -95,13 +95,25 @@ def validate_uuid(value: str, field: str) -> str:
 
 # ---- attachment state machine ---------------------------------------------------------------
 
-def require_server_stopped_for_share_change(vm_state: str, task_state: str | None, verb: str) -> None:
-    """2.97 rule: shares change only while the server is stopped and idle."""
-    if vm_state != VmState.STOPPED or task_state is not None:
+def require_share_change_allowed(vm_state: str, task_state: str | None, verb: str,
+                                 hot_plug: bool) -> None:
+    """Shares change while the server is idle and stopped, or (hot plug) idle and running.
+    With hot plug off this is exactly 2.97's rule: stopped only."""
+    allowed = (VmState.STOPPED, VmState.ACTIVE) if hot_plug else (VmState.STOPPED,)
+    if vm_state not in allowed or task_state is not None:
         raise Conflict(
             f"Cannot '{verb}' share while the server is in vm_state {vm_state}"
             + (f", task_state {task_state}" if task_state else "")
-            + "; stop the server first"
+            + ("; wait until it is ACTIVE or SHUTOFF" if hot_plug else "; stop the server first")
+        )
+
+
+def require_free_slot(vm_state: str, slots: int | None, in_use: int) -> None:
+    """A running guest takes new devices only into the hot-plug slots it booted with."""
+    if vm_state == VmState.ACTIVE and slots is not None and in_use >= slots:
+        raise Conflict(
+            f"No free hot-plug slot: the running server has {slots} slot(s) for shares and all "
+            "are in use; detach a share, or stop the server and attach it while stopped"
         )
 
 

@@ -18,7 +18,8 @@ from attachfs.core.model import (
     PowerIntent,
     TaskState,
     VmState,
-    require_server_stopped_for_share_change,
+    require_free_slot,
+    require_share_change_allowed,
     status_after_detach_request,
     status_after_retry,
     validate_tag,
@@ -80,12 +81,13 @@ def _touch(server: Server) -> None:
 
 def create_server(s: Session, ctx: RequestContext, *, name: str, flavor: Flavor, image_id: str,
                   host: str, metadata: dict[str, str], user_data: str | None,
-                  project_shares: list[ShareInfo]) -> Server:
+                  project_shares: list[ShareInfo], config_drive: bool = False) -> Server:
     server = Server(
         uuid=str(uuidlib.uuid4()), name=name, project_id=ctx.project_id, user_id=ctx.user_id,
         host=host, flavor_id=flavor.id, image_id=image_id, vcpus=flavor.vcpus,
         memory_mib=flavor.ram_mib, vm_state=VmState.BUILDING, task_state=TaskState.SPAWNING,
         power_intent=PowerIntent.ON, user_data=user_data, meta=metadata, generation=1,
+        config_drive=config_drive,
         observed_generation=0,
     )
     s.add(server)
@@ -137,11 +139,13 @@ def delete_server(s: Session, ctx: RequestContext, server: Server) -> None:
 # ---- share attachments -----------------------------------------------------------------------
 
 def _new_mapping(s: Session, server: Server, share: ShareInfo, tag: str,
-                 mount_point: str | None, ctx: RequestContext) -> ShareMapping:
+                 mount_point: str | None, ctx: RequestContext,
+                 read_only: bool = False) -> ShareMapping:
     mapping = ShareMapping(
         uuid=str(uuidlib.uuid4()), instance_uuid=server.uuid, share_id=share.id,
         status=AttachmentStatus.ATTACHING, tag=tag, export_location=share.preferred_export,
-        share_proto=share.protocol, mount_point=mount_point, user_id=ctx.user_id,
+        share_proto=share.protocol, mount_point=mount_point, read_only=read_only,
+        user_id=ctx.user_id,
         project_id=ctx.project_id, request_id=ctx.request_id,
     )
     s.add(mapping)
@@ -161,18 +165,26 @@ def get_mapping(s: Session, server_uuid: str, share_id: str) -> ShareMapping:
     return mapping
 
 
+@dataclass(frozen=True)
+class AttachRules:
+    hot_plug: bool
+    max_per_server: int
+
+
 def attach_share(s: Session, ctx: RequestContext, server: Server, share: ShareInfo,
-                 tag: str | None, mount_point: str | None, max_per_server: int) -> ShareMapping:
+                 tag: str | None, mount_point: str | None, rules: AttachRules,
+                 read_only: bool = False) -> ShareMapping:
     """POST /servers/{id}/shares: record the attachment as `attaching` for the agent."""
     tag = validate_tag(tag if tag is not None else share.id)
-    require_server_stopped_for_share_change(server.vm_state, server.task_state, "attach")
+    require_share_change_allowed(server.vm_state, server.task_state, "attach", rules.hot_plug)
     if share.status != "available":
         raise Conflict(f"Share {share.id} is in status {share.status}, not available")
     existing = s.scalar(select(ShareMapping).where(ShareMapping.instance_uuid == server.uuid,
                                                    ShareMapping.share_id == share.id))
     if existing is not None:
         existing.status = status_after_retry(existing.status)  # 409 unless in error
-        existing.fault_message, existing.user_id, existing.request_id = None, ctx.user_id, ctx.request_id
+        existing.fault_message, existing.user_id = None, ctx.user_id
+        existing.request_id, existing.read_only = ctx.request_id, read_only
         mapping = existing
     else:
         clash = s.scalar(select(ShareMapping.share_id).where(
@@ -181,21 +193,25 @@ def attach_share(s: Session, ctx: RequestContext, server: Server, share: ShareIn
             raise Conflict(f"Tag '{tag}' is already used by share {clash} on this server")
         count = s.scalar(select(func.count()).select_from(ShareMapping)
                          .where(ShareMapping.instance_uuid == server.uuid)) or 0
-        if count >= max_per_server:
-            raise Conflict(f"Server already has {count} shares attached (limit {max_per_server})")
-        mapping = _new_mapping(s, server, share, tag, mount_point or share.mount_point, ctx)
+        if count >= rules.max_per_server:
+            raise Conflict(f"Server already has {count} shares attached "
+                           f"(limit {rules.max_per_server})")
+        require_free_slot(server.vm_state, server.share_slots, count)
+        mapping = _new_mapping(s, server, share, tag, mount_point or share.mount_point, ctx,
+                               read_only)
     _touch(server)
     record_action(s, server.uuid, "attach_share", ctx, message=share.id)
     s.flush()
     return mapping
 
 
-def detach_share(s: Session, ctx: RequestContext, server: Server, share_id: str) -> None:
+def detach_share(s: Session, ctx: RequestContext, server: Server, share_id: str,
+                 hot_plug: bool) -> None:
     """DELETE /servers/{id}/shares/{share_id}: the agent detaches and then deletes the row."""
     mapping = get_mapping(s, server.uuid, share_id)
-    require_server_stopped_for_share_change(server.vm_state, server.task_state, "detach")
+    require_share_change_allowed(server.vm_state, server.task_state, "detach", hot_plug)
     mapping.status = status_after_detach_request(mapping.status)
-    mapping.fault_message = None
+    mapping.fault_message, mapping.request_id = None, ctx.request_id
     _touch(server)
     record_action(s, server.uuid, "detach_share", ctx, message=share_id)
 

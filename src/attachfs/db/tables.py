@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -44,6 +45,10 @@ class Server(Base):
     user_data: Mapped[str | None] = mapped_column(Text, nullable=True)  # base64, as given
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     fault_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    config_drive: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Filesystem devices the running guest can hold (boot-time shares + free hot-plug ports),
+    # recorded by the agent at boot; None while not running. The API refuses attaches past it.
+    share_slots: Mapped[int | None] = mapped_column(Integer, nullable=True)
     launched_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
@@ -104,6 +109,7 @@ class ShareMapping(Base):
     export_location: Mapped[str] = mapped_column(Text, default="")
     share_proto: Mapped[str] = mapped_column(String(32), default="")
     mount_point: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     fault_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     user_id: Mapped[str] = mapped_column(String(255))
     project_id: Mapped[str] = mapped_column(String(255))

@@ -7,6 +7,9 @@ One app instance per server: the server is known from the unix socket the reques
 from __future__ import annotations
 
 import base64
+import json
+import threading
+import time
 from typing import Any
 
 from sqlalchemy import select
@@ -45,7 +48,42 @@ def meta_data(server: Server, mappings: list[ShareMapping]) -> dict[str, Any]:
     }
 
 
-def make_app(db: Database, server_uuid: str) -> Starlette:
+class GuestReports:
+    """What each guest says it has mounted (POST /attachfs/v1/mounts from the guest agent).
+    In memory: it only serves hot detach, which waits for the guest to let go of a share."""
+
+    def __init__(self) -> None:
+        self._mounted: dict[str, tuple[float, frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, server_uuid: str, tags: frozenset[str]) -> None:
+        with self._lock:
+            self._mounted[server_uuid] = (time.monotonic(), tags)
+
+    def mounted(self, server_uuid: str) -> tuple[float, frozenset[str]] | None:
+        """(when reported, tags) or None if the guest never reported."""
+        with self._lock:
+            return self._mounted.get(server_uuid)
+
+    def forget(self, server_uuid: str) -> None:
+        with self._lock:
+            self._mounted.pop(server_uuid, None)
+
+
+MAX_REPORT = 64 * 1024
+
+
+def config_drive_files(server: Server, mappings: list[ShareMapping]) -> dict[str, bytes]:
+    """The config drive holds what the metadata service would answer, at both versions."""
+    meta = json.dumps(meta_data(server, mappings), indent=1).encode()
+    files = {f"openstack/{version}/meta_data.json": meta for version in VERSIONS}
+    if server.user_data:
+        for version in VERSIONS:
+            files[f"openstack/{version}/user_data"] = base64.b64decode(server.user_data)
+    return files
+
+
+def make_app(db: Database, server_uuid: str, reports: GuestReports | None = None) -> Starlette:
     def load() -> tuple[Server, list[ShareMapping]] | None:
         with db.read() as s:
             server = s.get(Server, server_uuid)
@@ -83,7 +121,17 @@ def make_app(db: Database, server_uuid: str) -> Starlette:
         return Response(base64.b64decode(found[0].user_data),
                         media_type="application/octet-stream")
 
+    async def report_mounts(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_REPORT or reports is None:
+            return PlainTextResponse("400 Bad Request", status_code=400)
+        tags = frozenset(t.strip() for t in body.decode(errors="replace").splitlines()
+                         if t.strip())
+        reports.record(server_uuid, tags)
+        return PlainTextResponse("ok\n")
+
     return Starlette(routes=[
+        Route("/attachfs/v1/mounts", report_mounts, methods=["POST"]),
         Route("/", root), Route("/openstack", versions), Route("/openstack/", versions),
         Route("/openstack/{version}", listing), Route("/openstack/{version}/", listing),
         Route("/openstack/{version}/meta_data.json", meta_data_json),

@@ -14,7 +14,7 @@ from pathlib import Path
 import uvicorn
 
 from attachfs.db.engine import Database
-from attachfs.metadata.app import make_app
+from attachfs.metadata.app import GuestReports, make_app
 from attachfs.paths import under_root
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,12 @@ class _Listener:
 
 
 class MetadataSockets:
-    def __init__(self, db: Database, socket_dir: Path) -> None:
+    def __init__(self, db: Database, socket_dir: Path, enabled: bool = True) -> None:
         self.db = db
+        self.enabled = enabled  # disabled: paths are handed out, nothing listens on them
         self.socket_dir = socket_dir
         self._listeners: dict[str, _Listener] = {}
+        self.reports = GuestReports()
         self._lock = threading.Lock()
 
     def socket_path(self, server_uuid: str) -> Path:
@@ -44,12 +46,14 @@ class MetadataSockets:
     def ensure(self, server_uuid: str) -> Path:
         """Serve the server's socket (idempotent); returns its path once it accepts."""
         path = self.socket_path(server_uuid)
+        if not self.enabled:
+            return path
         with self._lock:
             if server_uuid in self._listeners and self._listeners[server_uuid].thread.is_alive():
                 return path
             self.socket_dir.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
-            config = uvicorn.Config(make_app(self.db, server_uuid), uds=str(path),
+            config = uvicorn.Config(make_app(self.db, server_uuid, self.reports), uds=str(path),
                                     log_level="warning", access_log=False, lifespan="off")
             self._listeners[server_uuid] = _Listener(uvicorn.Server(config))
         deadline = time.monotonic() + 5
@@ -63,6 +67,7 @@ class MetadataSockets:
             listener = self._listeners.pop(server_uuid, None)
         if listener:
             listener.stop()
+        self.reports.forget(server_uuid)
         self.socket_path(server_uuid).unlink(missing_ok=True)
 
     def sync(self, server_uuids: set[str]) -> None:

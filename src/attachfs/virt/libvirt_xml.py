@@ -1,0 +1,233 @@
+"""Domain and device XML for the libvirt driver, and what the driver reads back from live XML.
+
+No libvirt import here: pure ElementTree, so it can be unit tested without a hypervisor.
+
+Hot-plug slots (measured with libvirt 9.0 / QEMU 7.2, q35): a hot-plugged virtio-fs device goes
+on a ``pcie-root-port`` (pcie-root itself is not hot-pluggable). libvirt picks a free port itself
+when the device XML has no ``<address>``, and records the choice in the live XML as
+``<address type='pci' bus='0xNN' .../>`` where NN is the port controller's ``index``. When no port
+is free, attachDeviceFlags fails with "No more available PCI slots". A port freed by a detach is
+free again for the next attach. So a port is free exactly when no device (nor controller) in the
+live XML has an address whose bus equals the port's index (`free_root_ports`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from attachfs.errors import BackendError
+from attachfs.virt.base import GuestShare, GuestSpec
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+# Which agent a guest belongs to: several agents (or test runs) may share one libvirtd, and an
+# agent's repair must never touch another's guests.
+OWNER_NS = "urn:attachfs:owner:1"
+ET.register_namespace("qemu", QEMU_NS)
+ET.register_namespace("attachfs", OWNER_NS)
+
+NAME_PREFIX = "attachfs-"
+METADATA_NET = "169.254.169.0/24"
+METADATA_ADDR = "169.254.169.254"
+CDROM_DEV = "sda"  # the config drive: first SATA disk of q35's built-in AHCI controller
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]+$")  # no ',' (QEMU) ':' or spaces (socat, argv)
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class VirtError(BackendError):
+    """A hypervisor operation failed; the message says which and why."""
+
+
+def domain_name(uuid: str) -> str:
+    return NAME_PREFIX + uuid
+
+
+def check_abs(what: str, path: Path) -> str:
+    if not Path(path).is_absolute():
+        raise VirtError(f"{what} must be an absolute path, not {str(path)!r}")
+    return str(path)
+
+
+def check_tag(tag: str) -> str:
+    if not tag or len(tag.encode()) > 36 or "\0" in tag:
+        raise VirtError(f"share tag {tag!r}: virtio-fs tags are 1-36 bytes")
+    return tag
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def _mac(uuid: str) -> str:
+    h = uuid.replace("-", "")[-6:]
+    return "52:54:00:" + ":".join(h[i : i + 2] for i in range(0, 6, 2))
+
+
+def filesystem_element(share: GuestShare) -> ET.Element:
+    """``<filesystem>`` for a virtio-fs share (libvirt starts its virtiofsd). No ``<readonly/>``:
+    libvirt 9.0 refuses it for virtiofs, read-only is enforced host-side. No ``<address>``:
+    libvirt picks a free pcie-root-port itself (see the module docstring)."""
+    tag = check_tag(share.tag)
+    fs = ET.Element("filesystem", {"type": "mount", "accessmode": "passthrough"})
+    _sub(fs, "driver", type="virtiofs")
+    _sub(fs, "source", dir=check_abs(f"share {tag} host path", share.host_path))
+    _sub(fs, "target", dir=tag)
+    return fs
+
+
+def cdrom_element(iso: Path | None) -> ET.Element:
+    """The config drive: a read-only SATA cdrom; empty (no medium) when `iso` is None."""
+    disk = ET.Element("disk", {"type": "file", "device": "cdrom"})
+    _sub(disk, "driver", name="qemu", type="raw")
+    if iso is not None:
+        _sub(disk, "source", file=check_abs("config drive", iso))
+    _sub(disk, "target", dev=CDROM_DEV, bus="sata")
+    _sub(disk, "readonly")
+    return disk
+
+
+def to_xml(el: ET.Element) -> str:
+    return ET.tostring(el, encoding="unicode")
+
+
+def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, socat: str,
+               spare_root_ports: int) -> str:
+    if not _UUID.match(spec.uuid):
+        raise VirtError(f"server uuid {spec.uuid!r} is not a lowercase uuid")
+    console_log = check_abs("console log", spec.console_log)
+    socket = check_abs("metadata socket", spec.metadata_socket)
+    if not _SAFE_PATH.match(socket):
+        raise VirtError(f"metadata socket path {socket!r} has characters outside [A-Za-z0-9._/@+-]")
+    kernel = check_abs("kernel", spec.image.kernel)
+    initrd = check_abs("initrd", spec.image.initrd)
+
+    dom = ET.Element("domain", {"type": domain_type})
+    _sub(dom, "name", domain_name(spec.uuid))
+    _sub(dom, "uuid", spec.uuid)
+    _sub(dom, "title", " ".join(spec.name.split())[:200])
+    if owner is not None:
+        _sub(_sub(dom, "metadata"), f"{{{OWNER_NS}}}owner", owner)
+    _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
+    _sub(dom, "vcpu", str(spec.vcpus))
+    mb = _sub(dom, "memoryBacking")
+    _sub(mb, "source", type="memfd")
+    _sub(mb, "access", mode="shared")
+    os_el = _sub(dom, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64", machine="q35")
+    _sub(os_el, "kernel", kernel)
+    _sub(os_el, "initrd", initrd)
+    _sub(os_el, "cmdline", spec.image.cmdline)
+    features = _sub(dom, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    cpu = _sub(dom, "cpu")
+    numa = _sub(cpu, "numa")
+    _sub(numa, "cell", id="0", cpus=f"0-{spec.vcpus - 1}", memory=str(spec.memory_mib),
+         unit="MiB", memAccess="shared")
+    _sub(dom, "on_poweroff", "destroy")
+    _sub(dom, "on_reboot", "restart")
+    _sub(dom, "on_crash", "destroy")
+
+    devices = _sub(dom, "devices")
+    # an explicit pcie-root before the ports, else libvirt does not keep them all for hot plug
+    _sub(devices, "controller", type="pci", index="0", model="pcie-root")
+    for i in range(1, 1 + spare_root_ports + len(spec.shares)):
+        _sub(devices, "controller", type="pci", index=str(i), model="pcie-root-port")
+    _sub(devices, "controller", type="usb", model="none")
+    for share in spec.shares:
+        devices.append(filesystem_element(share))
+    # Always a cdrom (empty without a config drive): SATA cannot be hot-plugged, so this is
+    # what lets set_config_drive insert a config drive into a guest booted without one.
+    devices.append(cdrom_element(spec.config_drive))
+    serial = _sub(devices, "serial", type="file")
+    _sub(serial, "source", path=console_log, append="on")
+    _sub(serial, "target", port="0")
+    _sub(devices, "memballoon", model="none")
+
+    cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+    netdev = (
+        f"user,id=afsmd0,net={METADATA_NET},"
+        f"guestfwd=tcp:{METADATA_ADDR}:80-cmd:{socat} STDIO UNIX-CONNECT:{socket}"
+    )
+    # JSON syntax: QEMU creates legacy "-device a,b=c" devices before libvirt's JSON ones,
+    # so a legacy one would take slot 1 that libvirt's first pcie-root-port is given.
+    device = json.dumps({"driver": "virtio-net-pci", "netdev": "afsmd0", "mac": _mac(spec.uuid)})
+    for value in ("-netdev", netdev, "-device", device):
+        ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=value)
+    return to_xml(dom)
+
+
+# ---- reading live XML ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LiveShare:
+    tag: str
+    alias: str  # libvirt's device alias (fs0, fs1 ...): what detachDeviceAlias takes
+    source: str
+    bus: int | None  # the pcie-root-port index it sits on
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value, 0)
+    except ValueError:
+        return None
+
+
+def live_shares(xml: str) -> dict[str, LiveShare]:
+    """The virtio-fs devices of a live domain, by tag."""
+    found = {}
+    for fs in ET.fromstring(xml).iterfind("./devices/filesystem"):
+        driver, target = fs.find("driver"), fs.find("target")
+        if driver is None or driver.get("type") != "virtiofs" or target is None:
+            continue
+        tag = target.get("dir", "")
+        if not tag:
+            continue
+        alias, source, address = fs.find("alias"), fs.find("source"), fs.find("address")
+        found[tag] = LiveShare(
+            tag=tag,
+            alias=alias.get("name", "") if alias is not None else "",
+            source=source.get("dir", "") if source is not None else "",
+            bus=_int(address.get("bus")) if address is not None and
+            address.get("type") == "pci" else None,
+        )
+    return found
+
+
+def root_ports(xml: str) -> tuple[list[int], list[int]]:
+    """(all pcie-root-port indexes, the free ones) of a live domain: a port is used when any
+    device or controller has a PCI address on it (``bus`` = the port's ``index``)."""
+    devices = ET.fromstring(xml).find("./devices")
+    if devices is None:
+        return [], []
+    ports = []
+    for ctl in devices.iterfind("controller"):
+        if ctl.get("type") == "pci" and ctl.get("model") == "pcie-root-port":
+            index = _int(ctl.get("index"))
+            if index is not None:
+                ports.append(index)
+    used = set()
+    for address in devices.iterfind("./*/address"):
+        if address.get("type") == "pci":
+            bus = _int(address.get("bus"))
+            if bus is not None:
+                used.add(bus)
+    return ports, [p for p in ports if p not in used]
+
+
+def cdrom_source(xml: str) -> tuple[bool, str | None]:
+    """(the config drive cdrom exists, the file it has inserted or None when empty)."""
+    for disk in ET.fromstring(xml).iterfind("./devices/disk"):
+        target = disk.find("target")
+        if disk.get("device") == "cdrom" and target is not None and target.get("dev") == CDROM_DEV:
+            source = disk.find("source")
+            return True, (source.get("file") if source is not None else None)
+    return False, None

@@ -1,0 +1,82 @@
+"""The config drive stays true (the compute service's known bug: shares attached later never
+appear on it). Here the metadata service is switched off, so the config drive is the guest's
+only source: a share attached while stopped is mounted at the next boot, and one attached while
+running is mounted after the drive's media is changed live."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from attachfs.storage import mountinfo
+from attachfs.virt.libvirt import LibvirtDriver
+from tests.vm.harness import IMAGES_DIR, Serve, wait_for
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.skipif(os.geteuid() != 0, reason="libvirt guests and host mounts need root"),
+    pytest.mark.skipif(not (IMAGES_DIR / "debian-busybox" / "image.json").exists(),
+                       reason="guest image missing: run `make setup`"),
+]
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    state = Path("/var/lib/attachfs/test-state") / uuid.uuid4().hex[:8]
+    driver = LibvirtDriver()
+    before = set(driver.list_guests())
+    s = Serve(state, config="[metadata]\nenabled = false\n")
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+        for guest in set(driver.list_guests()) - before:
+            driver.stop_guest(guest, 0)
+        for point in s.host_mounts():
+            mountinfo.unmount(point)
+        driver.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _share(serve: Serve, name: str) -> str:
+    r = serve.http.put(f"/v2.1/os-filesystem/{name}", json={"fs_entry": {"size": 1}})
+    assert r.status_code == 201, r.text
+    return str(r.json()["fs_entry"]["id"])
+
+
+def test_guest_mounts_from_the_config_drive(serve: Serve) -> None:
+    r = serve.http.post("/v2.1/servers", json={"server": {
+        "name": "cd", "flavorRef": "2", "imageRef": "debian-busybox", "config_drive": True}})
+    assert r.status_code == 202, r.text
+    sid = str(r.json()["server"]["id"])
+    serve.wait_status(sid, "ACTIVE")
+    serve.wait_console(sid, "attachfs-guest: source config-drive")
+    assert serve.action(sid, {"os-stop": None}).status_code == 202
+    serve.wait_status(sid, "SHUTOFF")
+
+    cold = _share(serve, "cd-cold")
+    assert serve.http.post(f"/v2.1/servers/{sid}/shares",
+                           json={"share": {"share_id": cold, "tag": "cold"}}).status_code == 201
+    serve.wait_mapping(sid, cold, "inactive")
+    before = len(serve.console(sid))
+    assert serve.action(sid, {"os-start": None}).status_code == 202
+    serve.wait_status(sid, "ACTIVE")
+    wait_for("cold share mounted from the config drive at boot",
+             lambda: "attachfs-guest: mounted share cold at /mnt/cold" in serve.console(sid)[before:],
+             120)
+    assert "metadata service unreachable" in serve.console(sid)[before:] or \
+        "source config-drive" in serve.console(sid)[before:]
+
+    hot = _share(serve, "cd-hot")
+    assert serve.http.post(f"/v2.1/servers/{sid}/shares",
+                           json={"share": {"share_id": hot, "tag": "hot"}}).status_code == 201
+    serve.wait_mapping(sid, hot, "active")
+    serve.wait_console(sid, "attachfs-guest: mounted share hot at /mnt/hot")
+    assert serve.http.delete(f"/v2.1/servers/{sid}").status_code == 204
+    serve.wait_gone(sid)
