@@ -75,6 +75,30 @@ def wait_for(what: str, fn: Callable[[], Any], timeout: float, interval: float =
         time.sleep(interval)
 
 
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def server_status(client: httpx.Client, sid: str, wanted: str) -> bool:
+    r = client.get(f"/v2.1/servers/{sid}")
+    r.raise_for_status()
+    server = r.json()["server"]
+    if server["status"] == "ERROR":
+        raise RuntimeError(f"server {sid} went to ERROR: {server.get('fault')}")
+    return bool(server["status"] == wanted and server["OS-EXT-STS:task_state"] is None)
+
+
+def mapping_status(client: httpx.Client, url: str, wanted: str) -> bool:
+    r = client.get(url)
+    if r.status_code == 404:
+        return wanted == "gone"
+    r.raise_for_status()
+    status = r.json()["share"]["status"]
+    if status == "error":
+        raise RuntimeError(f"attachment went to error: {r.text[:300]}")
+    return bool(status == wanted)
+
+
 # ---- subprocesses ------------------------------------------------------------------------------
 
 def free_port() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -134,6 +135,13 @@ class Serve:
     def wait_console(self, sid: str, text: str, timeout: float = 120) -> str:
         return wait_for(f"console line {text!r}",
                         lambda: (out := self.console(sid)) and text in out and out, timeout)
+
+    def notifications(self) -> list[dict[str, Any]]:
+        """What the file notifier wrote (the serve must run with notifications.driver file)."""
+        path = self.state_dir / "notifications.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     # ---- what the host really has ---------------------------------------------------------
     @property

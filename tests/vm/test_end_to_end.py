@@ -39,7 +39,7 @@ def serve() -> Iterator[Serve]:
     state = Path("/var/lib/attachfs/test-state") / uuid.uuid4().hex[:8]
     driver = LibvirtDriver()
     before = set(driver.list_guests())
-    s = Serve(state)
+    s = Serve(state, config="[notifications]\ndriver = \"file\"\ninclude_share_mapping = true\n")
     s.start()
     try:
         yield s
@@ -108,6 +108,11 @@ def test_guest_mounts_share_by_tag_reads_and_writes(serve: Serve) -> None:
     assert "written by the guest" in (share_dir / "from-guest.txt").read_text()
     assert out.count("attachfs-guest: mounted share") >= 1
     assert len(serve.host_mounts()) == 1
+    power_on = [n for n in serve.notifications() if n["event_type"] == "instance.power_on.end"]
+    shares = power_on[-1]["payload"]["nova_object.data"]["shares"]
+    assert [(x["nova_object.data"]["share_id"], x["nova_object.data"]["status"]) for x in shares] \
+        == [(share_id, "active")]
+    assert power_on[-1]["payload"]["nova_object.data"]["action_initiator_user"] == "alice"
 
     assert serve.action(sid, {"os-stop": None}).status_code == 202
     serve.wait_status(sid, "SHUTOFF")

@@ -204,6 +204,38 @@ def test_slots_exhausted_is_409_and_nothing_is_disturbed(serve: Serve, guest: Gu
         wait_for("slot freed", lambda sid=share_id: serve.mapping(guest.sid, sid) is None, 60)
 
 
+def test_failed_attach_is_error_with_reason_everywhere(serve: Serve, guest: Guest) -> None:
+    """A step that fails (the share's directory vanished on the host) leaves the attachment in
+    `error` with the reason on the server, in the audit trail and in an .error notification,
+    and nothing half-done: no device, no host mount, no access rule; DELETE then clears it."""
+    share_id, share_dir = guest.new_share("hot-broken")
+    shutil.rmtree(share_dir)
+    guest.attach(share_id, "broken")
+    mapping = serve.wait_mapping(guest.sid, share_id, "error")
+    server = serve.server(guest.sid)
+    assert server is not None
+    attached = {a["share_id"]: a for a in server["os-extended-shares:shares_attached"]}
+    assert "does not exist" in attached[share_id]["fault"] or \
+        "missing" in attached[share_id]["fault"]
+    errors = [n for n in serve.notifications()
+              if n["event_type"] == "instance.share_attach.error"]
+    assert errors and errors[-1]["priority"] == "ERROR"
+    data = errors[-1]["payload"]["nova_object.data"]
+    assert data["share_id"] == share_id and data["fault"]["nova_object.data"]["exception_message"]
+    assert data["action_initiator_user"] == "alice"
+    actions = serve.http.get(f"/v2.1/servers/{guest.sid}/os-instance-actions").json()
+    attach = next(a for a in actions["instanceActions"] if a["action"] == "attach_share")
+    assert attach["message"] == "Error"
+    assert "broken" not in guest.devices() and serve.host_mounts() == []
+    assert mapping["status"] == "error"
+    rules = serve.http.get("/v2.1/os-filesystem/hot-broken/instances").json()["instances"]
+    assert rules == [{"id": guest.sid, "status": "error"}]
+    guest.detach(share_id)
+    wait_for("errored attachment removed", lambda: serve.mapping(guest.sid, share_id) is None, 60)
+    # no access rule or lock was left behind: the share can be deleted now
+    assert serve.http.delete("/v2.1/os-filesystem/hot-broken").status_code == 202
+
+
 def test_kill_9_during_hot_attach_and_hot_detach(serve: Serve, guest: Guest) -> None:
     share_id, share_dir = guest.new_share("hot-kill")
     guest.attach(share_id, "killme")

@@ -122,12 +122,15 @@ class Reconciler:
     def _power_on(self, snap: Snapshot) -> None:
         server, uuid = snap.server, snap.server.uuid
         wanted = [m for m in snap.mappings if m.status in HELD]
-        if self.virt.guest_state(uuid) != PowerState.RUNNING:
+        booted = self.virt.guest_state(uuid) != PowerState.RUNNING
+        if booted:
             if not self._boot(snap, wanted):
                 return
         else:
             self.metadata.ensure(uuid)
         self._plug_missing(snap, wanted)
+        if booted and (after := self.snapshot(uuid)) is not None:
+            self._power_notify(after, "power_on.end")  # with the shares now active
         self._server_done(server, VmState.ACTIVE, None)
 
     def _boot(self, snap: Snapshot, wanted: list[ShareMapping]) -> bool:
@@ -163,7 +166,6 @@ class Reconciler:
                 row.share_slots = slots
         log.info("server %s: guest started with %d share(s), %d slot(s)", uuid, len(shares),
                  slots)
-        self._power_notify(snap, "power_on.end")
         return True
 
     def _plug_missing(self, snap: Snapshot, wanted: list[ShareMapping]) -> None:

@@ -86,6 +86,8 @@ class LocalShareProvider:
             return share_info(share, self.storage_root)
 
     def grant_access(self, share_id: str, host: str, access_level: str, reason: str) -> None:
+        if not self.share_dir(share_id).is_dir():  # checked first: a refusal leaves no rule
+            raise PermanentError(f"share directory {self.share_dir(share_id)} is missing")
         with self.db.session() as s:
             if s.get(Share, share_id) is None:
                 raise PermanentError(f"share {share_id} no longer exists")
@@ -93,8 +95,6 @@ class LocalShareProvider:
             if rule is None:
                 s.add(ShareAccess(share_id=share_id, host=host, access_level=access_level,
                                   locked=True, lock_reason=reason))
-        if not self.share_dir(share_id).is_dir():
-            raise PermanentError(f"share directory {self.share_dir(share_id)} is missing")
 
     def revoke_access(self, share_id: str, host: str) -> None:
         with self.db.session() as s:
