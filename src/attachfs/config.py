@@ -23,7 +23,8 @@ class _Section(BaseModel):
 class ApiConfig(_Section):
     listen: str = "127.0.0.1:8774"
     # noauth: token "user:project[:role,role]"; any other token is default_user/default_project.
-    auth_strategy: Literal["noauth"] = "noauth"
+    # keystone: tokens validated by keystonemiddleware (section [keystone_authtoken]).
+    auth_strategy: Literal["noauth", "keystone"] = "noauth"
     default_user: str = "demo"
     default_project: str = "demo"
     policy_file: str = ""
@@ -31,6 +32,39 @@ class ApiConfig(_Section):
     # 409 unless the server is stopped.
     hot_plug: bool = True
     max_attachments_per_server: int = Field(default=32, ge=1, le=256)
+
+
+class KeystoneAuthtokenConfig(_Section):
+    """Passed to keystonemiddleware's auth_token as its options (same names as its docs)."""
+
+    model_config = ConfigDict(extra="allow")
+    www_authenticate_uri: str = ""
+    auth_url: str = ""
+    auth_type: str = "password"
+    username: str = ""
+    password: str = ""
+    project_name: str = "service"
+    user_domain_name: str = "Default"
+    project_domain_name: str = "Default"
+    service_token_roles_required: bool = False
+
+
+class ManilaConfig(_Section):
+    """The shared-file-system service (storage.provider = "manila"), via openstacksdk."""
+
+    auth_url: str = ""  # empty with auth_type none (noauth Manila)
+    auth_type: str = "password"
+    username: str = ""
+    password: str = ""
+    project_name: str = "service"
+    user_domain_name: str = "Default"
+    project_domain_name: str = "Default"
+    region_name: str = ""
+    endpoint_override: str = ""  # e.g. http://127.0.0.1:8786/v2 (noauth Manila)
+    api_version: str = "2.82"  # access rule locks need >= 2.82
+    access_timeout: float = Field(default=60.0, gt=0)  # rule must be active within this
+    host_address: str = "127.0.0.1"  # this host's storage-network address (NFS ip rules)
+    cephx_access_to: str = ""  # cephx user for CEPHFS rules; default attachfs-<host>
 
 
 class AgentConfig(_Section):
@@ -50,7 +84,7 @@ class LibvirtConfig(_Section):
 
 
 class StorageConfig(_Section):
-    provider: Literal["local"] = "local"
+    provider: Literal["local", "manila"] = "local"
     root: str = ""  # built-in shares live here; default STATE/shares
     mount_root: str = ""  # host mounts handed to guests; default STATE/mounts
 
@@ -64,8 +98,9 @@ class MetadataConfig(_Section):
 
 class NotificationsConfig(_Section):
     # log: the versioned notification as a JSON log line; file: JSON lines appended to `file`;
-    # noop: none.
-    driver: Literal["log", "file", "noop"] = "log"
+    # messaging: oslo.messaging (messagingv2) to transport_url; noop: none.
+    driver: Literal["log", "file", "messaging", "noop"] = "log"
+    transport_url: str = "rabbit://guest:guest@127.0.0.1:5672/"
     file: str = ""  # default STATE/notifications.jsonl
     topic: str = "versioned_notifications"
     # As the compute service's option: instance.power_on/power_off carry the server's shares.
@@ -81,6 +116,8 @@ class Config(_Section):
     database_url: str = ""  # default sqlite under state_dir
     log_level: str = "INFO"
     api: ApiConfig = Field(default_factory=ApiConfig)
+    keystone_authtoken: KeystoneAuthtokenConfig = Field(default_factory=KeystoneAuthtokenConfig)
+    manila: ManilaConfig = Field(default_factory=ManilaConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     libvirt: LibvirtConfig = Field(default_factory=LibvirtConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

@@ -14,6 +14,7 @@ from attachfs.agent.attachments import Attachments
 from attachfs.agent.reconciler import Reconciler
 from attachfs.agent.runner import Agent
 from attachfs.api.app import ApiState, create_app
+from attachfs.api.auth import make_authenticator
 from attachfs.api.policy import PolicyEnforcer
 from attachfs.config import Config
 from attachfs.db.engine import Database, migrate
@@ -21,6 +22,7 @@ from attachfs.metadata.sockets import MetadataSockets
 from attachfs.notify.base import make_notifier
 from attachfs.storage.bind import BindConnector
 from attachfs.storage.local import LocalShareProvider
+from attachfs.storage.registry import ProviderChain, make_provider
 from attachfs.virt.image import load_images
 
 log = logging.getLogger("attachfs")
@@ -30,7 +32,8 @@ log = logging.getLogger("attachfs")
 class Parts:
     config: Config
     db: Database
-    provider: LocalShareProvider
+    builtin: LocalShareProvider
+    provider: ProviderChain
 
 
 def open_parts(config: Config) -> Parts:
@@ -38,12 +41,14 @@ def open_parts(config: Config) -> Parts:
         path.mkdir(parents=True, exist_ok=True)
     migrate(config.db_url)
     db = Database(config.db_url)
-    return Parts(config, db, LocalShareProvider(db, config.storage_root))
+    builtin = LocalShareProvider(db, config.storage_root)
+    return Parts(config, db, builtin, make_provider(config, builtin))
 
 
 def build_api(parts: Parts, wake: Callable[[], None] = lambda: None) -> FastAPI:
-    state = ApiState(parts.config, parts.db, parts.provider,
-                     PolicyEnforcer(parts.config.api.policy_file), wake)
+    state = ApiState(parts.config, parts.db, parts.provider, parts.builtin,
+                     PolicyEnforcer(parts.config.api.policy_file), wake,
+                     make_authenticator(parts.config))
     return create_app(state)
 
 

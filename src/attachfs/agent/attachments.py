@@ -24,11 +24,18 @@ from attachfs.metadata.sockets import MetadataSockets
 from attachfs.notify.base import Notifier
 from attachfs.notify.payloads import fault_payload, instance_action_payload
 from attachfs.paths import under_root
-from attachfs.storage.base import HostConnector, ShareProvider
+from attachfs.storage.base import HostConnector, RequestContext, ShareProvider
 from attachfs.virt.base import GuestShare, PowerState, VirtDriver
 
 log = logging.getLogger(__name__)
 HELD = (AttachmentStatus.ACTIVE, AttachmentStatus.INACTIVE)
+
+
+def requester(m: ShareMapping) -> RequestContext:
+    """The user whose request moved this attachment (their token goes to the share service
+    along with the service's own, so its records name the user)."""
+    return RequestContext(user_id=m.user_id, project_id=m.project_id,
+                          auth_token=m.requester_token, request_id=m.request_id)
 
 
 class Attachments:
@@ -53,6 +60,7 @@ class Attachments:
                 s.delete(row)
                 return
             row.status, row.fault_message = status, fault
+            row.requester_token = None  # used for this step; never kept longer
             if status == AttachmentStatus.ERROR:
                 finish_action(s, row.request_id, "Error", fault)
             elif status in HELD:
@@ -111,7 +119,7 @@ class Attachments:
                 ShareMapping.share_id == m.share_id, ShareMapping.id != m.id,
                 Server.host == self.host).limit(1))
         if others is None:
-            self.provider.revoke_access(m.share_id, self.host)
+            self.provider.revoke_access(m.share_id, self.host, requester(m))
 
     # ---- attach ------------------------------------------------------------------------------
     def attach(self, server: Server, m: ShareMapping, running: bool) -> bool:
@@ -120,7 +128,8 @@ class Attachments:
         try:
             with contextlib.ExitStack() as undo:
                 self.provider.grant_access(m.share_id, self.host, "ro" if m.read_only else "rw",
-                                           reason=f"attached to server {m.instance_uuid}")
+                                           reason=f"attached to server {m.instance_uuid}",
+                                           requester=requester(m))
                 undo.callback(self._quietly, self.release_access, m)
                 if running:
                     self.plug(server.uuid, m, undo)

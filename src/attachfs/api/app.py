@@ -13,14 +13,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attachfs.api import microversion
-from attachfs.api.auth import noauth_context
+from attachfs.api.auth import Authenticator
 from attachfs.api.policy import PolicyEnforcer
 from attachfs.config import Config
 from attachfs.db.engine import Database
 from attachfs.errors import ClientError, Conflict
+from attachfs.storage.base import ShareProvider
 from attachfs.storage.local import LocalShareProvider
 
 log = logging.getLogger(__name__)
@@ -33,13 +35,17 @@ UNAUTHENTICATED = {"/", "/v2.1", "/v2.1/"}
 class ApiState:
     config: Config
     db: Database
-    provider: LocalShareProvider
+    provider: ShareProvider  # where attached shares come from (built-in or Manila)
+    builtin: LocalShareProvider  # the built-in shares of /os-filesystem
     policy: PolicyEnforcer
     wake_agent: Callable[[], None]
+    authenticator: Authenticator
 
 
-def fault(code: int, name: str, message: str) -> JSONResponse:
-    return JSONResponse({name: {"code": code, "message": message}}, status_code=code)
+def fault(code: int, name: str, message: str,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({name: {"code": code, "message": message}}, status_code=code,
+                        headers=headers)
 
 
 _HTTP_FAULTS = {400: "badRequest", 401: "unauthorized", 403: "forbidden", 404: "itemNotFound",
@@ -74,9 +80,7 @@ def create_app(state: ApiState) -> FastAPI:
         else:
             request.state.version = version
             request.state.extension = extension
-            request.state.context = noauth_context(
-                request.headers.get("X-Auth-Token"), state.config.api, request_id)
-            response = await call_next(request)
+            response = await _authenticated(request, call_next, request_id)
             response.headers[microversion.HEADERS[0]] = f"compute {version}" + (
                 f", {microversion.EXT_SERVICE} {extension}" if extension else "")
             response.headers[microversion.HEADERS[1]] = str(version)
@@ -85,9 +89,20 @@ def create_app(state: ApiState) -> FastAPI:
         response.headers["x-compute-request-id"] = request_id
         return response
 
+    async def _authenticated(request: Request, call_next: Callable[[Request], Awaitable[Response]],
+                             request_id: str) -> Response:
+        if request.url.path in UNAUTHENTICATED:
+            return await call_next(request)
+        try:
+            request.state.context = await run_in_threadpool(
+                state.authenticator.authenticate, request.headers, request_id)
+        except ClientError as exc:
+            return fault(exc.code, exc.fault, exc.message, getattr(exc, "headers", None))
+        return await call_next(request)
+
     @app.exception_handler(ClientError)
     async def client_error(_request: Request, exc: ClientError) -> JSONResponse:
-        return fault(exc.code, exc.fault, exc.message)
+        return fault(exc.code, exc.fault, exc.message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -118,10 +133,10 @@ def create_app(state: ApiState) -> FastAPI:
         log.error("database error: %s", exc)
         return fault(503, "serviceUnavailable", "The database is busy; retry the request")
 
-    from attachfs.api import catalog, filesystems, instance_actions, server_shares, servers
+    from attachfs.api.routers import ROUTERS
 
-    for module in (catalog, servers, server_shares, filesystems, instance_actions):
-        app.include_router(module.router)
+    for router in ROUTERS:
+        app.include_router(router)
     return app
 
 

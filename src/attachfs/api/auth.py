@@ -9,8 +9,33 @@ default user and project. User `admin` always holds the admin role; everyone els
 
 from __future__ import annotations
 
-from attachfs.config import ApiConfig
+from collections.abc import Mapping
+from typing import Protocol
+
+from attachfs.config import ApiConfig, Config
 from attachfs.storage.base import RequestContext
+
+
+class Authenticator(Protocol):
+    def authenticate(self, headers: Mapping[str, str], request_id: str) -> RequestContext:
+        """Who is calling; raise errors.Unauthorized (401) when that cannot be established.
+        May block (token validation): the app calls it in a worker thread."""
+
+
+class NoAuth:
+    def __init__(self, api: ApiConfig) -> None:
+        self.api = api
+
+    def authenticate(self, headers: Mapping[str, str], request_id: str) -> RequestContext:
+        return noauth_context(headers.get("x-auth-token"), self.api, request_id)
+
+
+def make_authenticator(config: Config) -> Authenticator:
+    if config.api.auth_strategy == "keystone":
+        from attachfs.api.keystone import KeystoneAuthenticator  # only where it is used
+
+        return KeystoneAuthenticator(config)
+    return NoAuth(config.api)
 
 
 def noauth_context(token: str | None, api: ApiConfig, request_id: str) -> RequestContext:
@@ -24,5 +49,6 @@ def noauth_context(token: str | None, api: ApiConfig, request_id: str) -> Reques
         roles = ("admin", "member", "reader") if user == "admin" else ("member", "reader")
     elif user == "admin" and "admin" not in roles:
         roles = ("admin", *roles)
-    return RequestContext(user_id=user, project_id=project, roles=roles, auth_token=token,
+    # No token is passed on: under noauth there is nothing a share service could verify.
+    return RequestContext(user_id=user, project_id=project, roles=roles, auth_token=None,
                           request_id=request_id)

@@ -85,7 +85,7 @@ def show_filesystem(name: str, request: Request) -> dict[str, Any]:
         share = _get(s, request, name)
         state.policy.authorize(RULE % "show", ctx, share.project_id
                                if share.scope != ShareScope.GLOBAL else ctx.project_id)
-    return {"fs_entry": _view(share, state.provider.usage_bytes(share.uuid))}
+    return {"fs_entry": _view(share, state.builtin.usage_bytes(share.uuid))}
 
 
 @router.put("/{name}", status_code=201)
@@ -101,7 +101,7 @@ def create_filesystem(name: str, request: Request, body: Any = Body(None)) -> di
     if spec.scope == ShareScope.GLOBAL:
         state.policy.authorize(RULE % "global", ctx, project)
     share_id = str(uuidlib.uuid4())
-    state.provider.create_dir(share_id)
+    state.builtin.create_dir(share_id)
     try:
         with state.db.session() as s:
             if s.scalar(select(Share.uuid).where(Share.name == name)) is not None:
@@ -113,9 +113,9 @@ def create_filesystem(name: str, request: Request, body: Any = Body(None)) -> di
             s.flush()
             if spec.scope == ShareScope.PROJECT:
                 services.attach_to_project_servers(
-                    s, ctx, share_info(share, state.provider.storage_root), project)
+                    s, ctx, share_info(share, state.builtin.storage_root), project)
     except BaseException:
-        state.provider.delete_dir(share_id)  # nothing half-done: the directory goes too
+        state.builtin.delete_dir(share_id)  # nothing half-done: the directory goes too
         raise
     state.wake_agent()
     return {"fs_entry": _view(share, 0)}
@@ -137,7 +137,7 @@ def delete_filesystem(name: str, request: Request) -> Response:
                            + "; detach it first")
         share_id = share.uuid
         s.delete(share)
-    state.provider.delete_dir(share_id)
+    state.builtin.delete_dir(share_id)
     return Response(status_code=202)
 
 

@@ -95,7 +95,7 @@ def create_server(request: Request, body: Any = Body(None)) -> dict[str, Any]:
     flavor = services.find_flavor(spec.flavorRef)
     image = find_image(host_images(request), spec.imageRef)
     with state.db.session() as s:
-        shares = [share_info(sh, state.provider.storage_root)
+        shares = [share_info(sh, state.builtin.storage_root)
                   for sh in _project_shares(s, ctx.project_id)]
         server = services.create_server(
             s, ctx, name=spec.name, flavor=flavor, image_id=image.id,

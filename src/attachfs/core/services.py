@@ -146,7 +146,7 @@ def _new_mapping(s: Session, server: Server, share: ShareInfo, tag: str,
         status=AttachmentStatus.ATTACHING, tag=tag, export_location=share.preferred_export,
         share_proto=share.protocol, mount_point=mount_point, read_only=read_only,
         user_id=ctx.user_id,
-        project_id=ctx.project_id, request_id=ctx.request_id,
+        project_id=ctx.project_id, request_id=ctx.request_id, requester_token=ctx.auth_token,
     )
     s.add(mapping)
     return mapping
@@ -185,6 +185,7 @@ def attach_share(s: Session, ctx: RequestContext, server: Server, share: ShareIn
         existing.status = status_after_retry(existing.status)  # 409 unless in error
         existing.fault_message, existing.user_id = None, ctx.user_id
         existing.request_id, existing.read_only = ctx.request_id, read_only
+        existing.requester_token = ctx.auth_token
         mapping = existing
     else:
         clash = s.scalar(select(ShareMapping.share_id).where(
@@ -212,6 +213,8 @@ def detach_share(s: Session, ctx: RequestContext, server: Server, share_id: str,
     require_share_change_allowed(server.vm_state, server.task_state, "detach", hot_plug)
     mapping.status = status_after_detach_request(mapping.status)
     mapping.fault_message, mapping.request_id = None, ctx.request_id
+    mapping.user_id, mapping.project_id = ctx.user_id, ctx.project_id
+    mapping.requester_token = ctx.auth_token
     _touch(server)
     record_action(s, server.uuid, "detach_share", ctx, message=share_id)
 

@@ -114,6 +114,9 @@ class ShareMapping(Base):
     user_id: Mapped[str] = mapped_column(String(255))
     project_id: Mapped[str] = mapped_column(String(255))
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The requester's token, kept only until the agent has used it for the share service
+    # (grant or revoke), then cleared. None with noauth or once used.
+    requester_token: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 

@@ -51,10 +51,12 @@ class ShareProvider(Protocol):
     def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
         """Raise NotFound when the share does not exist or is not visible to `context`."""
 
-    def grant_access(self, share_id: str, host: str, access_level: str, reason: str) -> None:
-        """Allow `host` to mount the share, and lock the rule. Idempotent."""
+    def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
+                     requester: RequestContext) -> None:
+        """Allow `host` to mount the share, and lock the rule. Idempotent. `requester` is the
+        user whose request this is (their token, when still at hand, goes along)."""
 
-    def revoke_access(self, share_id: str, host: str) -> None:
+    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
         """Unlock and remove the rule for `host`. Idempotent (no rule: nothing to do)."""
 
 

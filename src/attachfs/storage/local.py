@@ -77,6 +77,10 @@ class LocalShareProvider:
                     continue
         return total
 
+    def owns(self, share_id: str) -> bool:
+        with self.db.read() as s:
+            return s.get(Share, share_id) is not None
+
     # ---- ShareProvider ---------------------------------------------------------------------
     def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
         with self.db.read() as s:
@@ -85,7 +89,8 @@ class LocalShareProvider:
                 raise NotFound(f"Share {share_id} could not be found.")
             return share_info(share, self.storage_root)
 
-    def grant_access(self, share_id: str, host: str, access_level: str, reason: str) -> None:
+    def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
+                     requester: RequestContext) -> None:
         if not self.share_dir(share_id).is_dir():  # checked first: a refusal leaves no rule
             raise PermanentError(f"share directory {self.share_dir(share_id)} is missing")
         with self.db.session() as s:
@@ -94,9 +99,10 @@ class LocalShareProvider:
             rule = s.get(ShareAccess, (share_id, host))
             if rule is None:
                 s.add(ShareAccess(share_id=share_id, host=host, access_level=access_level,
-                                  locked=True, lock_reason=reason))
+                                  locked=True,
+                                  lock_reason=f"{reason} (requested by {requester.user_id})"))
 
-    def revoke_access(self, share_id: str, host: str) -> None:
+    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
         with self.db.session() as s:
             rule = s.get(ShareAccess, (share_id, host))
             if rule is not None:

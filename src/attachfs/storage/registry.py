@@ -1,0 +1,39 @@
+"""Which provider answers for a share: the built-in one for its own shares, otherwise the
+configured external one (Manila), so both can be used side by side."""
+
+from __future__ import annotations
+
+from attachfs.config import Config
+from attachfs.storage.base import RequestContext, ShareInfo, ShareProvider
+from attachfs.storage.local import LocalShareProvider
+
+
+class ProviderChain:
+    name = "chain"
+
+    def __init__(self, builtin: LocalShareProvider, external: ShareProvider | None) -> None:
+        self.builtin, self.external = builtin, external
+
+    def _for(self, share_id: str) -> ShareProvider:
+        if self.external is None or self.builtin.owns(share_id):
+            return self.builtin
+        return self.external
+
+    def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
+        return self._for(share_id).get_share(share_id, context)
+
+    def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
+                     requester: RequestContext) -> None:
+        self._for(share_id).grant_access(share_id, host, access_level, reason, requester)
+
+    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
+        self._for(share_id).revoke_access(share_id, host, requester)
+
+
+def make_provider(config: Config, builtin: LocalShareProvider) -> ProviderChain:
+    external: ShareProvider | None = None
+    if config.storage.provider == "manila":
+        from attachfs.storage.manila import ManilaShareProvider  # openstacksdk only if used
+
+        external = ManilaShareProvider(config, builtin.db)
+    return ProviderChain(builtin, external)
