@@ -2,8 +2,8 @@
 
     log   the notification as one JSON log line on logger attachfs.notifications (default)
     file  JSON lines appended to a file (tests and simple pipelines read it)
+    messaging  oslo.messaging (messagingv2) to RabbitMQ: notify/messaging.py
     noop  nothing
-RabbitMQ (oslo.messaging) is a later driver behind the same interface.
 """
 
 from __future__ import annotations
@@ -65,4 +65,9 @@ def make_notifier(config: Config) -> Notifier:
         return FileNotifier(publisher, config.notifications_file)
     if driver == "noop":
         return NoopNotifier()
+    if driver == "messaging":
+        from attachfs.notify.messaging import MessagingNotifier  # kombu only when used
+
+        return MessagingNotifier(publisher, config.notifications.transport_url,
+                                 config.notifications.topic)
     return LogNotifier(publisher)
