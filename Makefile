@@ -6,6 +6,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 setup:
 	@bash scripts/setup.sh
+	@bash scripts/setup-keystone.sh
 
 demo: setup
 	@bash scripts/demo.sh

@@ -46,7 +46,9 @@ class KeystoneAuthtokenConfig(_Section):
     project_name: str = "service"
     user_domain_name: str = "Default"
     project_domain_name: str = "Default"
-    service_token_roles_required: bool = False
+    # A service token (X-Service-Token) counts only when it holds one of these roles.
+    service_token_roles_required: bool = True
+    service_token_roles: list[str] = Field(default_factory=lambda: ["service"])
 
 
 class ManilaConfig(_Section):
