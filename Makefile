@@ -7,6 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 setup:
 	@bash scripts/setup.sh
 	@bash scripts/setup-keystone.sh
+	@bash scripts/setup-clients.sh
 
 demo: setup
 	@bash scripts/demo.sh

@@ -28,7 +28,15 @@ from attachfs.storage.local import LocalShareProvider
 log = logging.getLogger(__name__)
 
 # Discovery is answered without a token (clients call it before authenticating).
-UNAUTHENTICATED = {"/", "/v2.1", "/v2.1/"}
+UNAUTHENTICATED = {"/", "/v2.1", "/v2.1/", "/share", "/share/", "/share/v2", "/share/v2/",
+                   "/identity", "/identity/", "/identity/v3", "/identity/v3/",
+                   "/image", "/image/", "/image/v2", "/image/v2/"}
+# Paths of the compute API proper; the share/identity/image subsets speak their own versions.
+COMPUTE_PREFIXES = ("/v2.1",)
+
+
+def is_compute(path: str) -> bool:
+    return path == "/" or path.startswith(COMPUTE_PREFIXES)
 
 
 @dataclass
@@ -71,6 +79,10 @@ def create_app(state: ApiState) -> FastAPI:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         request_id = f"req-{uuid.uuid4()}"
+        if not is_compute(request.url.path):
+            other = await _authenticated(request, call_next, request_id)
+            other.headers["x-openstack-request-id"] = request_id
+            return other
         try:
             version = microversion.parse(request.headers.get(microversion.HEADERS[0]),
                                          request.headers.get(microversion.HEADERS[1]))

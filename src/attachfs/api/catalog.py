@@ -1,4 +1,10 @@
-"""Version discovery, flavors and the guest images this host can boot."""
+"""Version discovery, flavors and the guest images this host can boot.
+
+For the openstack CLI without Keystone (auth_type none) two small documents more: the identity
+service's version document at /identity (commands such as `server list` insist on an identity
+v3 client before doing anything; no identity call is served), and the image service's view of
+the guest images at /image/v2 (`server show` names the image from there).
+"""
 
 from __future__ import annotations
 
@@ -90,3 +96,51 @@ def list_images(request: Request) -> dict[str, Any]:
 @router.get("/v2.1/images/{image_id}")
 def show_image(image_id: str, request: Request) -> dict[str, Any]:
     return {"image": _image_view(find_image(host_images(request), image_id), base_url(request))}
+
+
+# ---- for the openstack CLI under noauth (see the module docstring) --------------------------
+def _identity_v3(request: Request) -> dict[str, Any]:
+    return {"id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
+            "links": [{"rel": "self", "href": f"{base_url(request)}/identity/v3/"}],
+            "media-types": [{"base": "application/json",
+                             "type": "application/vnd.openstack.identity-v3+json"}]}
+
+
+@router.get("/identity")
+@router.get("/identity/")
+@router.get("/identity/v3")
+@router.get("/identity/v3/")
+def identity_version(request: Request) -> dict[str, Any]:
+    if request.url.path.rstrip("/").endswith("/v3"):
+        return {"version": _identity_v3(request)}
+    return {"versions": {"values": [_identity_v3(request)]}}
+
+
+def _glance_image(image: BootImage) -> dict[str, Any]:
+    return {"id": image.id, "name": image.name, "status": "active", "visibility": "public",
+            "protected": True, "os_hidden": False, "container_format": "bare",
+            "disk_format": "raw", "min_disk": 0, "min_ram": 0, "size": None,
+            "checksum": None, "owner": None, "tags": [], "created_at": None,
+            "updated_at": None, "kernel_cmdline": image.cmdline,
+            "self": f"/v2/images/{image.id}", "file": f"/v2/images/{image.id}/file",
+            "schema": "/v2/schemas/image"}
+
+
+@router.get("/image")
+@router.get("/image/")
+@router.get("/image/v2")
+@router.get("/image/v2/")
+def image_versions(request: Request) -> dict[str, Any]:
+    return {"versions": [{"id": "v2.16", "status": "CURRENT", "links": [
+        {"rel": "self", "href": f"{base_url(request)}/image/v2/"}]}]}
+
+
+@router.get("/image/v2/images")
+def glance_images(request: Request) -> dict[str, Any]:
+    return {"images": [_glance_image(i) for i in host_images(request)],
+            "first": "/v2/images", "schema": "/v2/schemas/images"}
+
+
+@router.get("/image/v2/images/{image_id}")
+def glance_image(image_id: str, request: Request) -> dict[str, Any]:
+    return _glance_image(find_image(host_images(request), image_id))

@@ -2,7 +2,14 @@
 
 from fastapi import APIRouter
 
-from attachfs.api import catalog, filesystems, instance_actions, server_shares, servers
+from attachfs.api import (
+    catalog,
+    filesystems,
+    instance_actions,
+    server_shares,
+    servers,
+    share_api,
+)
 
 ROUTERS: list[APIRouter] = [
     catalog.router,
@@ -10,4 +17,5 @@ ROUTERS: list[APIRouter] = [
     server_shares.router,
     filesystems.router,
     instance_actions.router,
+    share_api.router,  # the shared-file-system API for the built-in shares, at /share
 ]

@@ -41,6 +41,19 @@ class ServerCreate(BaseModel):
     availability_zone: str | None = None
     description: str | None = None
     config_drive: bool = False
+    # The openstack CLI always sends the image as the root disk in this form; only exactly that
+    # (what imageRef already says) is accepted: there are no volumes here.
+    block_device_mapping_v2: list[dict[str, Any]] | None = None
+
+    @field_validator("block_device_mapping_v2")
+    @classmethod
+    def _image_root_only(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for bdm in value or []:
+            if (bdm.get("source_type"), bdm.get("destination_type"), bdm.get("boot_index")) \
+                    != ("image", "local", 0):
+                raise ValueError("only the image as the root disk (source_type image, "
+                                 "destination_type local, boot_index 0) is supported")
+        return value
 
     @field_validator("user_data")
     @classmethod
@@ -93,7 +106,11 @@ def create_server(request: Request, body: Any = Body(None)) -> dict[str, Any]:
     spec = deps.parse(ServerCreateBody, body).server
     state.policy.authorize("os_compute_api:servers:create", ctx, ctx.project_id)
     flavor = services.find_flavor(spec.flavorRef)
-    image = find_image(host_images(request), spec.imageRef)
+    images = host_images(request)
+    image = find_image(images, spec.imageRef)
+    if any(find_image(images, str(bdm.get("uuid", ""))).id != image.id
+           for bdm in spec.block_device_mapping_v2 or []):
+        raise BadRequest("block_device_mapping_v2 must boot the image imageRef names")
     with state.db.session() as s:
         shares = [share_info(sh, state.builtin.storage_root)
                   for sh in _project_shares(s, ctx.project_id)]

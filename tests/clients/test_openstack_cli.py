@@ -1,0 +1,230 @@
+"""The real `openstack` command (python-openstackclient 10 + python-manilaclient, installed in
+.venv-clients by scripts/setup-clients.sh) against attachfs, with the clouds.yaml that
+docs/openstack-cli.md gives: auth_type none and endpoint overrides, no Keystone.
+
+Two tests: one against the API alone (no guest: the server is put in SHUTOFF as the API tests
+do, so attachments stay `attaching`), and one against a real `attachfs serve` that boots a guest
+(marked vm), where the agent carries every step through.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from attachfs.config import load_config
+from attachfs.service import build_api, open_parts
+from tests.conftest import make_image_dir, settle_server
+from tests.vm.harness import IMAGES_DIR, Serve, free_port, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+CLIENTS_VENV = Path(os.environ.get("ATTACHFS_CLIENTS_VENV", REPO / ".venv-clients"))
+OPENSTACK = CLIENTS_VENV / "bin" / "openstack"
+CLI_TIMEOUT = 60  # one command: ~1.5 s is usual
+
+
+@pytest.fixture(scope="module")
+def openstack_exe() -> Path:
+    """The clients' virtualenv, created if missing (fast when it is already there)."""
+    try:
+        done = subprocess.run(["bash", str(REPO / "scripts" / "setup-clients.sh")],
+                              capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "ATTACHFS_CLIENTS_VENV": str(CLIENTS_VENV)})
+        problem = done.stderr[-2000:] if done.returncode else ""
+    except (OSError, subprocess.SubprocessError) as exc:
+        problem = str(exc)
+    if not OPENSTACK.exists():
+        pytest.skip(f"{CLIENTS_VENV} is missing and scripts/setup-clients.sh could not create "
+                    f"it: {problem}")
+    assert not problem, f"scripts/setup-clients.sh failed: {problem}"
+    return OPENSTACK
+
+
+def clouds_yaml(directory: Path, url: str) -> Path:
+    """The clouds.yaml of docs/openstack-cli.md, for an attachfs listening at `url`."""
+    path = directory / "clouds.yaml"
+    path.write_text(f"""clouds:
+  attachfs:
+    auth_type: none
+    identity_endpoint_override: {url}/identity/v3
+    compute_endpoint_override: {url}/v2.1
+    shared_file_system_endpoint_override: {url}/share/v2
+    image_endpoint_override: {url}/image/v2
+""")
+    return path
+
+
+class Cli:
+    """Runs `openstack --os-cloud attachfs --os-compute-api-version 2.97 ARGS...`."""
+
+    def __init__(self, exe: Path, clouds: Path) -> None:
+        self.exe = exe
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+        self.env.update({"OS_CLIENT_CONFIG_FILE": str(clouds), "HOME": str(clouds.parent)})
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(self.exe), "--os-cloud", "attachfs", "--os-compute-api-version", "2.97",
+                *args]
+        return subprocess.run(argv, capture_output=True, text=True, env=self.env,
+                              timeout=CLI_TIMEOUT)
+
+    def ok(self, *args: str) -> str:
+        done = self.run(*args)
+        assert done.returncode == 0, f"openstack {' '.join(args)}: {done.stderr}{done.stdout}"
+        return done.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "-f", "json"))
+
+    def fails(self, *args: str) -> str:
+        done = self.run(*args)
+        assert done.returncode != 0, f"openstack {' '.join(args)} succeeded: {done.stdout}"
+        return done.stderr
+
+
+def _check_share_commands(cli: Cli, storage_root: Path) -> dict[str, Any]:
+    """share create / list / show, and the protocol refusal: the same with or without a guest."""
+    share = cli.json("share", "create", "LOCAL", "1", "--name", "clishare")
+    assert (share["name"], share["status"], share["share_proto"], share["size"]) == (
+        "clishare", "available", "LOCAL", 1)
+    assert (storage_root / share["id"]).is_dir()
+    err = cli.fails("share", "create", "NFS", "1", "--name", "nfsshare")
+    assert "protocol LOCAL" in err and "HTTP 400" in err
+    listed = cli.json("share", "list")
+    assert [(s["ID"], s["Name"], s["Share Proto"], s["Status"]) for s in listed] == [
+        (share["id"], "clishare", "LOCAL", "available")]
+    shown = cli.json("share", "show", "clishare")
+    assert shown["id"] == share["id"] and shown["project_id"] == "demo"
+    assert f"path = local:{storage_root / share['id']}" in shown["export_locations"]
+    assert cli.json("share", "list", "--name~", "clish")[0]["ID"] == share["id"]
+    return share
+
+
+# ---- without a guest: the API alone, in this process ------------------------------------------
+@pytest.fixture
+def api_only(tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    config = load_config(None, {"state_dir": str(tmp_path / "state"),
+                                "images.dir": str(make_image_dir(tmp_path)),
+                                "agent.host": "test-host"})
+    parts = open_parts(config)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(build_api(parts), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for("the API to listen", lambda: server.started, timeout=20, interval=0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", parts
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        parts.db.dispose()
+
+
+def test_cli_against_the_api(openstack_exe: Path, api_only: tuple[str, Any],
+                             tmp_path: Path) -> None:
+    url, parts = api_only
+    cli = Cli(openstack_exe, clouds_yaml(tmp_path, url))
+    share = _check_share_commands(cli, parts.config.storage_root)
+
+    created = cli.json("server", "create", "--flavor", "1", "--image", "debian-busybox",
+                       "--nic", "none", "clivm")
+    sid = created["id"]
+    assert created["status"] == "BUILD"
+    settle_server(parts, sid)  # no agent here: where it would leave a stopped server
+    assert [(s["ID"], s["Name"], s["Status"], s["Image"]) for s in cli.json("server", "list")] \
+        == [(sid, "clivm", "SHUTOFF", "debian-busybox")]
+    shown = cli.json("server", "show", "clivm")
+    assert (shown["id"], shown["status"], shown["project_id"]) == (sid, "SHUTOFF", "demo")
+
+    added = cli.json("server", "add", "share", "clivm", "clishare", "--tag", "clitag")
+    assert added == {"Share ID": share["id"], "Status": "attaching", "Tag": "clitag"}
+    assert cli.json("server", "share", "list", "clivm") == [added]
+    assert cli.json("server", "share", "show", "clivm", "clishare") == added
+    err = cli.fails("share", "delete", "clishare")
+    assert "HTTP 409" in err and sid in err
+    # with no agent to finish the attachment, the compute API's rule shows through the CLI
+    err = cli.fails("server", "remove", "share", "clivm", "clishare")
+    assert "409" in err and "wait until it is inactive" in err
+
+
+# ---- with a guest: a real `attachfs serve` -------------------------------------------------
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    from attachfs.storage import mountinfo
+    from attachfs.virt.libvirt import LibvirtDriver
+
+    state = Path("/var/lib/attachfs/test-state") / f"cli-{uuid.uuid4().hex[:8]}"
+    driver = LibvirtDriver()
+    before = set(driver.list_guests())
+    s = Serve(state)
+    s.http.headers["X-Auth-Token"] = "demo:demo"  # the project auth_type none lands in
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+        for guest in set(driver.list_guests()) - before:
+            driver.stop_guest(guest, 0)
+        for point in s.host_mounts():
+            mountinfo.unmount(point)
+        driver.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.mark.vm
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(os.geteuid() != 0, reason="libvirt guests and host mounts need root")
+@pytest.mark.skipif(not (IMAGES_DIR / "debian-busybox" / "image.json").exists(),
+                    reason="guest image missing: run `make setup`")
+def test_cli_end_to_end(openstack_exe: Path, serve: Serve, tmp_path: Path) -> None:
+    cli = Cli(openstack_exe, clouds_yaml(tmp_path, serve.url))
+    storage_root = serve.state_dir / "shares"
+    sid = ""
+    try:
+        share = _check_share_commands(cli, storage_root)
+        created = cli.json("server", "create", "--flavor", "1", "--image", "debian-busybox",
+                           "--nic", "none", "--wait", "clivm")
+        sid = created["id"]
+        assert created["status"] == "ACTIVE"
+        listed = cli.json("server", "list")
+        assert [(s["ID"], s["Name"], s["Status"]) for s in listed] == [(sid, "clivm", "ACTIVE")]
+        cli.ok("server", "stop", "clivm")
+        serve.wait_status(sid, "SHUTOFF", timeout=60)
+        shown = cli.json("server", "show", "clivm")
+        assert (shown["id"], shown["status"], shown["OS-EXT-STS:vm_state"]) == (
+            sid, "SHUTOFF", "stopped")
+
+        added = cli.json("server", "add", "share", "clivm", "clishare", "--tag", "clitag")
+        assert added == {"Share ID": share["id"], "Status": "attaching", "Tag": "clitag"}
+        # the agent grants access and records the attachment: inactive on a stopped server
+        wait_for("the attachment to be inactive",
+                 lambda: cli.json("server", "share", "list", "clivm")[0]["Status"] == "inactive",
+                 timeout=60, interval=0.5)
+        assert cli.json("server", "share", "show", "clivm", "clishare") == {
+            "Share ID": share["id"], "Status": "inactive", "Tag": "clitag"}
+        err = cli.fails("share", "delete", "clishare")
+        assert "HTTP 409" in err and "detach it first" in err
+
+        cli.ok("server", "remove", "share", "clivm", "clishare")
+        wait_for("the attachment to go",
+                 lambda: cli.json("server", "share", "list", "clivm") == [], timeout=60,
+                 interval=0.5)
+        cli.ok("share", "delete", "clishare")
+        assert cli.json("share", "list") == []
+        assert not (storage_root / share["id"]).exists()
+        assert "No share with a name or ID" in cli.fails("share", "show", "clishare")
+    finally:
+        if sid:  # through the API, whatever state the test left it in
+            serve.http.delete(f"/v2.1/servers/{sid}")
+            serve.wait_gone(sid, timeout=60)
