@@ -1,4 +1,5 @@
-"""Helpers for `attachfs.bench`: the floor server, the API-only server, subprocesses, statistics.
+"""Helpers for `attachfs.bench`: the floor server, the API-only server, subprocesses, statistics,
+console-log tailing.
 
 The *floor* is the least any request of the compute API can cost on this machine: an HTTP round
 trip through the same stack (uvicorn + Starlette, sync handler in the thread pool) plus, for a
@@ -22,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -97,6 +98,69 @@ def mapping_status(client: httpx.Client, url: str, wanted: str) -> bool:
     if status == "error":
         raise RuntimeError(f"attachment went to error: {r.text[:300]}")
     return bool(status == wanted)
+
+
+# ---- guest console logs ---------------------------------------------------------------------
+
+TAIL_POLL = 0.02  # seconds between reads of a console log (and API polls while tailing)
+
+
+def stats(name: str, samples: list[float]) -> dict[str, float]:
+    """p50/p95/mean in milliseconds (nearest rank), and the count; nothing without samples."""
+    if not samples:
+        return {}
+    return {f"{name}_p50_ms": pct(samples, 50) * 1000, f"{name}_p95_ms": pct(samples, 95) * 1000,
+            f"{name}_mean_ms": statistics.fmean(samples) * 1000,
+            f"{name}_n": float(len(samples))}
+
+
+class ConsoleTail:
+    """The text a console log gains from now on: the file is kept open and only the new bytes
+    are read (QEMU appends to it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+        self.text = ""
+        self._file: IO[bytes] | None = None
+
+    def read(self) -> str:
+        if self._file is None:
+            try:
+                self._file = open(self.path, "rb")  # noqa: SIM115 - kept open between reads
+            except FileNotFoundError:
+                return self.text
+            self._file.seek(self.offset)
+        data = self._file.read()
+        if data:
+            self.text += data.decode(errors="replace")
+        return self.text
+
+    def wait(self, needle: str, timeout: float, tick: Callable[[], None] | None = None) -> float:
+        """perf_counter() of the first read that shows `needle` (late by <= TAIL_POLL)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if needle in self.read():
+                return time.perf_counter()
+            if tick is not None:
+                tick()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{needle!r} not on the console of {self.path.name} after "
+                                   f"{timeout:.0f}s; it shows:\n{self.text[-2000:]}")
+            time.sleep(TAIL_POLL)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+@contextlib.contextmanager
+def tail(path: Path) -> Iterator[ConsoleTail]:
+    t = ConsoleTail(path)
+    try:
+        yield t
+    finally:
+        t.close()
 
 
 # ---- subprocesses ------------------------------------------------------------------------------

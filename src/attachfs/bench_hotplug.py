@@ -14,23 +14,29 @@ from __future__ import annotations
 
 import argparse
 import base64
+import random
 import re
 import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 import httpx
 
-from attachfs.bench_floor import log, mapping_status, pct, server_status, wait_for
+from attachfs.bench_floor import (
+    TAIL_POLL,
+    ConsoleTail,
+    log,
+    mapping_status,
+    server_status,
+    stats,
+    tail,
+    wait_for,
+)
 
 Figures = dict[str, float]
 Row = tuple[str, str, str, str]
-TAIL_POLL = 0.02  # seconds between reads of a console log (and API polls while tailing)
 READY = "attachfs-guest: ready"
 MOUNTED = re.compile(r"attachfs-guest: mounted share (\S+) at ")
 POWER_SHARES = (0, 1, 4, 8)
@@ -53,67 +59,11 @@ echo "bench-floor: polling"
 """
 
 
-def stats(name: str, samples: list[float]) -> Figures:
-    """p50/p95/mean in milliseconds (nearest rank), and the count."""
-    return {f"{name}_p50_ms": pct(samples, 50) * 1000, f"{name}_p95_ms": pct(samples, 95) * 1000,
-            f"{name}_mean_ms": statistics.fmean(samples) * 1000 if samples else float("nan"),
-            f"{name}_n": float(len(samples))}
-
-
-class ConsoleTail:
-    """The text a console log gains from now on: the file is kept open and only the new bytes
-    are read (QEMU appends to it)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
-        self.text = ""
-        self._file: IO[bytes] | None = None
-
-    def read(self) -> str:
-        if self._file is None:
-            try:
-                self._file = open(self.path, "rb")  # noqa: SIM115 - kept open between reads
-            except FileNotFoundError:
-                return self.text
-            self._file.seek(self.offset)
-        data = self._file.read()
-        if data:
-            self.text += data.decode(errors="replace")
-        return self.text
-
-    def wait(self, needle: str, timeout: float, tick: Callable[[], None] | None = None) -> float:
-        """perf_counter() of the first read that shows `needle` (late by <= TAIL_POLL)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if needle in self.read():
-                return time.perf_counter()
-            if tick is not None:
-                tick()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{needle!r} not on the console of {self.path.name} after "
-                                   f"{timeout:.0f}s; it shows:\n{self.text[-2000:]}")
-            time.sleep(TAIL_POLL)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-@contextmanager
-def tail(path: Path) -> Iterator[ConsoleTail]:
-    t = ConsoleTail(path)
-    try:
-        yield t
-    finally:
-        t.close()
-
-
-def other_guests(fig: Figures, key: str) -> None:
+def other_guests(fig: Figures, key: str, *own: str) -> None:
     """How many guests not of this bench were running: each one takes CPU under TCG."""
     from attachfs.bench_floor import foreign_guests
 
-    fig[key] = float(len(foreign_guests()))
+    fig[key] = float(len(set(foreign_guests()) - {f"attachfs-{u}" for u in own}))
 
 
 def stop_server(client: httpx.Client, sid: str) -> float:
@@ -123,21 +73,31 @@ def stop_server(client: httpx.Client, sid: str) -> float:
     return time.perf_counter() - t0
 
 
-def start_server(client: httpx.Client, sid: str, console: ConsoleTail) -> tuple[float, float]:
-    """os-start; seconds until ACTIVE (API) and until the console says ready."""
+# console lines that mark the stages of a boot (figures poweron_N_<stage>_s_<run> in the JSON)
+STAGES = {"kernel": "attachfs-init: kernel", "dhcp": "attachfs-init: eth0 ",
+          "metadata": "attachfs-guest: source ", "ready": READY}
+
+
+def start_server(client: httpx.Client, sid: str, console: ConsoleTail) -> dict[str, float]:
+    """os-start; seconds until ACTIVE (API) and until each of STAGES is on the console."""
     t0 = time.perf_counter()
     client.post(f"/v2.1/servers/{sid}/action", json={"os-start": None}).raise_for_status()
-    active: list[float] = []
+    seen: dict[str, float] = {}
 
-    def poll_api() -> None:
-        if not active and server_status(client, sid, "ACTIVE"):
-            active.append(time.perf_counter())
+    def tick() -> None:
+        now = time.perf_counter()
+        for stage, line in STAGES.items():
+            if stage not in seen and line in console.text:
+                seen[stage] = now - t0
+        if "active" not in seen and server_status(client, sid, "ACTIVE"):
+            seen["active"] = time.perf_counter() - t0
 
-    ready = console.wait(READY, 300, poll_api)
-    if not active:
+    seen["ready"] = console.wait(READY, 300, tick) - t0
+    tick()
+    if "active" not in seen:
         wait_for("server ACTIVE", lambda: server_status(client, sid, "ACTIVE"), 60, TAIL_POLL)
-        active.append(time.perf_counter())
-    return active[0] - t0, ready - t0
+        seen["active"] = time.perf_counter() - t0
+    return seen
 
 
 def new_share(client: httpx.Client, name: str) -> str:
@@ -169,36 +129,44 @@ def wait_status(client: httpx.Client, url: str, status: str) -> None:
 
 def power_on_part(client: httpx.Client, sid: str, shares: list[str], console: Path,
                   args: argparse.Namespace, fig: Figures) -> None:
-    """The server is stopped with no attachment; `shares` holds >= 8 share ids. Leaves it
-    stopped with every attachment removed again."""
-    other_guests(fig, "poweron_other_guests")
+    """The server is stopped with no attachment; `shares` holds >= 8 share ids. Each run boots
+    it once with each count of POWER_SHARES (interleaved, so that a slow spell on the machine
+    does not land on one count only). Leaves it stopped with no attachment."""
+    other_guests(fig, "poweron_other_guests", sid)
     attached: list[str] = []
+
+    def set_count(n: int) -> None:  # attach p0..p(n-1) while stopped (inactive), or detach
+        while len(attached) > n:
+            wait_status(client, detach(client, sid, attached[-1]), "gone")
+            attached.pop()
+        while len(attached) < n:
+            i = len(attached)
+            attach(client, sid, shares[i], f"p{i}")
+            attached.append(shares[i])
+            wait_status(client, f"/v2.1/servers/{sid}/shares/{shares[i]}", "inactive")
+
     try:
-        for n in POWER_SHARES:
-            for i in range(len(attached), n):
-                attach(client, sid, shares[i], f"p{i}")
-                attached.append(shares[i])
-                wait_status(client, f"/v2.1/servers/{sid}/shares/{shares[i]}", "inactive")
-            for run in range(args.power_runs):
+        for run in range(args.power_runs):
+            for n in POWER_SHARES:
+                set_count(n)
                 with tail(console) as con:
-                    active, ready = start_server(client, sid, con)
+                    seen = start_server(client, sid, con)
                     text = con.text[:con.text.index(READY)]
                 mounted = set(MOUNTED.findall(text))
                 wanted = {f"p{i}" for i in range(n)}
                 if mounted != wanted:
                     raise RuntimeError(f"power on with {n} shares: the guest mounted "
                                        f"{sorted(mounted)} before ready, wanted {sorted(wanted)}")
-                fig[f"poweron_{n}_active_s_{run}"] = active
-                fig[f"poweron_{n}_ready_s_{run}"] = ready
+                for stage, value in seen.items():
+                    fig[f"poweron_{n}_{stage}_s_{run}"] = value
                 fig[f"poweron_{n}_stop_s_{run}"] = stop_server(client, sid)
-                log(f"power on with {n} share(s), run {run + 1}: ACTIVE {active:.2f}s, "
-                    f"ready {ready:.2f}s")
+                log(f"power on with {n} share(s), run {run + 1}: " + ", ".join(
+                    f"{k} {v:.2f}s" for k, v in sorted(seen.items(), key=lambda kv: kv[1])))
     finally:
-        for share_id in attached:  # the server is stopped (or a failure is being reported)
-            try:
-                wait_status(client, detach(client, sid, share_id), "gone")
-            except Exception as exc:  # noqa: BLE001 - cleanup goes on; deleting the server
-                log(f"cleanup: detaching {share_id} failed: {exc}")
+        try:  # the server is stopped (or a failure is being reported)
+            set_count(0)
+        except Exception as exc:  # noqa: BLE001 - cleanup goes on; deleting the server
+            log(f"cleanup: detaching the power-on shares failed: {exc}")
 
 
 # ---- part 4: hot attach, attachfs against the floor ---------------------------------------------
@@ -265,16 +233,19 @@ class FloorGuest:
             self.db.dispose()
 
 
-def hot_round(client: httpx.Client, sid: str, share_id: str, console: Path,
-              tag: str) -> tuple[float, float, float, float | None, float]:
+def hot_round(client: httpx.Client, sid: str, share_id: str, console: Path, tag: str,
+              pause: float) -> tuple[float, float, float, float | None, float]:
     """(POST wall time, POST -> mounted, DELETE wall time, DELETE -> guest unmounted (None:
-    not seen before the 404), DELETE -> 404), durations in seconds."""
+    not seen before the 404), DELETE -> 404), durations in seconds. `pause`: seconds between
+    the mount and the DELETE, so that the DELETE lands at a random point of the guest agent's
+    1 s poll rather than always just after the round that mounted (which is ~1 s too late)."""
     with tail(console) as con:
         wall = time.time()
         t0 = time.perf_counter()
         attach(client, sid, share_id, tag)
         mounted = con.wait(f"attachfs-guest: mounted share {tag} at", 60) - t0
         # The metadata lists only active attachments, so it is active now: DELETE is allowed.
+        time.sleep(pause)
         dwall = time.time()
         t0 = time.perf_counter()
         url = detach(client, sid, share_id)
@@ -313,6 +284,31 @@ def first_after(times: list[float], t: float) -> float | None:
     return next((x for x in times if x >= t - 0.001), None)
 
 
+def hot_figures(rows: list[tuple[float, float, float, float | None, float]],
+                frows: list[tuple[float, float, float]], serve_log: Path, sid: str,
+                share_id: str, fig: Figures) -> None:
+    fig.update(stats("hot_attach", [r[1] for r in rows]))
+    fig.update(stats("hot_detach", [r[4] for r in rows]))
+    fig.update(stats("hot_detach_unmounted", [r[3] for r in rows if r[3] is not None]))
+    fig.update(stats("floor_hot_attach", [f[0] for f in frows]))
+    fig.update(stats("floor_hot_attach_call", [f[1] for f in frows]))
+    fig.update(stats("floor_hot_detach", [f[2] for f in frows]))
+    attached = agent_times(serve_log, sid, share_id, "attached -> active")
+    detached = agent_times(serve_log, sid, share_id, "detached")
+    agent, guest, agent_d = [], [], []
+    for wall, mounted, dwall, _, _ in rows:
+        done = first_after(attached, wall)
+        if done is not None:
+            agent.append(done - wall)
+            guest.append(wall + mounted - done)
+        gone_at = first_after(detached, dwall)
+        if gone_at is not None:
+            agent_d.append(gone_at - dwall)
+    fig.update(stats("hot_attach_agent", agent))
+    fig.update(stats("hot_attach_guest", guest))
+    fig.update(stats("hot_detach_agent", agent_d))
+
+
 def hot_part(client: httpx.Client, sid: str, share_id: str, console: Path, serve_log: Path,
              state_root: Path, args: argparse.Namespace, fig: Figures) -> None:
     """The server is stopped with no attachment: boot it and a floor guest, then one warm-up
@@ -330,38 +326,23 @@ def hot_part(client: httpx.Client, sid: str, share_id: str, console: Path, serve
             fcon.wait("bench-floor: polling", 300)
         log(f"hot plug: server {sid} and floor guest {floor.uuid} ready; "
             f"1 warm-up + {args.hot_rounds} rounds each")
-        other_guests(fig, "hot_other_guests")
+        other_guests(fig, "hot_other_guests", sid, floor.uuid)
         rows: list[tuple[float, float, float, float | None, float]] = []
+        rng = random.Random(297)  # the same pauses in every run
         frows: list[tuple[float, float, float]] = []
-        for i in range(args.hot_rounds + 1):
-            r = hot_round(client, sid, share_id, console, f"hot{i}")
-            f = floor.round(i)
-            log(f"round {i}{' (warm-up)' if i == 0 else ''}: attachfs POST->mounted "
-                f"{r[1] * 1000:.0f} ms, DELETE->gone {r[4] * 1000:.0f} ms; floor attach->mounted "
-                f"{f[0] * 1000:.0f} ms, detach {f[2] * 1000:.0f} ms")
-            if i:
-                rows.append(r)
-                frows.append(f)
-        fig.update(stats("hot_attach", [r[1] for r in rows]))
-        fig.update(stats("hot_detach", [r[4] for r in rows]))
-        fig.update(stats("hot_detach_unmounted", [r[3] for r in rows if r[3] is not None]))
-        fig.update(stats("floor_hot_attach", [f[0] for f in frows]))
-        fig.update(stats("floor_hot_attach_call", [f[1] for f in frows]))
-        fig.update(stats("floor_hot_detach", [f[2] for f in frows]))
-        attached = agent_times(serve_log, sid, share_id, "attached -> active")
-        detached = agent_times(serve_log, sid, share_id, "detached")
-        agent, guest, agent_d = [], [], []
-        for wall, mounted, dwall, _, _ in rows:
-            done = first_after(attached, wall)
-            if done is not None:
-                agent.append(done - wall)
-                guest.append(wall + mounted - done)
-            gone_at = first_after(detached, dwall)
-            if gone_at is not None:
-                agent_d.append(gone_at - dwall)
-        fig.update(stats("hot_attach_agent", agent))
-        fig.update(stats("hot_attach_guest", guest))
-        fig.update(stats("hot_detach_agent", agent_d))
+        try:
+            for i in range(args.hot_rounds + 1):
+                r = hot_round(client, sid, share_id, console, f"hot{i}", rng.uniform(0, 1))
+                if i:
+                    rows.append(r)
+                f = floor.round(i)
+                if i:
+                    frows.append(f)
+                log(f"round {i}{' (warm-up)' if i == 0 else ''}: attachfs POST->mounted "
+                    f"{r[1] * 1000:.0f} ms, DELETE->gone {r[4] * 1000:.0f} ms; floor "
+                    f"attach->mounted {f[0] * 1000:.0f} ms, detach {f[2] * 1000:.0f} ms")
+        finally:  # a failed round (e.g. a guest destroyed under us) keeps the rounds done
+            hot_figures(rows, frows, serve_log, sid, share_id, fig)
     finally:
         if floor is not None:
             try:
@@ -383,29 +364,27 @@ def _ms(v: float) -> str:
 
 def hot_rows(fig: Figures) -> list[Row]:
     out: list[Row] = []
-    for q in ("p50", "p95"):
-        key, base = f"hot_attach_{q}_ms", f"floor_hot_attach_{q}_ms"
-        if key in fig and base in fig:
-            out.append((f"hot attach: POST -> guest mounted {q}", _ms(fig[key]),
-                        f"{_ms(fig[base])} (floor attach_share -> mounted)",
-                        f"{fig[key] / fig[base]:.1f}x"))
-    for q in ("p50", "p95"):
-        for key, label in ((f"hot_attach_agent_{q}_ms", "  of which POST -> agent done (log)"),
-                           (f"hot_attach_guest_{q}_ms", "  of which agent done -> mounted"),
-                           (f"floor_hot_attach_call_{q}_ms", "floor: attach_share call alone")):
-            if key in fig:
-                out.append((f"{label} {q}", _ms(fig[key]), "-", "-"))
-    for q in ("p50", "p95"):
-        key, base = f"hot_detach_{q}_ms", f"floor_hot_detach_{q}_ms"
-        if key in fig and base in fig:
-            out.append((f"hot detach: DELETE -> 404 {q}", _ms(fig[key]),
-                        f"{_ms(fig[base])} (floor detach_share, unmounted)",
-                        f"{fig[key] / fig[base]:.1f}x"))
-    for q in ("p50", "p95"):
-        for key, label in ((f"hot_detach_unmounted_{q}_ms", "  DELETE -> guest unmounted"),
-                           (f"hot_detach_agent_{q}_ms", "  DELETE -> agent done (log)")):
-            if key in fig:
-                out.append((f"{label} {q}", _ms(fig[key]), "-", "-"))
+
+    def add(label: str, key: str, base: str | None = None, base_label: str = "") -> None:
+        for q in ("p50", "p95"):
+            k, bk = f"{key}_{q}_ms", f"{base}_{q}_ms"
+            if k not in fig:
+                continue
+            if base is None or bk not in fig:
+                out.append((f"{label} {q}", _ms(fig[k]), "-", "-"))
+            else:
+                out.append((f"{label} {q}", _ms(fig[k]), f"{_ms(fig[bk])} ({base_label})",
+                            f"{fig[k] / fig[bk]:.1f}x"))
+
+    add("hot attach: POST -> guest mounted", "hot_attach", "floor_hot_attach",
+        "floor: attach_share -> mounted")
+    add("  POST -> agent done (serve.log)", "hot_attach_agent")
+    add("  agent done -> guest mounted", "hot_attach_guest")
+    add("floor: attach_share call alone", "floor_hot_attach_call")
+    add("hot detach: DELETE -> 404", "hot_detach", "floor_hot_detach",
+        "floor: detach_share, unmounted")
+    add("  DELETE -> guest unmounted (console)", "hot_detach_unmounted")
+    add("  DELETE -> agent done (serve.log)", "hot_detach_agent")
     base_runs = _runs(fig, 0)
     for n in POWER_SHARES:
         for what, label in (("active", "os-start -> ACTIVE"), ("ready", "os-start -> ready")):

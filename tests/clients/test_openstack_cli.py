@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 import uuid
@@ -161,25 +160,14 @@ def test_cli_against_the_api(openstack_exe: Path, api_only: tuple[str, Any],
 # ---- with a guest: a real `attachfs serve` -------------------------------------------------
 @pytest.fixture
 def serve() -> Iterator[Serve]:
-    from attachfs.storage import mountinfo
-    from attachfs.virt.libvirt import LibvirtDriver
-
     state = Path("/var/lib/attachfs/test-state") / f"cli-{uuid.uuid4().hex[:8]}"
-    driver = LibvirtDriver()
-    before = set(driver.list_guests())
     s = Serve(state)
     s.http.headers["X-Auth-Token"] = "demo:demo"  # the project auth_type none lands in
     s.start()
     try:
         yield s
     finally:
-        s.stop()
-        for guest in set(driver.list_guests()) - before:
-            driver.stop_guest(guest, 0)
-        for point in s.host_mounts():
-            mountinfo.unmount(point)
-        driver.close()
-        shutil.rmtree(state, ignore_errors=True)
+        s.cleanup()
 
 
 @pytest.mark.vm

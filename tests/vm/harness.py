@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -142,6 +143,22 @@ class Serve:
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def cleanup(self) -> None:
+        """Stop the service and remove what it left: only ITS guests (several test runs and
+        benches may share this libvirtd), its host mounts, its state directory."""
+        from attachfs.virt.libvirt import LibvirtDriver
+
+        self.stop()
+        driver = LibvirtDriver(owner=f"{socket.gethostname()}:{self.state_dir.resolve()}")
+        try:
+            for guest in driver.list_guests():
+                driver.stop_guest(guest, 0)
+        finally:
+            driver.close()
+        for point in self.host_mounts():
+            mountinfo.unmount(point)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
     # ---- what the host really has ---------------------------------------------------------
     @property

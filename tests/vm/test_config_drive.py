@@ -6,15 +6,12 @@ running is mounted after the drive's media is changed live."""
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from attachfs.storage import mountinfo
-from attachfs.virt.libvirt import LibvirtDriver
 from tests.vm.harness import IMAGES_DIR, Serve, wait_for
 
 pytestmark = [
@@ -28,20 +25,12 @@ pytestmark = [
 @pytest.fixture
 def serve() -> Iterator[Serve]:
     state = Path("/var/lib/attachfs/test-state") / uuid.uuid4().hex[:8]
-    driver = LibvirtDriver()
-    before = set(driver.list_guests())
     s = Serve(state, config="[metadata]\nenabled = false\n")
     s.start()
     try:
         yield s
     finally:
-        s.stop()
-        for guest in set(driver.list_guests()) - before:
-            driver.stop_guest(guest, 0)
-        for point in s.host_mounts():
-            mountinfo.unmount(point)
-        driver.close()
-        shutil.rmtree(state, ignore_errors=True)
+        s.cleanup()
 
 
 def _share(serve: Serve, name: str) -> str:

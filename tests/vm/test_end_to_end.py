@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from attachfs.storage import mountinfo
 from attachfs.virt.libvirt import LibvirtDriver
 from tests.vm.harness import IMAGES_DIR, Serve, wait_for
 
@@ -37,21 +35,12 @@ fi
 @pytest.fixture
 def serve() -> Iterator[Serve]:
     state = Path("/var/lib/attachfs/test-state") / uuid.uuid4().hex[:8]
-    driver = LibvirtDriver()
-    before = set(driver.list_guests())
     s = Serve(state, config="[notifications]\ndriver = \"file\"\ninclude_share_mapping = true\n")
     s.start()
     try:
         yield s
     finally:
-        # Leave nothing behind even when the test failed half-way.
-        s.stop()
-        for guest in set(driver.list_guests()) - before:
-            driver.stop_guest(guest, 0)
-        for point in s.host_mounts():
-            mountinfo.unmount(point)
-        driver.close()
-        shutil.rmtree(state, ignore_errors=True)
+        s.cleanup()
 
 
 def _boot_stopped_server(serve: Serve, name: str) -> str:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from attachfs.storage import mountinfo
 from attachfs.virt.libvirt import LibvirtDriver
 from tests.vm.harness import IMAGES_DIR, Serve, wait_for
 
@@ -99,8 +98,6 @@ class Guest:
 @pytest.fixture(scope="module")
 def serve() -> Iterator[Serve]:
     state = Path("/var/lib/attachfs/test-state") / uuid.uuid4().hex[:8]
-    driver = LibvirtDriver()
-    before = set(driver.list_guests())
     s = Serve(state, config=f"[libvirt]\nspare_root_ports = {SLOTS}\n"
                             "[agent]\ndetach_timeout = 8.0\n"
                             "[notifications]\ndriver = \"file\"\n")
@@ -108,13 +105,7 @@ def serve() -> Iterator[Serve]:
     try:
         yield s
     finally:
-        s.stop()
-        for guest in set(driver.list_guests()) - before:
-            driver.stop_guest(guest, 0)
-        for point in s.host_mounts():
-            mountinfo.unmount(point)
-        driver.close()
-        shutil.rmtree(state, ignore_errors=True)
+        s.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,364 @@
+"""A real Manila for these tests: manila-api (its WSGI app, served by a small threaded server on a
+free loopback port), manila-scheduler and manila-share with the DummyDriver, from the separate
+virtualenv scripts/setup-manila.sh builds. Its database is a fresh MariaDB database and its
+messages go to a fresh RabbitMQ vhost (and a per-run control exchange), both removed at the end; the
+processes are stopped and the test checks nothing is left running or listening.
+
+Auth is Manila's noauthv2: a token "user:project" is that user in that project (as an admin).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = Path(os.environ.get("ATTACHFS_MANILA_VENV", ROOT / ".venv-manila"))
+MARIADB = ("127.0.0.1", 3306)
+RABBIT = ("127.0.0.1", 5672)
+MICROVERSION = "2.82"
+# noauthv2: a token "user:project" is that user in that project. Ids look like Keystone's (32
+# hex digits): Manila's resource lock views refuse user and project ids that are not UUIDs.
+TEST_USER, TEST_PROJECT = "a11ce000000040008000000000000001", "de30000000004000800000000000000d"
+TEST_TOKEN = f"{TEST_USER}:{TEST_PROJECT}"
+# keystoneauth's noauth plugin (attachfs's [manila] auth_type none) sends the token "notused";
+# the server below makes that the service user SERVICE_USER in SERVICE_PROJECT.
+SERVICE_USER, SERVICE_PROJECT = "5e41ce00000040008000000000000005", "5e41ce0000004000800000000000000f"
+
+# Serves Manila's API WSGI app without eventlet (manila-api refuses to start without it).
+# Token-less requests below /v2 get a 401, as keystonemiddleware would answer: openstacksdk's
+# version discovery asks without a token first and only retries with one after a 401 (Manila's
+# noauth middleware would answer 204 with a made-up token instead).
+API_SERVER = textwrap.dedent('''
+    import sys
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    conf, port_file, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    sys.argv = ["manila-api", "--config-file", conf]
+    from manila.wsgi import api
+
+    def app(environ, start_response):
+        if environ.get("HTTP_X_AUTH_TOKEN") == "notused":
+            environ["HTTP_X_AUTH_TOKEN"] = "SERVICE_TOKEN"
+        if "HTTP_X_AUTH_TOKEN" not in environ and environ.get("PATH_INFO", "/").rstrip("/"):
+            start_response("401 Unauthorized", [("Content-Type", "application/json"),
+                                                ("WWW-Authenticate", "Keystone uri=none")])
+            return [b'{"error": {"code": 401, "message": "token required"}}']
+        return api.application(environ, start_response)
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = make_server("127.0.0.1", port, app, server_class=Server, handler_class=Quiet)
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(server.server_port))
+    import os
+    os.replace(port_file + ".tmp", port_file)
+    server.serve_forever()
+''').replace("SERVICE_TOKEN", f"{SERVICE_USER}:{SERVICE_PROJECT}")
+
+
+def _reachable(addr: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(addr, timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _listening(port: int) -> bool:
+    return _reachable(("127.0.0.1", port))
+
+
+@dataclass
+class Manila:
+    """One Manila deployment for a test session."""
+
+    workdir: Path
+    run_id: str
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    port: int = 0
+    vhost: str | None = None
+    start_seconds: float = 0.0
+
+    @property
+    def db_name(self) -> str:
+        return f"manila_{self.run_id}"
+
+    @property
+    def conf(self) -> Path:
+        return self.workdir / "manila.conf"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v2"
+
+    # ---- setup -------------------------------------------------------------------------------
+    def sql(self, statement: str) -> None:
+        code = ("import pymysql, sys\n"
+                "c = pymysql.connect(host='127.0.0.1', port=3306, user='root', autocommit=True)\n"
+                "c.cursor().execute(sys.argv[1])\n")
+        subprocess.run([str(VENV / "bin/python"), "-c", code, statement], check=True,
+                       capture_output=True, timeout=60)
+
+    def make_vhost(self) -> str:
+        """A RabbitMQ vhost of our own when rabbitmqctl works here; else the default vhost
+        (the per-run control exchange keeps RPC calls apart; the services' fanout exchanges,
+        named by topic only, are then shared with other runs)."""
+        name = f"attachfs-manila-{self.run_id}"
+        ctl = shutil.which("rabbitmqctl")
+        if ctl:
+            try:
+                subprocess.run([ctl, "add_vhost", name], check=True, capture_output=True,
+                               timeout=30)
+                subprocess.run([ctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+                               check=True, capture_output=True, timeout=30)
+                self.vhost = name
+                return name
+            except (subprocess.SubprocessError, OSError):
+                pass
+        return ""
+
+    def write_config(self, vhost: str) -> None:
+        state = self.workdir / "state"
+        (state / "locks").mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(textwrap.dedent(f"""
+            [DEFAULT]
+            auth_strategy = noauthv2
+            transport_url = rabbit://guest:guest@127.0.0.1:5672/{vhost}
+            control_exchange = manila_{self.run_id}
+            host = attachfs-test-{self.run_id}
+            state_path = {state}
+            api_paste_config = {VENV}/etc/manila/api-paste.ini
+            enabled_share_backends = dummy
+            enabled_share_protocols = NFS,CIFS
+            default_share_type = attachfs-test
+            report_interval = 2
+            periodic_interval = 2
+            debug = false
+            use_stderr = true
+
+            [dummy]
+            share_driver = manila.tests.share.drivers.dummy.DummyDriver
+            share_backend_name = dummy
+            driver_handles_share_servers = false
+            dummy_driver_default_driver_method_delay = 0
+            dummy_driver_driver_methods_delays = create_share:0.1
+
+            [database]
+            connection = mysql+pymysql://root@127.0.0.1:3306/{self.db_name}
+
+            [oslo_concurrency]
+            lock_path = {state}/locks
+
+            [coordination]
+            backend_url = file://{state}/coordination
+        """))
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                start_new_session=True)  # own process group: stop kills all
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> None:
+        began = time.monotonic()
+        self.sql(f"CREATE DATABASE `{self.db_name}` CHARACTER SET utf8mb4")
+        self.write_config(self.make_vhost())
+        subprocess.run([str(VENV / "bin/manila-manage"), "--config-file", str(self.conf),
+                        "db", "sync"], check=True, capture_output=True, timeout=300)
+        for name in ("scheduler", "share"):
+            self._spawn(name, [str(VENV / f"bin/manila-{name}"), "--config-file", str(self.conf)])
+        self.start_api()
+        self.wait_ready()
+        self.start_seconds = time.monotonic() - began
+
+    def start_api(self) -> None:
+        script = self.workdir / "api_server.py"
+        script.write_text(API_SERVER)
+        port_file = self.workdir / "api.port"
+        port_file.unlink(missing_ok=True)
+        proc = self._spawn("api", [str(VENV / "bin/python"), str(script), str(self.conf),
+                                   str(port_file), str(self.port)])
+        deadline = time.monotonic() + 120
+        while not port_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("manila-api did not start:\n" + self.log_tail("api"))
+            time.sleep(0.1)
+        self.port = int(port_file.read_text())
+        while not _listening(self.port):
+            time.sleep(0.05)
+
+    def stop_api(self) -> None:
+        self._stop("api")
+        assert not _listening(self.port), "manila-api still listening after stop"
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Until both services report in (their RPC servers listen: a call sent earlier would
+        be lost) and the scheduler knows the share backend's pool (a share can be placed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            services = self.request("GET", "/services").json().get("services", [])
+            reported = {s["binary"] for s in services if s.get("updated_at")}
+            if {"manila-scheduler", "manila-share"} <= reported:
+                with contextlib.suppress(httpx.TimeoutException):
+                    r = self.request("GET", "/scheduler-stats/pools", timeout=5)
+                    if r.status_code == 200 and r.json().get("pools"):
+                        return
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"manila-{name} exited:\n" + self.log_tail(name))
+            time.sleep(0.5)
+        raise RuntimeError("Manila's scheduler never saw the dummy backend:\n"
+                           + self.log_tail("share"))
+
+    # ---- teardown ----------------------------------------------------------------------------
+    def _stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+        # Forked workers (manila-share's launcher) are in the same group: wait for them too.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def stop(self) -> list[str]:
+        """Stop everything and remove the database and vhost; return what was left behind."""
+        groups = [p.pid for p in self.procs.values()]
+        for name in list(self.procs):
+            self._stop(name)
+        left: list[str] = []
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, 0)
+                left.append(f"process group {pgid}")
+        if self.port and _listening(self.port):
+            left.append(f"something still listens on 127.0.0.1:{self.port}")
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            self.sql(f"DROP DATABASE IF EXISTS `{self.db_name}`")
+        if self.vhost:
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                subprocess.run([str(shutil.which("rabbitmqctl")), "delete_vhost", self.vhost],
+                               check=True, capture_output=True, timeout=30)
+        return left
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.workdir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    # ---- the REST API, as a test client sees it --------------------------------------------
+    def request(self, method: str, path: str, token: str = TEST_TOKEN, json: Any = None,
+                params: dict[str, str] | None = None, timeout: float = 30) -> httpx.Response:
+        return httpx.request(method, self.endpoint + path, json=json, params=params,
+                             timeout=timeout, headers={
+                                 "X-Auth-Token": token,
+                                 "X-OpenStack-Manila-API-Version": MICROVERSION})
+
+    def create_share(self, name: str, proto: str = "NFS") -> dict[str, Any]:
+        r = self.request("POST", "/shares", json={"share": {
+            "name": name, "share_proto": proto, "size": 1, "share_type": "attachfs-test"}})
+        assert r.status_code in (200, 202), r.text
+        share_id = r.json()["share"]["id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            share: dict[str, Any] = self.request("GET", f"/shares/{share_id}").json()["share"]
+            if share["status"] == "available":
+                return share
+            assert share["status"] in ("creating",), share
+            time.sleep(0.2)
+        raise AssertionError(f"share {share_id} never became available")
+
+    def rules(self, share_id: str) -> list[dict[str, Any]]:
+        r = self.request("GET", "/share-access-rules", params={"share_id": share_id})
+        assert r.status_code == 200, r.text
+        rules: list[dict[str, Any]] = r.json()["access_list"]
+        return rules
+
+    def locks(self, resource_id: str) -> list[dict[str, Any]]:
+        r = self.request("GET", "/resource-locks", params={"resource_id": resource_id,
+                                                          "all_projects": "true"})
+        assert r.status_code == 200, r.text
+        locks: list[dict[str, Any]] = r.json()["resource_locks"]
+        return locks
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "manila: runs a real Manila (MariaDB, RabbitMQ)")
+
+
+def _prerequisites() -> str | None:
+    if not _reachable(MARIADB):
+        return "MariaDB is not running on 127.0.0.1:3306"
+    if not _reachable(RABBIT):
+        return "RabbitMQ is not running on 127.0.0.1:5672"
+    return None
+
+
+@pytest.fixture(scope="session")
+def manila() -> Iterator[Manila]:
+    missing = _prerequisites()
+    if missing:
+        pytest.skip(f"needs a real Manila: {missing}")
+    subprocess.run(["bash", str(ROOT / "scripts/setup-manila.sh")], check=True, timeout=1200)
+    workdir = Path(tempfile.mkdtemp(prefix="attachfs-manila-"))
+    service = Manila(workdir, uuid.uuid4().hex[:10])
+    try:
+        service.start()
+        sys.stderr.write(f"\n[manila] started in {service.start_seconds:.1f}s at "
+                         f"{service.endpoint}\n")
+        r = service.request("POST", "/types", json={"share_type": {
+            "name": "attachfs-test", "share_type_access:is_public": True,
+            "extra_specs": {"driver_handles_share_servers": False}}})
+        assert r.status_code == 200, r.text
+        yield service
+    finally:
+        began = time.monotonic()
+        left = service.stop()
+        sys.stderr.write(f"\n[manila] stopped in {time.monotonic() - began:.1f}s\n")
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert not left, f"Manila left behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def manila_share(manila: Manila) -> dict[str, Any]:
+    return manila.create_share("attachfs-test-share")
