@@ -19,7 +19,7 @@ from attachfs.api import deps
 from attachfs.api.server_shares import do_attach, do_detach
 from attachfs.core import services
 from attachfs.core.model import ShareScope
-from attachfs.db.tables import Server, Share, ShareAccess, ShareMapping
+from attachfs.db.tables import Server, Share, ShareMapping
 from attachfs.errors import BadRequest, Conflict, Forbidden, NotFound
 from attachfs.storage.local import share_info, share_visible
 
@@ -127,16 +127,7 @@ def delete_filesystem(name: str, request: Request) -> Response:
     with state.db.session() as s:
         share = _get(s, request, name)
         state.policy.authorize(RULE % "delete", ctx, share.project_id)
-        attached = s.scalar(select(ShareMapping.instance_uuid)
-                            .where(ShareMapping.share_id == share.uuid).limit(1))
-        locked = s.scalar(select(ShareAccess.host).where(ShareAccess.share_id == share.uuid,
-                                                         ShareAccess.locked).limit(1))
-        if attached or locked:
-            raise Conflict(f"Filesystem {name} is attached"
-                           + (f" to server {attached}" if attached else f" on host {locked}")
-                           + "; detach it first")
-        share_id = share.uuid
-        s.delete(share)
+        share_id = services.delete_builtin_share(s, share, f"Filesystem {name}")
     state.builtin.delete_dir(share_id)
     return Response(status_code=202)
 

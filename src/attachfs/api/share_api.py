@@ -31,8 +31,9 @@ from sqlalchemy import select
 
 from attachfs.api import deps
 from attachfs.api.views import iso
+from attachfs.core import services
 from attachfs.core.model import ShareScope
-from attachfs.db.tables import Share, ShareAccess, ShareMapping
+from attachfs.db.tables import Share
 from attachfs.errors import BadRequest, Conflict, NotAcceptable, NotFound
 from attachfs.storage.local import export_location, share_visible
 
@@ -409,14 +410,6 @@ def delete_share(share_id: str, request: Request) -> Response:
     with state.db.session() as s:
         share = _get(s, request, share_id)
         state.policy.authorize(RULE % "delete", ctx, share.project_id)
-        attached = s.scalar(select(ShareMapping.instance_uuid)
-                            .where(ShareMapping.share_id == share.uuid).limit(1))
-        locked = s.scalar(select(ShareAccess.host).where(ShareAccess.share_id == share.uuid,
-                                                         ShareAccess.locked).limit(1))
-        if attached or locked:
-            raise Conflict(f"Share {share_id} is attached"
-                           + (f" to server {attached}" if attached else f" on host {locked}")
-                           + "; detach it first")
-        s.delete(share)
+        share_id = services.delete_builtin_share(s, share, f"Share {share_id}")
     state.builtin.delete_dir(share_id)
     return Response(status_code=202)

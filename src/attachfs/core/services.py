@@ -24,7 +24,7 @@ from attachfs.core.model import (
     status_after_retry,
     validate_tag,
 )
-from attachfs.db.tables import InstanceAction, Server, ShareMapping, utcnow
+from attachfs.db.tables import InstanceAction, Server, Share, ShareAccess, ShareMapping, utcnow
 from attachfs.errors import Conflict, NotFound
 from attachfs.storage.base import RequestContext, ShareInfo
 
@@ -230,6 +230,21 @@ def attach_to_project_servers(s: Session, ctx: RequestContext, share: ShareInfo,
         _touch(server)
         count += 1
     return count
+
+
+def delete_builtin_share(s: Session, share: Share, label: str) -> str:
+    """Delete a built-in share's row; 409 while any server has it or a host holds a locked
+    access rule. Returns its id (the caller removes the directory after the commit)."""
+    attached = s.scalar(select(ShareMapping.instance_uuid)
+                        .where(ShareMapping.share_id == share.uuid).limit(1))
+    locked = s.scalar(select(ShareAccess.host).where(ShareAccess.share_id == share.uuid,
+                                                     ShareAccess.locked).limit(1))
+    if attached or locked:
+        raise Conflict(f"{label} is attached"
+                       + (f" to server {attached}" if attached else f" on host {locked}")
+                       + "; detach it first")
+    s.delete(share)
+    return share.uuid
 
 
 def finish_action(s: Session, request_id: str | None, result: str, message: str | None) -> None:
