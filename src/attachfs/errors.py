@@ -7,7 +7,8 @@
      │    ├── Forbidden           403 forbidden
      │    ├── NotFound            404 itemNotFound
      │    ├── NotAcceptable       406 notAcceptable (unsupported microversion)
-     │    └── Conflict            409 conflictingRequest
+     │    ├── Conflict            409 conflictingRequest
+     │    └── ServiceUnavailable  503 serviceUnavailable (identity or share service down)
      └── BackendError             a host-side step failed (agent only; never reaches HTTP as 500)
           ├── TemporaryError      worth retrying later (a daemon restarting, a lock held)
           └── PermanentError      retrying will not help: the attachment goes to `error`
@@ -57,6 +58,13 @@ class NotAcceptable(ClientError):
 class Conflict(ClientError):
     code = 409
     fault = "conflictingRequest"
+
+
+class ServiceUnavailable(ClientError):
+    """A service the API must ask (Keystone, the share service) did not answer: retry later."""
+
+    code = 503
+    fault = "serviceUnavailable"
 
 
 class BackendError(AttachfsError):

@@ -22,6 +22,7 @@ from attachfs.metadata.sockets import MetadataSockets
 from attachfs.notify.base import make_notifier
 from attachfs.storage.bind import BindConnector
 from attachfs.storage.local import LocalShareProvider
+from attachfs.storage.nfs import NfsConnector
 from attachfs.storage.registry import ProviderChain, make_provider
 from attachfs.virt.image import load_images
 
@@ -60,7 +61,8 @@ def build_agent(parts: Parts) -> Agent:
         path.mkdir(parents=True, exist_ok=True)
     attachments = Attachments(
         config, parts.db, parts.provider,
-        {"LOCAL": BindConnector(config.storage_root, config.mount_root)},
+        {"LOCAL": BindConnector(config.storage_root, config.mount_root),
+         "NFS": NfsConnector(config.mount_root)},
         LibvirtDriver(config.libvirt.uri, spare_root_ports=config.libvirt.spare_root_ports,
                       owner=f"{config.agent.host}:{config.state_path}"),
         MetadataSockets(parts.db, config.metadata_socket_dir, config.metadata.enabled),

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from attachfs.config import Config
-from attachfs.errors import ClientError, Forbidden, Unauthorized
+from attachfs.errors import Forbidden, ServiceUnavailable, Unauthorized
 from attachfs.storage.base import RequestContext
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,8 @@ class KeystoneUnauthorized(Unauthorized):
         self.headers: dict[str, str] = dict(headers or {})
 
 
-class IdentityUnavailable(ClientError):
+class IdentityUnavailable(ServiceUnavailable):
     """Keystone could not be asked: not the caller's fault, and worth retrying."""
-
-    code = 503
-    fault = "serviceUnavailable"
 
 
 def _reached(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

@@ -3,6 +3,7 @@ BEGIN IMMEDIATE so concurrent requests queue instead of failing with 'database i
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +52,14 @@ def alembic_config(url: str) -> AlembicConfig:
 
 
 def migrate(url: str) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+    """Bring the schema to the newest revision (idempotent). A SQLite file is switched to WAL
+    here, once, before any engine opens it (the mode is kept in the file), so two engines
+    never race to change it."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path, timeout=30) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
     command.upgrade(alembic_config(url), "head")
 
 

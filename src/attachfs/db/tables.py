@@ -136,3 +136,14 @@ class InstanceAction(Base):
     result: Mapped[str | None] = mapped_column(String(32), nullable=True)  # Success / Error
     start_time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     finish_time: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ShareServiceLock(Base):
+    """One row per share of an external share service (Manila), locked (SELECT ... FOR UPDATE)
+    while an agent changes that share's access rules, so agents on different hosts take turns."""
+
+    __tablename__ = "share_service_locks"
+
+    share_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(255), nullable=True)  # host, for debugging
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

@@ -1,0 +1,374 @@
+"""Shares from the shared-file-system service (Manila), through openstacksdk.
+
+Every call builds its own Connection for the context it runs in: with the requester's token
+(and attachfs's own token beside it as X-Service-Token, so Manila's records name the user and
+its locks are service locks the user cannot drop) when the API ran with Keystone, else with the
+service credentials of [manila]. Manila's answers are read at the REST level (microversion
+[manila] api_version, >= 2.82 for access rule locks), and every Manila, keystoneauth or
+connection failure is turned into an attachfs error here, naming the share service and what to
+do about it.
+
+A compute host's access is one rule per (share, host): `ip` [manila] host_address for NFS,
+`cephx` [manila] cephx_access_to (default attachfs-<host>) for CEPHFS, created locked
+(visibility and deletion) and marked with metadata attachfs_host=<host>. Rule changes on one
+share are serialized across agents by a row lock in attachfs's database (share_service_locks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import loading, noauth, plugin
+from keystoneauth1 import session as ks_session
+from keystoneauth1.adapter import Adapter
+from keystoneauth1.service_token import ServiceTokenAuthWrapper
+from openstack import connection
+from openstack import exceptions as sdk_exc
+from openstack import warnings as sdk_warnings
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from attachfs.config import Config, ManilaConfig
+from attachfs.db.engine import Database
+from attachfs.db.tables import ShareServiceLock, utcnow
+from attachfs.errors import (
+    AttachfsError,
+    BackendError,
+    BadRequest,
+    NotFound,
+    PermanentError,
+    ServiceUnavailable,
+    TemporaryError,
+)
+from attachfs.storage.base import RequestContext, ShareInfo
+
+SERVICE = "share service (Manila)"
+RULE_TYPES = {"NFS": "ip", "CEPHFS": "cephx"}
+HOST_KEY = "attachfs_host"  # access rule metadata: which compute host the rule is for
+HTTP_TIMEOUT = 10.0  # per request; rule changes hold a database lock meanwhile
+GONE = object()
+# openstacksdk warns about its own internal call on every GET (its cache key); not ours to fix.
+warnings.filterwarnings("ignore", message="The 'service_type' parameter is unnecesary",
+                        category=sdk_warnings.RemovedInSDK50Warning)
+
+
+class ShareServiceUnavailable(ServiceUnavailable):
+    """The API could not ask the share service (503): the request may be retried later."""
+
+
+class _UserToken(plugin.BaseAuthPlugin):
+    """The requester's token as it came in; endpoints are found with the service's auth (its
+    catalog, or the configured endpoint override)."""
+
+    def __init__(self, token: str, project_id: str, service_auth: plugin.BaseAuthPlugin) -> None:
+        super().__init__()
+        self.token, self.project_id, self.service_auth = token, project_id, service_auth
+
+    def get_token(self, session: ks_session.Session) -> str | None:
+        return self.token
+
+    def get_endpoint(self, session: ks_session.Session, **kwargs: Any) -> str | None:
+        return self.service_auth.get_endpoint(session, **kwargs)
+
+    def get_endpoint_data(self, session: ks_session.Session, **kwargs: Any) -> Any:
+        return self.service_auth.get_endpoint_data(session, **kwargs)
+
+    def get_project_id(self, session: ks_session.Session) -> str | None:
+        return self.project_id
+
+    def invalidate(self) -> bool:
+        return False  # a user's token cannot be renewed here
+
+
+def service_auth(cfg: ManilaConfig) -> plugin.BaseAuthPlugin:
+    """attachfs's own credentials for the share service, from [manila]."""
+    if cfg.auth_type in ("none", "noauth"):
+        return noauth.NoAuth(endpoint=cfg.endpoint_override or None)
+    try:
+        loader: Any = loading.get_plugin_loader(cfg.auth_type)
+        known = {opt.dest for opt in loader.get_options()}
+        values = {"auth_url": cfg.auth_url, "username": cfg.username, "password": cfg.password,
+                  "project_name": cfg.project_name, "user_domain_name": cfg.user_domain_name,
+                  "project_domain_name": cfg.project_domain_name}
+        return loader.load_from_options(**{k: v for k, v in values.items() if k in known and v})
+    except (ks_exc.ClientException, ValueError) as exc:
+        raise BadRequest(f"invalid [manila] auth settings (auth_type {cfg.auth_type}): {exc}") \
+            from exc
+
+
+class ManilaShareProvider:
+    name = "manila"
+
+    def __init__(self, config: Config, db: Database) -> None:
+        self.cfg, self.db, self.host = config.manila, db, config.agent.host
+        self._service_auth = service_auth(self.cfg)  # one plugin: its token is reused
+        self._discovery_cache: dict[str, Any] = {}  # version documents, shared by connections
+
+    # ---- connections -------------------------------------------------------------------------
+    def _api(self, requester: RequestContext | None, retry: str) -> Adapter:
+        """A Connection for this call's context; its shared-file-system proxy (making it may
+        already ask the service: endpoint and version discovery)."""
+        auth: plugin.BaseAuthPlugin = self._service_auth
+        if requester is not None and requester.auth_token:
+            auth = ServiceTokenAuthWrapper(
+                user_auth=_UserToken(requester.auth_token, requester.project_id,
+                                     self._service_auth),
+                service_auth=self._service_auth)
+        session = ks_session.Session(auth=auth, timeout=HTTP_TIMEOUT, app_name="attachfs",
+                                     discovery_cache=self._discovery_cache)
+        options: dict[str, Any] = {"shared_file_system_api_version": "2"}
+        if self.cfg.endpoint_override:
+            options["shared_file_system_endpoint_override"] = self.cfg.endpoint_override
+        with self._translated(retry):
+            conn = connection.Connection(session=session,
+                                         region_name=self.cfg.region_name or None, **options)
+            api: Adapter = conn.shared_file_system
+        return api
+
+    def _where(self) -> str:
+        return self.cfg.endpoint_override or f"the catalog endpoint from {self.cfg.auth_url}"
+
+    @contextlib.contextmanager
+    def _translated(self, retry: str) -> Iterator[None]:
+        """keystoneauth / openstacksdk failures -> BackendError naming the share service."""
+        try:
+            yield
+        except AttachfsError:
+            raise
+        except ks_exc.ConnectionError as exc:
+            if self.cfg.auth_url and self.cfg.auth_url in str(exc):
+                raise TemporaryError(f"identity service (Keystone) unreachable at "
+                                     f"{self.cfg.auth_url}, so the {SERVICE} cannot be asked: "
+                                     f"{_short(exc)}; {retry}") from exc
+            raise TemporaryError(f"{SERVICE} unreachable at {self._where()}: {_short(exc)}; "
+                                 f"{retry}") from exc
+        except ks_exc.EndpointNotFound as exc:
+            raise PermanentError(f"{SERVICE} not found in the service catalog: {_short(exc)}; "
+                                 "check [manila] region_name / endpoint_override") from exc
+        except ks_exc.DiscoveryFailure as exc:  # what an unreachable endpoint looks like here
+            raise TemporaryError(f"{SERVICE} unreachable at {self._where()} (no version "
+                                 f"document: {_short(exc)}); {retry}") from exc
+        except (ks_exc.Unauthorized, ks_exc.AuthorizationFailure) as exc:
+            raise PermanentError(f"attachfs's credentials for the {SERVICE} were refused: "
+                                 f"{_short(exc)}; check the [manila] credentials") from exc
+        except (ks_exc.ClientException, sdk_exc.SDKException) as exc:
+            raise TemporaryError(f"{SERVICE} request failed: {_short(exc)}; {retry}") from exc
+
+    def _request(self, api: Adapter, method: str, path: str, retry: str,
+                 body: dict[str, Any] | None = None,
+                 params: dict[str, str] | None = None) -> Any:
+        with self._translated(retry):
+            return api.request(path, method, json=body, params=params, raise_exc=False,
+                               microversion=self.cfg.api_version)
+
+    def _call(self, api: Adapter, method: str, path: str, retry: str,
+              body: dict[str, Any] | None = None, params: dict[str, str] | None = None) -> Any:
+        """One REST call; the decoded body, GONE on 404, else a BackendError."""
+        r = self._request(api, method, path, retry, body, params)
+        if r.status_code == 404:
+            return GONE
+        self._check(r, method, path, retry)
+        return r.json() if r.content else {}
+
+    @staticmethod
+    def _check(r: Any, method: str, path: str, retry: str) -> None:
+        """A failed answer -> BackendError (404 is the caller's to interpret)."""
+        if r.status_code < 300:
+            return
+        detail = _detail(r)
+        if r.status_code >= 500:
+            raise TemporaryError(f"the {SERVICE} failed ({r.status_code}) on {method} {path}: "
+                                 f"{detail}; {retry}")
+        if r.status_code == 401:
+            raise PermanentError(f"the {SERVICE} refused the credentials (401): {detail}; "
+                                 "the user's token may have expired: repeat the request")
+        if r.status_code == 403:
+            raise PermanentError(f"the {SERVICE} refused {method} {path} (403): {detail}; "
+                                 "the user needs the right to manage access to the share")
+        raise PermanentError(f"the {SERVICE} refused {method} {path} ({r.status_code}): {detail}")
+
+    # ---- ShareProvider -----------------------------------------------------------------------
+    def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
+        """The share as the requester sees it (API side: errors are HTTP faults)."""
+        retry = "retry when it is back"
+        try:
+            api = self._api(context, retry)
+            r = self._request(api, "GET", f"/shares/{share_id}", retry)
+            if r.status_code in (403, 404):  # not visible to this user: the same as missing
+                raise NotFound(f"Share {share_id} could not be found.")
+            self._check(r, "GET", f"/shares/{share_id}", retry)
+            share = r.json()
+            exports = self._call(api, "GET", f"/shares/{share_id}/export_locations", retry)
+        except BackendError as exc:
+            raise ShareServiceUnavailable(exc.message) from exc
+        s = share["share"]
+        return ShareInfo(
+            id=s["id"], name=s.get("name") or s["id"], status=s["status"],
+            protocol=(s.get("share_proto") or "").upper(),
+            export_locations=_preferred_first([] if exports is GONE else
+                                              exports.get("export_locations", [])),
+            project_id=s.get("project_id") or "", size_gib=int(s.get("size") or 0))
+
+    def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
+                     requester: RequestContext) -> None:
+        retry = "retry the attach when it is back"
+        api = self._api(requester, retry)
+        share = self._call(api, "GET", f"/shares/{share_id}", retry)
+        if share is GONE:
+            raise PermanentError(f"share {share_id} no longer exists in the {SERVICE}")
+        proto = (share["share"].get("share_proto") or "").upper()
+        if proto not in RULE_TYPES:
+            raise PermanentError(f"share {share_id} uses protocol {proto or 'unknown'}; attachfs "
+                                 f"attaches {' and '.join(RULE_TYPES)} shares only")
+        access_type, access_to = self._access_for(proto, host)
+        for _attempt in range(2):
+            with self._share_lock(share_id):  # held for the look-up and the change only
+                rule = self._find_rule(api, share_id, host, access_type, access_to, retry)
+                if rule is None:
+                    rule = self._create_rule(api, share_id, host, access_type, access_to,
+                                             access_level, reason, requester, retry)
+                    break
+                if rule["state"] not in ("error", "queued_to_deny", "denying"):
+                    if rule["access_level"] == "ro" and access_level == "rw":
+                        raise PermanentError(
+                            f"host {host} already has a read-only access rule on share "
+                            f"{share_id} in the {SERVICE}; a read-write attachment needs it "
+                            "gone (detach the read-only attachments on this host first)")
+                    break  # reused
+                if rule["state"] == "error":
+                    self._deny(api, share_id, rule, retry)  # a failed rule: start over
+            self._wait(api, share_id, rule["id"], "gone", retry)  # outside the lock
+        else:
+            raise PermanentError(f"the {SERVICE} keeps failing the access rule for host {host} "
+                                 f"on share {share_id}; see manila-share's log")
+        self._wait(api, share_id, rule["id"], "active", retry)
+
+    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
+        retry = "retry the detach when it is back"
+        api = self._api(requester, retry)
+        share = self._call(api, "GET", f"/shares/{share_id}", retry)
+        if share is GONE:
+            return  # the share and its rules are gone
+        proto = (share["share"].get("share_proto") or "").upper()
+        if proto not in RULE_TYPES:
+            return  # never granted (refused at attach)
+        access_type, access_to = self._access_for(proto, host)
+        with self._share_lock(share_id):
+            rule = self._find_rule(api, share_id, host, access_type, access_to, retry)
+            if rule is None:
+                return
+            if rule["state"] not in ("queued_to_deny", "denying"):
+                self._deny(api, share_id, rule, retry)
+        self._wait(api, share_id, rule["id"], "gone", retry)
+
+    # ---- rules -------------------------------------------------------------------------------
+    def _access_for(self, proto: str, host: str) -> tuple[str, str]:
+        if proto == "NFS":
+            return "ip", self.cfg.host_address
+        return "cephx", self.cfg.cephx_access_to or f"attachfs-{host}"
+
+    def _create_rule(self, api: Adapter, share_id: str, host: str, access_type: str,
+                     access_to: str, access_level: str, reason: str, requester: RequestContext,
+                     retry: str) -> dict[str, Any]:
+        """A new rule, locked (visibility and deletion) with a reason naming the requester."""
+        lock_reason = (f"attachfs: compute host {host} mounts this share ({reason}; requested "
+                       f"by user {requester.user_id} of project {requester.project_id}"
+                       + (f", request {requester.request_id}" if requester.request_id else "")
+                       + ")")[:1023]
+        created = self._call(api, "POST", f"/shares/{share_id}/action", retry, body={
+            "allow_access": {
+                "access_type": access_type, "access_to": access_to,
+                "access_level": access_level, "metadata": {HOST_KEY: host},
+                "lock_visibility": True, "lock_deletion": True, "lock_reason": lock_reason}})
+        if created is GONE:
+            raise PermanentError(f"share {share_id} no longer exists in the {SERVICE}")
+        rule: dict[str, Any] = created["access"]
+        return rule
+
+    def _find_rule(self, api: Adapter, share_id: str, host: str, access_type: str,
+                   access_to: str, retry: str) -> dict[str, Any] | None:
+        """This host's rule: ours by metadata, or any rule for the same access_to (reused)."""
+        found = self._call(api, "GET", "/share-access-rules", retry, params={"share_id": share_id})
+        if found is GONE:
+            raise PermanentError(f"share {share_id} no longer exists in the {SERVICE}")
+        rules: list[dict[str, Any]] = found.get("access_list", [])
+        for rule in rules:
+            if (rule.get("metadata") or {}).get(HOST_KEY) == host:
+                return rule
+        for rule in rules:
+            if rule.get("access_type") == access_type and rule.get("access_to") == access_to:
+                return rule
+        return None
+
+    def _deny(self, api: Adapter, share_id: str, rule: dict[str, Any], retry: str) -> None:
+        """Delete the rule, lifting its locks (unrestrict)."""
+        self._call(api, "POST", f"/shares/{share_id}/action", retry, body={
+            "deny_access": {"access_id": rule["id"], "unrestrict": True}})
+
+    def _wait(self, api: Adapter, share_id: str, rule_id: str, want: str, retry: str) -> None:
+        """Until the rule is `active` (want "active") or deleted (want "gone")."""
+        deadline = time.monotonic() + self.cfg.access_timeout
+        delay, state = 0.1, "unknown"
+        while True:
+            got = self._call(api, "GET", f"/share-access-rules/{rule_id}", retry)
+            state = "gone" if got is GONE else got["access"]["state"]
+            if state == want:
+                return
+            if want == "active" and state in ("error", "gone"):
+                raise PermanentError(
+                    f"the {SERVICE} could not give this host access to share {share_id}: its "
+                    f"access rule {rule_id} is in state {state}; the share's backend refused "
+                    "it (see manila-share's log), then retry the attach")
+            if time.monotonic() + delay > deadline:
+                doing = "apply" if want == "active" else "remove"
+                raise PermanentError(
+                    f"the {SERVICE} did not {doing} access rule {rule_id} on share {share_id} "
+                    f"within {self.cfg.access_timeout:g}s (rule state: {state}); check that its "
+                    "manila-share service is running, then retry")
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    @contextlib.contextmanager
+    def _share_lock(self, share_id: str) -> Iterator[None]:
+        """One agent at a time changes a share's rules, on every host: a row per share, locked
+        with SELECT ... FOR UPDATE (on SQLite the write transaction serializes anyway)."""
+        try:
+            with self.db.session() as s:
+                if s.get(ShareServiceLock, share_id) is None:
+                    s.add(ShareServiceLock(share_id=share_id))
+        except IntegrityError:
+            pass  # another agent made the row first
+        with self.db.session() as s:
+            row = s.scalars(select(ShareServiceLock)
+                            .where(ShareServiceLock.share_id == share_id).with_for_update()).one()
+            row.holder, row.updated_at = self.host, utcnow()
+            yield
+
+
+def _preferred_first(locations: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Export paths, the preferred first; admin-only ones only when there is nothing else."""
+    usable = [loc for loc in locations if not loc.get("is_admin_only")] or locations
+    usable.sort(key=lambda loc: not loc.get("preferred"))
+    return tuple(str(loc["path"]) for loc in usable if loc.get("path"))
+
+
+def _detail(response: Any) -> str:
+    try:
+        body = response.json()
+        inner = next(iter(body.values())) if isinstance(body, dict) and body else body
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    except (ValueError, StopIteration):
+        pass
+    return (response.text or response.reason or "").strip()[:300]
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "…"
+
