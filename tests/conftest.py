@@ -16,6 +16,9 @@ from attachfs.config import Config, load_config
 from attachfs.db.tables import Base, Server
 from attachfs.service import Parts, build_api, open_parts
 
+# The session's real Keystone (`keystone` fixture), for tests/keystone and tests/manila alike.
+pytest_plugins = ["tests.keystone_fixture"]
+
 PG_ADMIN_URL = os.environ.get("ATTACHFS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 

@@ -5,6 +5,9 @@ messages go to a fresh RabbitMQ vhost (and a per-run control exchange), both rem
 processes are stopped and the test checks nothing is left running or listening.
 
 Auth is Manila's noauthv2: a token "user:project" is that user in that project (as an admin).
+`manila_keystone` adds a second manila-api to the same deployment (same database, scheduler and
+share service: only the API authenticates) with auth_strategy = keystone against the session's
+real Keystone (tests/keystone_fixture.py), registered in Keystone's catalog as `sharev2`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.keystone_fixture import Keystone
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("ATTACHFS_MANILA_VENV", ROOT / ".venv-manila"))
 MARIADB = ("127.0.0.1", 3306)
@@ -40,6 +45,9 @@ TEST_TOKEN = f"{TEST_USER}:{TEST_PROJECT}"
 # keystoneauth's noauth plugin (attachfs's [manila] auth_type none) sends the token "notused";
 # the server below makes that the service user SERVICE_USER in SERVICE_PROJECT.
 SERVICE_USER, SERVICE_PROJECT = "5e41ce00000040008000000000000005", "5e41ce0000004000800000000000000f"
+# Manila's own Keystone user (its keystonemiddleware validates tokens with it).
+MANILA_USER, MANILA_PASSWORD = "manila", "manila-secret"  # noqa: S105 - a throw-away Keystone
+REGION = "RegionOne"
 
 # Serves Manila's API WSGI app without eventlet (manila-api refuses to start without it).
 # Token-less requests below /v2 get a 401, as keystonemiddleware would answer: openstacksdk's
@@ -50,11 +58,13 @@ API_SERVER = textwrap.dedent('''
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-    conf, port_file, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    conf, port_file, port, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     sys.argv = ["manila-api", "--config-file", conf]
     from manila.wsgi import api
 
     def app(environ, start_response):
+        if mode == "keystone":  # keystonemiddleware does it all
+            return api.application(environ, start_response)
         if environ.get("HTTP_X_AUTH_TOKEN") == "notused":
             environ["HTTP_X_AUTH_TOKEN"] = "SERVICE_TOKEN"
         if "HTTP_X_AUTH_TOKEN" not in environ and environ.get("PATH_INFO", "/").rstrip("/"):
@@ -92,14 +102,64 @@ def _listening(port: int) -> bool:
     return _reachable(("127.0.0.1", port))
 
 
+class ManilaRest:
+    """Manila's REST API as a test client sees it (one manila-api endpoint)."""
+
+    @property
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    def default_token(self) -> str:
+        raise NotImplementedError
+
+    def request(self, method: str, path: str, token: str | None = None, json: Any = None,
+                params: dict[str, str] | None = None, timeout: float = 30,
+                headers: dict[str, str] | None = None) -> httpx.Response:
+        return httpx.request(method, self.endpoint + path, json=json, params=params,
+                             timeout=timeout, headers={
+                                 "X-Auth-Token": token or self.default_token(),
+                                 "X-OpenStack-Manila-API-Version": MICROVERSION,
+                                 **(headers or {})})
+
+    def create_share(self, name: str, proto: str = "NFS",
+                     token: str | None = None) -> dict[str, Any]:
+        r = self.request("POST", "/shares", token, json={"share": {
+            "name": name, "share_proto": proto, "size": 1, "share_type": "attachfs-test"}})
+        assert r.status_code in (200, 202), r.text
+        share_id = r.json()["share"]["id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            share: dict[str, Any] = self.request("GET", f"/shares/{share_id}",
+                                                 token).json()["share"]
+            if share["status"] == "available":
+                return share
+            assert share["status"] in ("creating",), share
+            time.sleep(0.2)
+        raise AssertionError(f"share {share_id} never became available")
+
+    def rules(self, share_id: str, token: str | None = None) -> list[dict[str, Any]]:
+        r = self.request("GET", "/share-access-rules", token, params={"share_id": share_id})
+        assert r.status_code == 200, r.text
+        rules: list[dict[str, Any]] = r.json()["access_list"]
+        return rules
+
+    def locks(self, resource_id: str, token: str | None = None) -> list[dict[str, Any]]:
+        r = self.request("GET", "/resource-locks", token,
+                         params={"resource_id": resource_id, "all_projects": "true"})
+        assert r.status_code == 200, r.text
+        locks: list[dict[str, Any]] = r.json()["resource_locks"]
+        return locks
+
+
 @dataclass
-class Manila:
+class Manila(ManilaRest):
     """One Manila deployment for a test session."""
 
     workdir: Path
     run_id: str
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    port: int = 0
+    port: int = 0  # the noauth manila-api's
+    ports: dict[str, int] = field(default_factory=dict)  # every manila-api's, by process name
     vhost: str | None = None
     start_seconds: float = 0.0
 
@@ -114,6 +174,9 @@ class Manila:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}/v2"
+
+    def default_token(self) -> str:
+        return TEST_TOKEN
 
     # ---- setup -------------------------------------------------------------------------------
     def sql(self, statement: str) -> None:
@@ -141,12 +204,13 @@ class Manila:
                 pass
         return ""
 
-    def write_config(self, vhost: str) -> None:
+    def write_config(self, vhost: str, conf: Path | None = None, auth: str = "noauthv2",
+                     extra: str = "") -> None:
         state = self.workdir / "state"
         (state / "locks").mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(textwrap.dedent(f"""
+        (conf or self.conf).write_text(textwrap.dedent(f"""
             [DEFAULT]
-            auth_strategy = noauthv2
+            auth_strategy = {auth}
             transport_url = rabbit://guest:guest@127.0.0.1:5672/{vhost}
             control_exchange = manila_{self.run_id}
             host = attachfs-test-{self.run_id}
@@ -175,7 +239,7 @@ class Manila:
 
             [coordination]
             backend_url = file://{state}/coordination
-        """))
+        """) + textwrap.dedent(extra))
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
@@ -197,25 +261,31 @@ class Manila:
         self.wait_ready()
         self.start_seconds = time.monotonic() - began
 
-    def start_api(self) -> None:
+    def start_api(self, name: str = "api", conf: Path | None = None,
+                  mode: str = "noauth") -> int:
+        """A manila-api process (`name`, its log name.log) on a free port, or on the port it
+        had before when started again; mode "keystone": no noauth shims in front of it."""
         script = self.workdir / "api_server.py"
         script.write_text(API_SERVER)
-        port_file = self.workdir / "api.port"
+        port_file = self.workdir / f"{name}.port"
         port_file.unlink(missing_ok=True)
-        proc = self._spawn("api", [str(VENV / "bin/python"), str(script), str(self.conf),
-                                   str(port_file), str(self.port)])
+        proc = self._spawn(name, [str(VENV / "bin/python"), str(script), str(conf or self.conf),
+                                  str(port_file), str(self.ports.get(name, 0)), mode])
         deadline = time.monotonic() + 120
         while not port_file.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("manila-api did not start:\n" + self.log_tail("api"))
+                raise RuntimeError(f"manila-api ({name}) did not start:\n" + self.log_tail(name))
             time.sleep(0.1)
-        self.port = int(port_file.read_text())
-        while not _listening(self.port):
+        port = self.ports[name] = int(port_file.read_text())
+        if name == "api":
+            self.port = port
+        while not _listening(port):
             time.sleep(0.05)
+        return port
 
-    def stop_api(self) -> None:
-        self._stop("api")
-        assert not _listening(self.port), "manila-api still listening after stop"
+    def stop_api(self, name: str = "api") -> None:
+        self._stop(name)
+        assert not _listening(self.ports[name]), f"manila-api ({name}) still listening after stop"
 
     def wait_ready(self, timeout: float = 120) -> None:
         """Until both services report in (their RPC servers listen: a call sent earlier would
@@ -270,8 +340,9 @@ class Manila:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, 0)
                 left.append(f"process group {pgid}")
-        if self.port and _listening(self.port):
-            left.append(f"something still listens on 127.0.0.1:{self.port}")
+        for port in self.ports.values():
+            if _listening(port):
+                left.append(f"something still listens on 127.0.0.1:{port}")
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             self.sql(f"DROP DATABASE IF EXISTS `{self.db_name}`")
         if self.vhost:
@@ -285,41 +356,6 @@ class Manila:
         if not path.exists():
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-    # ---- the REST API, as a test client sees it --------------------------------------------
-    def request(self, method: str, path: str, token: str = TEST_TOKEN, json: Any = None,
-                params: dict[str, str] | None = None, timeout: float = 30) -> httpx.Response:
-        return httpx.request(method, self.endpoint + path, json=json, params=params,
-                             timeout=timeout, headers={
-                                 "X-Auth-Token": token,
-                                 "X-OpenStack-Manila-API-Version": MICROVERSION})
-
-    def create_share(self, name: str, proto: str = "NFS") -> dict[str, Any]:
-        r = self.request("POST", "/shares", json={"share": {
-            "name": name, "share_proto": proto, "size": 1, "share_type": "attachfs-test"}})
-        assert r.status_code in (200, 202), r.text
-        share_id = r.json()["share"]["id"]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            share: dict[str, Any] = self.request("GET", f"/shares/{share_id}").json()["share"]
-            if share["status"] == "available":
-                return share
-            assert share["status"] in ("creating",), share
-            time.sleep(0.2)
-        raise AssertionError(f"share {share_id} never became available")
-
-    def rules(self, share_id: str) -> list[dict[str, Any]]:
-        r = self.request("GET", "/share-access-rules", params={"share_id": share_id})
-        assert r.status_code == 200, r.text
-        rules: list[dict[str, Any]] = r.json()["access_list"]
-        return rules
-
-    def locks(self, resource_id: str) -> list[dict[str, Any]]:
-        r = self.request("GET", "/resource-locks", params={"resource_id": resource_id,
-                                                          "all_projects": "true"})
-        assert r.status_code == 200, r.text
-        locks: list[dict[str, Any]] = r.json()["resource_locks"]
-        return locks
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -362,3 +398,77 @@ def manila() -> Iterator[Manila]:
 @pytest.fixture(scope="session")
 def manila_share(manila: Manila) -> dict[str, Any]:
     return manila.create_share("attachfs-test-share")
+
+
+@dataclass
+class KeystoneManila(ManilaRest):
+    """A manila-api with auth_strategy = keystone on the `manila` deployment, in Keystone's
+    catalog as `sharev2` (public, internal, admin in REGION). Its keystonemiddleware validates
+    tokens as the Keystone user MANILA_USER (role service) and requires X-Service-Tokens to
+    carry the service role. Calls default to Keystone's `admin` (admin role in project admin)."""
+
+    manila: Manila
+    keystone: Keystone
+    port: int = 0
+    service_id: str = ""
+    user_id: str = ""
+    start_seconds: float = 0.0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v2"
+
+    def default_token(self) -> str:
+        return self.keystone.token("admin")
+
+    def token(self, user: str) -> str:
+        return self.keystone.token(user)
+
+
+@pytest.fixture(scope="session")
+def manila_keystone(manila: Manila, keystone: Keystone) -> Iterator[KeystoneManila]:
+    began = time.monotonic()
+    ks = keystone
+    roles = {r["name"]: r["id"] for r in ks.admin_call("GET", "/roles").json()["roles"]}
+    user_id = ks.admin_call("POST", "/users", json={"user": {
+        "name": MANILA_USER, "domain_id": "default", "password": MANILA_PASSWORD}}
+    ).json()["user"]["id"]
+    ks.admin_call("PUT", f"/projects/{ks.project_ids['service']}/users/{user_id}"
+                         f"/roles/{roles['service']}")
+    service = KeystoneManila(manila, ks, user_id=user_id)
+    conf = manila.workdir / "manila-keystone.conf"
+    manila.write_config(manila.vhost or "", conf, auth="keystone", extra=f"""
+        [keystone_authtoken]
+        www_authenticate_uri = {ks.url}
+        auth_url = {ks.url}
+        auth_type = password
+        username = {MANILA_USER}
+        password = {MANILA_PASSWORD}
+        project_name = service
+        user_domain_name = Default
+        project_domain_name = Default
+        region_name = {REGION}
+        service_token_roles = service
+        service_token_roles_required = true
+    """)
+    try:
+        service.port = manila.start_api("api-keystone", conf, mode="keystone")
+        service.service_id = ks.admin_call("POST", "/services", json={"service": {
+            "type": "sharev2", "name": "manilav2", "enabled": True}}).json()["service"]["id"]
+        for interface in ("public", "internal", "admin"):
+            ks.admin_call("POST", "/endpoints", json={"endpoint": {
+                "service_id": service.service_id, "interface": interface,
+                "region_id": REGION, "url": service.endpoint, "enabled": True}})
+        r = service.request("GET", "/shares")  # keystonemiddleware's first validation
+        assert r.status_code == 200, (r.status_code, r.text, manila.log_tail("api-keystone"))
+        service.start_seconds = time.monotonic() - began
+        sys.stderr.write(f"\n[manila] keystone-mode manila-api up in {service.start_seconds:.1f}s "
+                         f"at {service.endpoint}\n")
+        yield service
+    finally:
+        if "api-keystone" in manila.procs:
+            manila.stop_api("api-keystone")
+        if service.service_id:  # its endpoints go with it
+            ks.admin_call("DELETE", f"/services/{service.service_id}")
+        ks.admin_call("DELETE", f"/users/{user_id}")
+    assert not _listening(service.port), f"something still listens on {service.port}"
