@@ -34,11 +34,9 @@ class ApiConfig(_Section):
     max_attachments_per_server: int = Field(default=32, ge=1, le=256)
 
 
-class KeystoneAuthtokenConfig(_Section):
-    """Passed to keystonemiddleware's auth_token as its options (same names as its docs)."""
+class ServiceCredentials(_Section):
+    """How attachfs logs in to Keystone as its service user (keystoneauth option names)."""
 
-    model_config = ConfigDict(extra="allow")
-    www_authenticate_uri: str = ""
     auth_url: str = ""
     auth_type: str = "password"
     username: str = ""
@@ -46,21 +44,22 @@ class KeystoneAuthtokenConfig(_Section):
     project_name: str = "service"
     user_domain_name: str = "Default"
     project_domain_name: str = "Default"
+
+
+class KeystoneAuthtokenConfig(ServiceCredentials):
+    """Passed to keystonemiddleware's auth_token as its options (same names as its docs)."""
+
+    model_config = ConfigDict(extra="allow")
+    www_authenticate_uri: str = ""
     # A service token (X-Service-Token) counts only when it holds one of these roles.
     service_token_roles_required: bool = True
     service_token_roles: list[str] = Field(default_factory=lambda: ["service"])
 
 
-class ManilaConfig(_Section):
-    """The shared-file-system service (storage.provider = "manila"), via openstacksdk."""
+class ManilaConfig(ServiceCredentials):
+    """The shared-file-system service (storage.provider = "manila"), via openstacksdk.
+    auth_type "none" with endpoint_override talks to a noauth Manila."""
 
-    auth_url: str = ""  # empty with auth_type none (noauth Manila)
-    auth_type: str = "password"
-    username: str = ""
-    password: str = ""
-    project_name: str = "service"
-    user_domain_name: str = "Default"
-    project_domain_name: str = "Default"
     region_name: str = ""
     endpoint_override: str = ""  # e.g. http://127.0.0.1:8786/v2 (noauth Manila)
     api_version: str = "2.82"  # access rule locks need >= 2.82
