@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import uvicorn
 from attachfs.config import load_config
 from attachfs.service import build_api, open_parts
 from tests.conftest import make_image_dir, settle_server
-from tests.vm.harness import IMAGES_DIR, Serve, free_port, wait_for
+from tests.vm.harness import IMAGES_DIR, Serve, free_port, serving, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENTS_VENV = Path(os.environ.get("ATTACHFS_CLIENTS_VENV", REPO / ".venv-clients"))
@@ -160,14 +159,9 @@ def test_cli_against_the_api(openstack_exe: Path, api_only: tuple[str, Any],
 # ---- with a guest: a real `attachfs serve` -------------------------------------------------
 @pytest.fixture
 def serve() -> Iterator[Serve]:
-    state = Path("/var/lib/attachfs/test-state") / f"cli-{uuid.uuid4().hex[:8]}"
-    s = Serve(state)
-    s.http.headers["X-Auth-Token"] = "demo:demo"  # the project auth_type none lands in
-    s.start()
-    try:
+    with serving(prefix="cli-") as s:
+        s.http.headers["X-Auth-Token"] = "demo:demo"  # the project auth_type none lands in
         yield s
-    finally:
-        s.cleanup()
 
 
 @pytest.mark.vm

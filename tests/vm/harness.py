@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +21,7 @@ import httpx
 from attachfs.storage import mountinfo
 
 IMAGES_DIR = Path(os.environ.get("ATTACHFS_IMAGES", "/var/lib/attachfs/images"))
+TEST_STATE = Path("/var/lib/attachfs/test-state")
 T = TypeVar("T")
 
 
@@ -89,6 +92,13 @@ class Serve:
                 self.proc.wait()
 
     # ---- API helpers ---------------------------------------------------------------------
+    def new_share(self, name: str) -> tuple[str, Path]:
+        """A built-in share: its id and its directory on the host."""
+        r = self.http.put(f"/v2.1/os-filesystem/{name}", json={"fs_entry": {"size": 1}})
+        assert r.status_code == 201, r.text
+        share_id = str(r.json()["fs_entry"]["id"])
+        return share_id, self.state_dir / "shares" / share_id
+
     def server(self, sid: str) -> dict[str, Any] | None:
         r = self.http.get(f"/v2.1/servers/{sid}")
         if r.status_code == 404:
@@ -182,6 +192,17 @@ class Serve:
             if "virtiofsd" in cmd.split(" ")[0] and root in cmd:
                 out.append(int(entry))
         return [pid for pid in out if _parent(pid) not in out]
+
+
+@contextmanager
+def serving(config: str = "", prefix: str = "") -> Iterator[Serve]:
+    """A fresh `attachfs serve` with its own state directory, cleaned up afterwards."""
+    s = Serve(TEST_STATE / f"{prefix}{uuid.uuid4().hex[:8]}", config)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.cleanup()
 
 
 def _parent(pid: int) -> int:

@@ -6,13 +6,11 @@ running is mounted after the drive's media is changed live."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.vm.harness import IMAGES_DIR, Serve, wait_for
+from tests.vm.harness import IMAGES_DIR, Serve, serving, wait_for
 
 pytestmark = [
     pytest.mark.vm,
@@ -24,19 +22,8 @@ pytestmark = [
 
 @pytest.fixture
 def serve() -> Iterator[Serve]:
-    state = Path("/var/lib/attachfs/test-state") / uuid.uuid4().hex[:8]
-    s = Serve(state, config="[metadata]\nenabled = false\n")
-    s.start()
-    try:
+    with serving(config="[metadata]\nenabled = false\n") as s:
         yield s
-    finally:
-        s.cleanup()
-
-
-def _share(serve: Serve, name: str) -> str:
-    r = serve.http.put(f"/v2.1/os-filesystem/{name}", json={"fs_entry": {"size": 1}})
-    assert r.status_code == 201, r.text
-    return str(r.json()["fs_entry"]["id"])
 
 
 def test_guest_mounts_from_the_config_drive(serve: Serve) -> None:
@@ -49,7 +36,7 @@ def test_guest_mounts_from_the_config_drive(serve: Serve) -> None:
     assert serve.action(sid, {"os-stop": None}).status_code == 202
     serve.wait_status(sid, "SHUTOFF")
 
-    cold = _share(serve, "cd-cold")
+    cold, _ = serve.new_share("cd-cold")
     assert serve.http.post(f"/v2.1/servers/{sid}/shares",
                            json={"share": {"share_id": cold, "tag": "cold"}}).status_code == 201
     serve.wait_mapping(sid, cold, "inactive")
@@ -62,7 +49,7 @@ def test_guest_mounts_from_the_config_drive(serve: Serve) -> None:
     assert "metadata service unreachable" in serve.console(sid)[before:] or \
         "source config-drive" in serve.console(sid)[before:]
 
-    hot = _share(serve, "cd-hot")
+    hot, _ = serve.new_share("cd-hot")
     assert serve.http.post(f"/v2.1/servers/{sid}/shares",
                            json={"share": {"share_id": hot, "tag": "hot"}}).status_code == 201
     serve.wait_mapping(sid, hot, "active")

@@ -8,12 +8,11 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from attachfs.virt.libvirt import LibvirtDriver
-from tests.vm.harness import IMAGES_DIR, Serve, wait_for
+from tests.vm.harness import IMAGES_DIR, Serve, serving, wait_for
 
 pytestmark = [
     pytest.mark.vm,
@@ -34,13 +33,9 @@ fi
 
 @pytest.fixture
 def serve() -> Iterator[Serve]:
-    state = Path("/var/lib/attachfs/test-state") / uuid.uuid4().hex[:8]
-    s = Serve(state, config="[notifications]\ndriver = \"file\"\ninclude_share_mapping = true\n")
-    s.start()
-    try:
+    with serving(config="[notifications]\ndriver = \"file\"\n"
+                        "include_share_mapping = true\n") as s:
         yield s
-    finally:
-        s.cleanup()
 
 
 def _boot_stopped_server(serve: Serve, name: str) -> str:
@@ -53,13 +48,6 @@ def _boot_stopped_server(serve: Serve, name: str) -> str:
     assert serve.action(sid, {"os-stop": None}).status_code == 202
     serve.wait_status(sid, "SHUTOFF")
     return sid
-
-
-def _new_share(serve: Serve, name: str) -> tuple[str, Path]:
-    r = serve.http.put(f"/v2.1/os-filesystem/{name}", json={"fs_entry": {"size": 1}})
-    assert r.status_code == 201, r.text
-    share_id = str(r.json()["fs_entry"]["id"])
-    return share_id, serve.state_dir / "shares" / share_id
 
 
 def _delete_and_check_clean(serve: Serve, sid: str) -> None:
@@ -75,7 +63,7 @@ def _delete_and_check_clean(serve: Serve, sid: str) -> None:
 
 
 def test_guest_mounts_share_by_tag_reads_and_writes(serve: Serve) -> None:
-    share_id, share_dir = _new_share(serve, "e2e-data")
+    share_id, share_dir = serve.new_share("e2e-data")
     token = uuid.uuid4().hex
     (share_dir / "hello.txt").write_text(f"host says {token}\n")
     sid = _boot_stopped_server(serve, "e2e")
@@ -115,7 +103,7 @@ def test_guest_mounts_share_by_tag_reads_and_writes(serve: Serve) -> None:
 
 
 def test_agent_killed_while_server_starts_converges(serve: Serve) -> None:
-    share_id, share_dir = _new_share(serve, "kill-data")
+    share_id, share_dir = serve.new_share("kill-data")
     (share_dir / "hello.txt").write_text("survives kill -9\n")
     sid = _boot_stopped_server(serve, "kill9")
     assert serve.http.post(f"/v2.1/servers/{sid}/shares",

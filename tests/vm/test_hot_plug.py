@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from attachfs.virt.libvirt import LibvirtDriver
-from tests.vm.harness import IMAGES_DIR, Serve, wait_for
+from tests.vm.harness import IMAGES_DIR, Serve, serving, wait_for
 
 pytestmark = [
     pytest.mark.vm,
@@ -64,10 +64,7 @@ class Guest:
         self.serve, self.sid = serve, sid
 
     def new_share(self, name: str) -> tuple[str, Path]:
-        r = self.serve.http.put(f"/v2.1/os-filesystem/{name}", json={"fs_entry": {"size": 1}})
-        assert r.status_code == 201, r.text
-        sid = str(r.json()["fs_entry"]["id"])
-        return sid, self.serve.state_dir / "shares" / sid
+        return self.serve.new_share(name)
 
     def attach(self, share_id: str, tag: str, **extra: object) -> None:
         headers = EXT if extra else {}
@@ -97,15 +94,10 @@ class Guest:
 
 @pytest.fixture(scope="module")
 def serve() -> Iterator[Serve]:
-    state = Path("/var/lib/attachfs/test-state") / uuid.uuid4().hex[:8]
-    s = Serve(state, config=f"[libvirt]\nspare_root_ports = {SLOTS}\n"
-                            "[agent]\ndetach_timeout = 8.0\n"
-                            "[notifications]\ndriver = \"file\"\n")
-    s.start()
-    try:
+    with serving(config=f"[libvirt]\nspare_root_ports = {SLOTS}\n"
+                        "[agent]\ndetach_timeout = 8.0\n"
+                        "[notifications]\ndriver = \"file\"\n") as s:
         yield s
-    finally:
-        s.cleanup()
 
 
 @pytest.fixture(scope="module")
