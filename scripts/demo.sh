@@ -34,7 +34,9 @@ cleanup() {
 trap cleanup EXIT
 
 step "Start the embedded service (API + agent + metadata, SQLite, built-in shares)"
-run attachfs serve --state-dir "$STATE" --listen "127.0.0.1:$PORT" >"$STATE/serve.log" 2>&1 &
+# Started directly (not through `run`, whose subshell would take the pid) so the demo can stop it.
+printf '$ attachfs serve --state-dir %s --listen 127.0.0.1:%s &\n' "$STATE" "$PORT"
+attachfs serve --state-dir "$STATE" --listen "127.0.0.1:$PORT" >"$STATE/serve.log" 2>&1 &
 SERVE_PID=$!
 for _ in $(seq 1 100); do
     curl -fsS "$ATTACHFS_URL/v2.1/" >/dev/null 2>&1 && break
@@ -93,7 +95,10 @@ run attachfs server delete demo-vm --wait
 run attachfs share delete demo-data
 kill "$SERVE_PID"
 wait "$SERVE_PID" 2>/dev/null || true
+service=stopped
+kill -0 "$SERVE_PID" 2>/dev/null && service="STILL RUNNING (pid $SERVE_PID)"
 SERVE_PID=""
 left=$(virsh -q -c qemu:///system list --name | grep -c '^attachfs-' || true)
 mounts=$(grep -c " $STATE/mounts/" /proc/self/mountinfo || true)
-echo "guests left: $left, host mounts left: $mounts, service: stopped"
+echo "guests left: $left, host mounts left: $mounts, service: $service"
+[[ $service == stopped && $left == 0 && $mounts == 0 ]]
