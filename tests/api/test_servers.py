@@ -94,3 +94,25 @@ def test_console_output(client: TestClient, parts: Parts) -> None:
     assert client.post(act, json={"os-getConsoleOutput": {}}).json()["output"].startswith("one")
     assert client.post(act, json={"os-getConsoleOutput": {"length": "x"}}).status_code == 400
     assert client.post(act, json={"os-getConsoleOutput": {"length": -5}}).status_code == 400
+
+
+def test_list_newest_first_with_name_filter_and_paging(client: TestClient) -> None:
+    ids = [create_server(client, f"page-{i}") for i in range(5)]
+    other = create_server(client, "other")
+    listed = [s["id"] for s in client.get("/v2.1/servers").json()["servers"]]
+    assert listed == [other, *reversed(ids)]
+    named = client.get("/v2.1/servers/detail", params={"name": "^page-"}).json()["servers"]
+    assert [s["id"] for s in named] == list(reversed(ids))
+    first = client.get("/v2.1/servers", params={"limit": 2, "name": "page"}).json()
+    assert [s["id"] for s in first["servers"]] == [ids[4], ids[3]]
+    nxt = first["servers_links"][0]
+    assert nxt["rel"] == "next" and f"marker={ids[3]}" in nxt["href"]
+    second = client.get("/v2.1/servers", params={"limit": 2, "name": "page",
+                                                 "marker": ids[3]}).json()
+    assert [s["id"] for s in second["servers"]] == [ids[2], ids[1]]
+    last = client.get("/v2.1/servers", params={"limit": 2, "name": "page", "marker": ids[1]})
+    assert [s["id"] for s in last.json()["servers"]] == [ids[0]]
+    assert "servers_links" not in last.json()
+    for params in ({"limit": "x"}, {"limit": -1}, {"marker": "nope"}, {"name": "("}):
+        r = client.get("/v2.1/servers", params=params)
+        assert r.status_code == 400 and "badRequest" in r.json(), params

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -125,12 +127,52 @@ def create_server(request: Request, body: Any = Body(None)) -> dict[str, Any]:
                        "adminPass": ""}}
 
 
+MAX_LIMIT = 1000  # the compute API's osapi_max_limit default
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return MAX_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError as exc:
+        raise BadRequest("limit param must be an integer") from exc
+    if limit < 0:
+        raise BadRequest("limit param must be positive")
+    return min(limit, MAX_LIMIT)
+
+
 def _visible_servers(s: Any, ctx: Any, request: Request) -> list[Server]:
-    query = select(Server).where(Server.vm_state != VmState.DELETED).order_by(Server.created_at)
+    """Newest first, as the compute API lists them; `name` (a regular expression, as there),
+    `limit` and `marker` (the last server id of the previous page) page through them."""
+    query = select(Server).where(Server.vm_state != VmState.DELETED).order_by(
+        Server.created_at.desc(), Server.uuid.desc())
     all_tenants = request.query_params.get("all_tenants") not in (None, "0", "false", "False")
     if not (ctx.is_admin and all_tenants):
         query = query.where(Server.project_id == ctx.project_id)
-    return list(s.scalars(query))
+    servers = list(s.scalars(query))
+    if (pattern := request.query_params.get("name")) is not None:
+        try:
+            name = re.compile(pattern)
+        except re.error as exc:
+            raise BadRequest(f"Invalid regular expression for name: {exc}") from exc
+        servers = [sv for sv in servers if name.search(sv.name)]
+    if (marker := request.query_params.get("marker")) is not None:
+        ids = [sv.uuid for sv in servers]
+        if marker not in ids:
+            raise BadRequest(f"marker [{marker}] not found")
+        servers = servers[ids.index(marker) + 1:]
+    return servers[:_limit(request)]
+
+
+def _page_links(request: Request, servers: list[Server], path: str) -> dict[str, Any]:
+    """`servers_links` with the next page, when this page is full."""
+    raw = request.query_params.get("limit")
+    if raw is None or not servers or len(servers) < _limit(request):
+        return {}
+    query = urlencode({**dict(request.query_params), "marker": servers[-1].uuid})
+    return {"servers_links": [{"rel": "next", "href": f"{base_url(request)}{path}?{query}"}]}
 
 
 @router.get("")
@@ -138,8 +180,9 @@ def list_servers(request: Request) -> dict[str, Any]:
     state, ctx = deps.api(request), deps.context(request)
     state.policy.authorize("os_compute_api:servers:index", ctx, ctx.project_id)
     with state.db.read() as s:
-        return {"servers": [views.server_brief(sv, base_url(request))
-                            for sv in _visible_servers(s, ctx, request)]}
+        servers = _visible_servers(s, ctx, request)
+        return {"servers": [views.server_brief(sv, base_url(request)) for sv in servers],
+                **_page_links(request, servers, "/v2.1/servers")}
 
 
 @router.get("/detail")
@@ -155,7 +198,8 @@ def list_servers_detail(request: Request) -> dict[str, Any]:
             by_server.setdefault(m.instance_uuid, []).append(m)
         return {"servers": [views.server_detail(sv, by_server.get(sv.uuid, []), base_url(request),
                                                 deps.version(request), ctx.is_admin)
-                            for sv in servers]}
+                            for sv in servers],
+                **_page_links(request, servers, "/v2.1/servers/detail")}
 
 
 @router.get("/{server_id}")
