@@ -65,6 +65,21 @@ def port_listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def authtoken_overrides(url: str) -> dict[str, object]:
+    """attachfs config overrides: Keystone auth for its API, as the attachfs service user."""
+    return {
+        "api.auth_strategy": "keystone",
+        "keystone_authtoken.www_authenticate_uri": url,
+        "keystone_authtoken.auth_url": url,
+        "keystone_authtoken.auth_type": "password",
+        "keystone_authtoken.username": SERVICE_USER,
+        "keystone_authtoken.password": SERVICE_PASSWORD,
+        "keystone_authtoken.project_name": "service",
+        "keystone_authtoken.service_token_roles": ["service"],
+        "keystone_authtoken.service_token_roles_required": True,
+    }
+
+
 @dataclass
 class Keystone:
     url: str  # public identity endpoint, e.g. http://127.0.0.1:PORT

@@ -21,6 +21,7 @@ from tests.keystone_fixture import (  # noqa: F401 - names the tests import from
     SERVICE_USER,
     USERS,
     Keystone,
+    authtoken_overrides,
     free_port,
 )
 
@@ -47,15 +48,7 @@ def cloud(keystone: Keystone, tmp_path_factory: pytest.TempPathFactory) -> Itera
     tmp = tmp_path_factory.mktemp("attachfs-keystone")
     config = load_config(None, {
         "state_dir": str(tmp / "state"), "images.dir": str(make_image_dir(tmp)),
-        "agent.host": "test-host", "api.auth_strategy": "keystone",
-        "keystone_authtoken.www_authenticate_uri": keystone.url,
-        "keystone_authtoken.auth_url": keystone.url,
-        "keystone_authtoken.auth_type": "password",
-        "keystone_authtoken.username": SERVICE_USER,
-        "keystone_authtoken.password": SERVICE_PASSWORD,
-        "keystone_authtoken.project_name": "service",
-        "keystone_authtoken.service_token_roles": ["service"],
-        "keystone_authtoken.service_token_roles_required": True,
+        "agent.host": "test-host", **authtoken_overrides(keystone.url),
     })
     parts = open_parts(config)
     with TestClient(build_api(parts)) as client:

@@ -28,7 +28,7 @@ from attachfs.service import Parts, build_api, open_parts
 from attachfs.storage.base import RequestContext
 from attachfs.storage.manila import ManilaShareProvider
 from tests.conftest import create_server, make_image_dir, settle_server
-from tests.keystone_fixture import SERVICE_PASSWORD, SERVICE_USER
+from tests.keystone_fixture import SERVICE_PASSWORD, SERVICE_USER, authtoken_overrides
 from tests.manila.conftest import REGION, KeystoneManila
 from tests.manila.test_manila_provider import HOST_ADDRESS, _agent_or_skip
 
@@ -43,15 +43,7 @@ def ks_parts(manila_keystone: KeystoneManila, tmp_path: Path) -> Iterator[Parts]
     url = manila_keystone.keystone.url
     config = load_config(None, {
         "state_dir": str(tmp_path / "state"), "images.dir": str(make_image_dir(tmp_path)),
-        "agent.host": "test-host", "api.auth_strategy": "keystone",
-        "keystone_authtoken.www_authenticate_uri": url,
-        "keystone_authtoken.auth_url": url,
-        "keystone_authtoken.auth_type": "password",
-        "keystone_authtoken.username": SERVICE_USER,
-        "keystone_authtoken.password": SERVICE_PASSWORD,
-        "keystone_authtoken.project_name": "service",
-        "keystone_authtoken.service_token_roles": ["service"],
-        "keystone_authtoken.service_token_roles_required": True,
+        "agent.host": "test-host", **authtoken_overrides(url),
         "storage.provider": "manila",
         "manila.auth_type": "password", "manila.auth_url": f"{url}/v3",
         "manila.username": SERVICE_USER, "manila.password": SERVICE_PASSWORD,

@@ -17,7 +17,13 @@ from sqlalchemy import select
 
 from attachfs.agent.attachments import HELD, Attachments
 from attachfs.config import Config
-from attachfs.core.model import AttachmentStatus, PowerIntent, TaskState, VmState
+from attachfs.core.model import (
+    AttachmentStatus,
+    PowerIntent,
+    TaskState,
+    VmState,
+    status_after_power,
+)
 from attachfs.db.engine import Database
 from attachfs.db.tables import InstanceAction, Server, ShareMapping, utcnow
 from attachfs.errors import BackendError
@@ -181,8 +187,8 @@ class Reconciler:
                 except BackendError as exc:
                     self.a.fail(snap.server, m, "adding the device", exc)
                     continue
-            if m.status != AttachmentStatus.ACTIVE:
-                self.a.set_status(m.id, AttachmentStatus.ACTIVE)
+            if (status := status_after_power(m.status, power_on=True)) != m.status:
+                self.a.set_status(m.id, status)
 
     def _power_off(self, snap: Snapshot) -> None:
         uuid = snap.server.uuid
@@ -192,8 +198,8 @@ class Reconciler:
             log.info("server %s: guest stopped", uuid)
             self._power_notify(snap, "power_off.end")
         for m in snap.mappings:
-            if m.status == AttachmentStatus.ACTIVE:
-                self.a.set_status(m.id, AttachmentStatus.INACTIVE)
+            if (status := status_after_power(m.status, power_on=False)) != m.status:
+                self.a.set_status(m.id, status)
         for m in snap.mappings:
             if m.status in HELD:
                 try:

@@ -7,7 +7,6 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -151,14 +150,3 @@ def create_app(state: ApiState) -> FastAPI:
         app.include_router(router)
     return app
 
-
-def json_body(raw: bytes) -> Any:
-    """Parse a request body, turning malformed JSON into a 400 (never a 500)."""
-    from attachfs.errors import BadRequest
-
-    if not raw:
-        raise BadRequest("The request body is empty")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"Malformed request body: {exc}") from exc

@@ -12,8 +12,6 @@ import os
 import shutil
 from pathlib import Path
 
-from sqlalchemy import select
-
 from attachfs.db.engine import Database
 from attachfs.db.tables import Share, ShareAccess
 from attachfs.errors import NotFound, PermanentError
@@ -107,8 +105,3 @@ class LocalShareProvider:
             rule = s.get(ShareAccess, (share_id, host))
             if rule is not None:
                 s.delete(rule)
-
-    def hosts_with_access(self, share_id: str) -> list[str]:
-        with self.db.session() as s:
-            rows = s.scalars(select(ShareAccess.host).where(ShareAccess.share_id == share_id))
-            return list(rows)
