@@ -15,6 +15,7 @@ from sqlalchemy import text
 from attachfs.config import Config, load_config
 from attachfs.db.tables import Base, Server
 from attachfs.service import Parts, build_api, open_parts
+from attachfs.storage import mountinfo
 
 # The session's real Keystone (`keystone` fixture), for tests/keystone and tests/manila alike.
 pytest_plugins = ["tests.keystone_fixture"]
@@ -75,6 +76,18 @@ def parts(config: Config) -> Iterator[Parts]:
             s.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     yield parts
     parts.db.dispose()
+    parts.builtin.volumes.unmount_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _unmount_share_filesystems(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Built-in shares are loop-mounted images: whatever a test left mounted under its
+    temporary or state directories is unmounted when the session ends."""
+    yield
+    for root in (tmp_path_factory.getbasetemp(), Path("/var/lib/attachfs/test-state")):
+        if root.exists():
+            for point in reversed(mountinfo.mount_points(root.resolve())):
+                mountinfo.run(["umount", "-l", str(point)])
 
 
 class Wakes:

@@ -88,6 +88,9 @@ class StorageConfig(_Section):
     provider: Literal["local", "manila"] = "local"
     root: str = ""  # built-in shares live here; default STATE/shares
     mount_root: str = ""  # host mounts handed to guests; default STATE/mounts
+    # Built-in shares are sparse ext4 images of their size: the largest one a tenant may ask
+    # for (a larger request, or one above the storage filesystem's free space, is a 400).
+    max_share_gib: int = Field(default=1024, ge=1, le=16384)
 
 
 class MetadataConfig(_Section):

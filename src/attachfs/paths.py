@@ -20,3 +20,11 @@ def under_root(root: Path, *parts: str) -> Path:
 def check_under(root: Path, path: Path) -> Path:
     """Refuse an absolute `path` that does not resolve to `root` or below it."""
     return under_root(root, str(path))
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make it root's alone (0700): state, shares and mounts
+    hold tenants' data and sockets that no other host user may reach."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path

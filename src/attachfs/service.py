@@ -20,6 +20,7 @@ from attachfs.config import Config
 from attachfs.db.engine import Database, migrate
 from attachfs.metadata.sockets import MetadataSockets
 from attachfs.notify.base import make_notifier
+from attachfs.paths import private_dir
 from attachfs.storage.bind import BindConnector
 from attachfs.storage.local import LocalShareProvider
 from attachfs.storage.nfs import NfsConnector
@@ -39,10 +40,11 @@ class Parts:
 
 def open_parts(config: Config) -> Parts:
     for path in (config.state_path, config.storage_root, config.mount_root, config.console_dir):
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)
     migrate(config.db_url)
     db = Database(config.db_url)
-    builtin = LocalShareProvider(db, config.storage_root)
+    builtin = LocalShareProvider(db, config.storage_root, config.storage.max_share_gib)
+    builtin.mount_all()
     return Parts(config, db, builtin, make_provider(config, builtin))
 
 
@@ -58,7 +60,7 @@ def build_agent(parts: Parts) -> Agent:
 
     config = parts.config
     for path in (config.config_drive_dir, config.metadata_socket_dir):
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)
     attachments = Attachments(
         config, parts.db, parts.provider,
         {"LOCAL": BindConnector(config.storage_root, config.mount_root),

@@ -168,6 +168,9 @@ class Serve:
             driver.close()
         for point in self.host_mounts():
             mountinfo.unmount(point)
+        # the share filesystems (loop-mounted images under shares/) go with the state
+        for point in reversed(mountinfo.mount_points(self.state_dir.resolve())):
+            mountinfo.run(["umount", "-l", str(point)])
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
     # ---- what the host really has ---------------------------------------------------------

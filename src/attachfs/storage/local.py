@@ -1,22 +1,24 @@
-"""The built-in share provider: a share is a directory under the storage root.
+"""The built-in share provider: a share is a filesystem of its size under the storage root.
 
 Shares and their access rules live in attachfs's own database (tables `shares`,
 `share_access`), so the built-in provider behaves like a share service: a host must be granted
 access before it mounts, and a granted rule is locked so the share cannot be deleted under a
-guest. The export location is `local:<directory>`; connectors/bind.py mounts it.
+guest. Each share's data is an ext4 image of exactly its size (storage/volumes.py), mounted at
+`<root>/<id>`. The export location is `local:<directory>`; storage/bind.py mounts it.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
+
+from sqlalchemy import select
 
 from attachfs.db.engine import Database
 from attachfs.db.tables import Share, ShareAccess
-from attachfs.errors import NotFound, PermanentError
-from attachfs.paths import under_root
+from attachfs.errors import BadRequest, NotFound, PermanentError
 from attachfs.storage.base import RequestContext, ShareInfo
+from attachfs.storage.volumes import GIB, ShareVolumes
 
 EXPORT_PREFIX = "local:"
 
@@ -46,34 +48,41 @@ def share_info(share: Share, storage_root: Path) -> ShareInfo:
 class LocalShareProvider:
     name = "local"
 
-    def __init__(self, db: Database, storage_root: Path) -> None:
+    def __init__(self, db: Database, storage_root: Path, max_share_gib: int = 1024) -> None:
         self.db = db
         self.storage_root = storage_root
+        self.max_share_gib = max_share_gib
+        self.volumes = ShareVolumes(storage_root)
 
-    # ---- share directories (used by the os-filesystem API) ------------------------------------
+    # ---- share filesystems (used by the os-filesystem and share APIs) -------------------------
     def share_dir(self, share_id: str) -> Path:
-        return under_root(self.storage_root, share_id)
+        return self.volumes.directory(share_id)
 
-    def create_dir(self, share_id: str) -> Path:
-        path = self.share_dir(share_id)
-        path.mkdir(parents=True, exist_ok=True)
-        # Guests write as their own root; the directory is theirs to use.
-        os.chmod(path, 0o777)
-        return path
+    def create_dir(self, share_id: str, size_gib: int) -> Path:
+        """The share's filesystem, mounted at its directory. Refused (400, nothing made) when
+        larger than the operator allows or than the storage filesystem has free: images are
+        sparse, so this is the last point where the host can say no."""
+        if size_gib > self.max_share_gib:
+            raise BadRequest(f"Share size {size_gib} GiB is larger than the {self.max_share_gib} "
+                             "GiB this service allows for a built-in share")
+        self.storage_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.statvfs(self.storage_root)
+        if size_gib * GIB > st.f_bavail * st.f_frsize:
+            raise BadRequest(f"Share size {size_gib} GiB is larger than the free space of the "
+                             f"built-in share storage ({st.f_bavail * st.f_frsize // GIB} GiB)")
+        return self.volumes.create(share_id, size_gib)
 
     def delete_dir(self, share_id: str) -> None:
-        shutil.rmtree(self.share_dir(share_id), ignore_errors=True)
+        self.volumes.delete(share_id)
 
     def usage_bytes(self, share_id: str) -> int:
-        """Bytes used by the share's files (size is reported, not enforced: see docs)."""
-        total = 0
-        for dirpath, _dirs, files in os.walk(self.share_dir(share_id)):
-            for name in files:
-                try:
-                    total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-                except OSError:
-                    continue
-        return total
+        return self.volumes.usage_bytes(share_id)
+
+    def mount_all(self) -> None:
+        """Mount every share's filesystem (after a host reboot; idempotent)."""
+        with self.db.read() as s:
+            share_ids = list(s.scalars(select(Share.uuid)))
+        self.volumes.mount_all(share_ids)
 
     def owns(self, share_id: str) -> bool:
         with self.db.read() as s:
@@ -89,7 +98,8 @@ class LocalShareProvider:
 
     def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
                      requester: RequestContext) -> None:
-        if not self.share_dir(share_id).is_dir():  # checked first: a refusal leaves no rule
+        self.volumes.mount(share_id)  # checked first: a refusal leaves no rule
+        if not self.share_dir(share_id).is_dir():
             raise PermanentError(f"share directory {self.share_dir(share_id)} is missing")
         with self.db.session() as s:
             if s.get(Share, share_id) is None:

@@ -1,7 +1,14 @@
-"""Host mounts as the kernel sees them (/proc/self/mountinfo), and mount/umount calls."""
+"""Host mounts as the kernel sees them (/proc/self/mountinfo), and mount/umount calls.
+
+Every mount a guest can write through is ``nosuid,nodev`` (`GUEST_SAFE`): a guest is root in
+its share and can make setuid files and device nodes there; on the host they must stay inert.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,6 +19,20 @@ def _unescape(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as octal.
     return (field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
             .replace("\\134", "\\"))
+
+
+GUEST_SAFE = "nosuid,nodev"
+
+
+def mount_options(path: Path) -> frozenset[str] | None:
+    """The per-mount options of the mount at `path` (the topmost), or None if not a mount."""
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if Path(_unescape(fields[4])) == path:
+                found = frozenset(fields[5].split(","))
+    return found
 
 
 def mount_points(under: Path | None = None) -> list[Path]:
@@ -51,3 +72,56 @@ def unmount(target: Path) -> None:
         pass
     except OSError as exc:
         raise PermanentError(f"cannot remove mount point {target}: {exc}") from exc
+
+
+# ---- bind mounts with their flags from the start ---------------------------------------------
+# open_tree(OPEN_TREE_CLONE) + mount_setattr + move_mount (Linux >= 5.12): the new mount is
+# read-only/nosuid/nodev before it becomes visible, so no crash or race ever leaves a writable
+# or suid-honouring window (`mount --bind` + `mount -o remount` is two steps).
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442  # same on x86_64 and arm64
+_AT_FDCWD, _AT_EMPTY_PATH, _AT_RECURSIVE = -100, 0x1000, 0x8000
+_OPEN_TREE_CLONE, _MOVE_MOUNT_F_EMPTY_PATH = 1, 4
+_MOUNT_ATTR = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4, "noexec": 0x8}
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def _syscall(number: int, *args: object) -> int:
+    # syscall(2) reads longs: pass ints as c_long so no register keeps stale upper bits.
+    result = int(_libc.syscall(ctypes.c_long(number),
+                               *(ctypes.c_long(a) if isinstance(a, int) else a for a in args)))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def bind(source: Path, target: Path, options: str) -> None:
+    """Bind-mount `source` at `target` with `options` (comma-separated: ro, nosuid, nodev,
+    noexec) in effect from the first moment; `target` must exist."""
+    flags = 0
+    for option in filter(None, options.split(",")):
+        flags |= _MOUNT_ATTR[option]
+    try:
+        fd = _syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source),
+                      _OPEN_TREE_CLONE | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            raise PermanentError(f"cannot bind {source}: {exc}") from exc
+        run(["mount", "--bind", str(source), str(target)])  # kernels before 5.2
+        run(["mount", "-o", f"remount,bind,{options}", str(target)])
+        return
+    try:
+        attr = _MountAttr(attr_set=flags)
+        _syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH | _AT_RECURSIVE,
+                 ctypes.byref(attr), ctypes.sizeof(attr))
+        _syscall(_SYS_MOVE_MOUNT, fd, b"", _AT_FDCWD, os.fsencode(target),
+                 _MOVE_MOUNT_F_EMPTY_PATH)
+    except OSError as exc:
+        raise PermanentError(f"cannot bind {source} at {target} ({options}): {exc}") from exc
+    finally:
+        os.close(fd)

@@ -19,7 +19,7 @@ from attachfs.storage import mountinfo
 PROC_FILESYSTEMS = Path("/proc/filesystems")
 # host:/path, with host a name, an IPv4 address or a bracketed IPv6 address.
 EXPORT = re.compile(r"^(?P<server>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(?P<path>/\S*)$")
-MOUNT_OPTIONS = "vers=4.1,proto=tcp"
+MOUNT_OPTIONS = "vers=4.1,proto=tcp," + mountinfo.GUEST_SAFE
 
 
 def kernel_has_nfs4(proc_filesystems: Path = PROC_FILESYSTEMS) -> bool:
@@ -54,7 +54,7 @@ class NfsConnector:
                     f"client (no nfs4 in {self.proc_filesystems}, and modprobe nfsv4 did not "
                     "add it); install the host's NFS client kernel module (nfsv4) or attach "
                     "the share on another host")
-        target.mkdir(parents=True, exist_ok=True)
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
         options = MOUNT_OPTIONS + (",ro" if read_only else "")
         try:
             mountinfo.run(["mount", "-t", "nfs4", "-o", options, export_location, str(target)],
