@@ -3,12 +3,13 @@
 # Idempotent and fast when already done:
 #   - /etc/libvirt/qemu.conf: QEMU runs as root (user/group "root"); otherwise libvirt re-probes
 #     QEMU for ~60 s per define because the libvirt-qemu user cannot open /dev/kvm, and root is
-#     what virtiofsd (started by libvirt) and the guestfwd relay need to reach our sockets/dirs.
-#     The guestfwd relay (`-netdev user,guestfwd=...-cmd:socat ...`) makes QEMU fork+exec socat,
-#     which libvirt's QEMU seccomp sandbox forbids (spawn=deny): seccomp_sandbox = 0.
+#     what virtiofsd (started by libvirt) needs to reach our state directories.
+#     libvirt's default QEMU seccomp sandbox (spawn=deny, ...) stays on: QEMU spawns nothing (the
+#     guest's metadata network runs in a helper of attachfs, not in QEMU), so an older setup's
+#     `seccomp_sandbox = 0` is removed.
 #   - starts virtlogd and libvirtd (daemon mode) when not running;
 #   - waits until `virsh -c qemu:///system version` answers.
-# Packages needed (apt): qemu-system-x86 qemu-system-common libvirt-daemon-system socat.
+# Packages needed (apt): qemu-system-x86 qemu-system-common libvirt-daemon-system libslirp0.
 set -euo pipefail
 
 CONF=/etc/libvirt/qemu.conf
@@ -19,9 +20,9 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-for prog in libvirtd virtlogd virsh socat; do
+for prog in libvirtd virtlogd virsh; do
     if ! command -v "$prog" >/dev/null 2>&1; then
-        echo "setup-libvirt: $prog not found (apt-get install libvirt-daemon-system socat)" >&2
+        echo "setup-libvirt: $prog not found (apt-get install libvirt-daemon-system)" >&2
         exit 1
     fi
 done
@@ -40,9 +41,18 @@ set_conf() {
     changed=1
 }
 
+# unset_conf KEY: no active setting of KEY in qemu.conf (libvirt's default applies).
+unset_conf() {
+    local key=$1
+    if grep -qE "^[[:space:]]*${key}[[:space:]]*=" "$CONF"; then
+        sed -i -E "/^[[:space:]]*${key}[[:space:]]*=/d" "$CONF"
+        changed=1
+    fi
+}
+
 set_conf user '"root"'
 set_conf group '"root"'
-set_conf seccomp_sandbox 0
+unset_conf seccomp_sandbox
 
 running() { pgrep -x "$1" >/dev/null 2>&1; }
 

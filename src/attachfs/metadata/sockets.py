@@ -1,23 +1,150 @@
 """One unix socket per server on this host, each served by its own metadata app.
 
-The libvirt driver relays the guest's 169.254.169.254:80 to the server's socket, so the socket
-a request arrives on *is* the server's identity.
+The guest's metadata network helper (virt/metadata_net.py) relays each of the guest's TCP
+connections to 169.254.169.254:80 to the server's socket, so the socket a request arrives on *is*
+the server's identity.
+
+What one guest can make its listener hold is bounded (`MetadataLimits`, the [metadata] config):
+at most `max_connections` open connections (one more is closed at once, unanswered), a request
+must arrive whole within `request_timeout` s of its first byte (or of the connection, for the
+first one: a connection that sends nothing is closed), an idle keep-alive connection is closed
+after `keep_alive_timeout` s, request line + headers at most `max_header_bytes` (more: 400), a
+body at most `max_body_bytes` (more: 413).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from attachfs.config import MetadataConfig
 from attachfs.db.engine import Database
 from attachfs.metadata.app import GuestReports, make_app
 from attachfs.paths import under_root
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MetadataLimits:
+    max_connections: int = 16
+    request_timeout: float = 5.0
+    keep_alive_timeout: float = 5.0
+    max_header_bytes: int = 8192
+    max_body_bytes: int = 65536
+
+    @classmethod
+    def from_config(cls, config: MetadataConfig) -> MetadataLimits:
+        return cls(max_connections=config.max_connections, request_timeout=config.request_timeout,
+                   keep_alive_timeout=config.keep_alive_timeout,
+                   max_header_bytes=config.max_header_bytes, max_body_bytes=config.max_body_bytes)
+
+
+class _GuardedH11(H11Protocol):
+    """uvicorn's h11 protocol with a per-listener connection cap and a whole-request deadline."""
+
+    limits = MetadataLimits()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = None
+        if len(self.connections) > self.limits.max_connections:
+            transport.abort()  # over the cap: closed unanswered, costs nothing more
+            return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None:
+            self._arm()  # first bytes of a further request on a kept-alive connection
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE and self.conn.their_state is not h11.SEND_BODY:
+            self._disarm()  # the whole request is in (or the connection is closing)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._disarm()  # uvicorn's keep-alive timer runs from here until the next request
+
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(self.limits.request_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.abort()
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 (declared or streamed)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await _too_large(send)
+                return
+        received = 0
+
+        async def counted() -> Any:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _BodyTooLarge:
+            await _too_large(send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Any) -> None:
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"text/plain"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": b"request body too large\n"})
+
+
+def protocol_class(limits: MetadataLimits) -> type[H11Protocol]:
+    return type("MetadataH11Protocol", (_GuardedH11,), {"limits": limits})
+
+
+def uvicorn_config(app: Any, path: Path, limits: MetadataLimits) -> uvicorn.Config:
+    return uvicorn.Config(
+        _BodyLimit(app, limits.max_body_bytes), uds=str(path), log_level="warning",
+        access_log=False, lifespan="off", http=protocol_class(limits),
+        # one more than the cap: uvicorn answers 503 once *this* count is reached, and the
+        # connection asking is itself counted
+        limit_concurrency=limits.max_connections + 1,
+        timeout_keep_alive=max(1, round(limits.keep_alive_timeout)),
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        backlog=4 * limits.max_connections)
 
 
 class _Listener:
@@ -32,10 +159,12 @@ class _Listener:
 
 
 class MetadataSockets:
-    def __init__(self, db: Database, socket_dir: Path, enabled: bool = True) -> None:
+    def __init__(self, db: Database, socket_dir: Path, enabled: bool = True,
+                 limits: MetadataLimits | None = None) -> None:
         self.db = db
         self.enabled = enabled  # disabled: paths are handed out, nothing listens on them
         self.socket_dir = socket_dir
+        self.limits = limits or MetadataLimits()
         self._listeners: dict[str, _Listener] = {}
         self.reports = GuestReports()
         self._lock = threading.Lock()
@@ -53,8 +182,8 @@ class MetadataSockets:
                 return path
             self.socket_dir.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
-            config = uvicorn.Config(make_app(self.db, server_uuid, self.reports), uds=str(path),
-                                    log_level="warning", access_log=False, lifespan="off")
+            config = uvicorn_config(make_app(self.db, server_uuid, self.reports), path,
+                                    self.limits)
             self._listeners[server_uuid] = _Listener(uvicorn.Server(config))
         deadline = time.monotonic() + 5
         while not path.exists() and time.monotonic() < deadline:
@@ -68,7 +197,11 @@ class MetadataSockets:
         if listener:
             listener.stop()
         self.reports.forget(server_uuid)
-        self.socket_path(server_uuid).unlink(missing_ok=True)
+        path = self.socket_path(server_uuid)
+        path.unlink(missing_ok=True)
+        # what a guest that powered itself off left of its network (see metadata_net_supervisor)
+        for leftover in ("sock", "pid"):
+            under_root(self.socket_dir, "net", f"{server_uuid}.{leftover}").unlink(missing_ok=True)
 
     def sync(self, server_uuids: set[str]) -> None:
         for uuid in set(self._listeners) - server_uuids:

@@ -13,18 +13,21 @@ libvirt places on a root port) for later hot plug. USB and the memory balloon ar
 they do not take root ports. Type ``kvm`` only when KVM can really boot a stock kernel
 (`kvm_usable`), else ``qemu`` (TCG).
 
-Metadata relay (measured with QEMU 7.2 / libslirp 4.7): the guest reaches the metadata service as
-``http://169.254.169.254/`` through QEMU user networking (slirp) with
-``guestfwd=tcp:169.254.169.254:80-cmd:socat STDIO UNIX-CONNECT:<spec.metadata_socket>``: slirp
-spawns one socat per guest TCP connection, relaying it to the unix socket the metadata service
-listens on. The server's identity is the socket path, so a guest cannot claim to be another.
-Slirp refuses a guestfwd address outside its network ("Conflicting/invalid host:port in guest
-forwarding rule") with the default 10.0.2.0/24, so the user network is ``net=169.254.169.0/24``:
-the guest gets 169.254.169.15 by DHCP, the host (gateway) is 169.254.169.2, DNS 169.254.169.3.
-libvirt's ``<interface type='user'>`` cannot express guestfwd, so the netdev and its
-virtio-net-pci device are passed with ``<qemu:commandline>`` (libvirt logs the domain as tainted
-"custom-argv"; harmless). QEMU must be allowed to spawn socat: ``seccomp_sandbox = 0`` in
-qemu.conf (scripts/setup-libvirt.sh), whose default sandbox has spawn=deny.
+Metadata network (measured with QEMU 7.2 / libslirp 4.7): the guest's only NIC is a QEMU
+``-netdev stream`` served on ``<metadata socket dir>/net/<uuid>.sock``; after createXML the driver
+starts the guest's metadata network helper (virt/metadata_net.py, supervised by
+metadata_net_supervisor), which connects there and runs a restricted libslirp in an empty network
+namespace: the guest reaches ``http://169.254.169.254/`` (each connection relayed to the server's
+own metadata unix socket, whose path is the server's identity) and nothing else. No process per
+connection, and QEMU spawns nothing, so libvirt's default QEMU seccomp sandbox stays on. The
+guest gets 169.254.169.15/24 by DHCP, with no default route. libvirt's ``<interface>`` cannot
+express a stream netdev, so it and its virtio-net-pci device are passed with
+``<qemu:commandline>`` (libvirt logs the domain as tainted "custom-argv"; harmless).
+`list_guests` (the agent's periodic repair) also makes sure each running guest has its helper.
+
+virtio-fs: libvirt runs `virtiofsd_sandboxed.py` for each device, Debian's virtiofsd in its
+namespace sandbox with capabilities and options narrowed (see that file and
+libvirt_xml.filesystem_element).
 
 Hot plug (measured, TCG, libvirt 9.0, QEMU 7.2 pc-q35-7.2): `attach_share` is a live
 attachDeviceFlags of the `<filesystem>` without an address: libvirt puts it on a free
@@ -49,7 +52,6 @@ import contextlib
 import fcntl
 import functools
 import os
-import shutil
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -60,12 +62,14 @@ from attachfs.errors import NoFreeSlot
 from attachfs.virt import libvirt_xml as lx
 from attachfs.virt.base import GuestShare, GuestSpec, PowerState, VirtCapabilities
 from attachfs.virt.libvirt_xml import NAME_PREFIX, OWNER_NS, VirtError, domain_name
+from attachfs.virt.metadata_net_supervisor import MetadataNetworks, stream_socket_path
 
 __all__ = ["NAME_PREFIX", "LibvirtDriver", "VirtError", "domain_name", "kvm_usable"]
 
 _KVM_GET_API_VERSION = 0xAE00
 _POLL = 0.1  # seconds between live-XML reads while waiting for a device to go
 _RESEND = 5.0  # seconds before an unplug request the guest has not acted on is sent again
+VIRTIOFSD = Path(__file__).with_name("virtiofsd_sandboxed.py")
 
 
 def _quiet(_ctx: object, _err: object) -> None:
@@ -105,17 +109,20 @@ class LibvirtDriver:
         uri: str = "qemu:///system",
         spare_root_ports: int = 8,
         domain_type: str | None = None,
-        socat: str | None = None,
         owner: str | None = None,
+        networks: MetadataNetworks | None = None,
+        virtiofsd: Path = VIRTIOFSD,
     ) -> None:
         """domain_type: "kvm" or "qemu"; None picks kvm only when `kvm_usable()`.
         owner: guests are tagged with it and only guests with this tag are seen; None sees
-        every attachfs guest (tools and test clean-up)."""
+        every attachfs guest (tools and test clean-up). networks: the guests' metadata network
+        helpers. virtiofsd: what libvirt runs for each virtio-fs device."""
         self.owner = owner
         self.uri = uri
         self.spare_root_ports = spare_root_ports
         self._domain_type = domain_type
-        self._socat = socat
+        self.networks = networks if networks is not None else MetadataNetworks()
+        self.virtiofsd = virtiofsd
         self._conn: libvirt.virConnect | None = None
         self.capabilities = VirtCapabilities(
             hot_plug=True, read_only_enforced_by_hypervisor=False, share_transports=("virtiofs",)
@@ -169,28 +176,49 @@ class LibvirtDriver:
 
     # -- XML ------------------------------------------------------------------------------------
     def domain_xml(self, spec: GuestSpec) -> str:
-        socat = self._socat or shutil.which("socat")
-        if not socat:
-            raise VirtError("socat not found: it relays the guest's metadata requests")
-        return lx.domain_xml(spec, domain_type=self.domain_type, owner=self.owner, socat=socat,
-                             spare_root_ports=self.spare_root_ports)
+        if not os.access(self.virtiofsd, os.X_OK):
+            raise VirtError(f"{self.virtiofsd} is not executable: libvirt runs it for virtio-fs")
+        return lx.domain_xml(spec, domain_type=self.domain_type, owner=self.owner,
+                             network_socket=stream_socket_path(spec.metadata_socket, spec.uuid),
+                             spare_root_ports=self.spare_root_ports, virtiofsd=self.virtiofsd)
 
     # -- VirtDriver -----------------------------------------------------------------------------
     def start_guest(self, spec: GuestSpec) -> None:
         dom = self._lookup(spec.uuid)
         if dom is not None and _active(dom):
+            self._ensure_network(spec.uuid, dom)
             return
         xml = self.domain_xml(spec)
+        stream = stream_socket_path(spec.metadata_socket, spec.uuid)
         Path(spec.console_log).parent.mkdir(parents=True, exist_ok=True)
+        self.networks.prepare(stream)
         try:
             self.conn.createXML(xml, 0)
         except libvirt.libvirtError as e:
             raise VirtError(f"starting guest {spec.uuid}: {_msg(e)}") from e
+        # QEMU listens on the stream socket once createXML returns
+        self.networks.ensure(spec.uuid, stream, Path(spec.metadata_socket))
+
+    def _ensure_network(self, uuid: str, dom: libvirt.virDomain) -> None:
+        """A running guest has its metadata network helper (started again if it is not there)."""
+        xml = self._live_xml(uuid, dom)
+        relay = lx.relay_sockets(xml) if xml is not None else None
+        if relay is not None:
+            self.networks.ensure(uuid, *relay)
 
     def stop_guest(self, uuid: str, timeout: float) -> None:
         dom = self._lookup(uuid)
         if dom is None:
             return
+        xml = self._live_xml(uuid, dom)
+        relay = lx.relay_sockets(xml) if xml is not None else None
+        try:
+            self._stop_domain(dom, uuid, timeout)
+        finally:
+            if relay is not None and not _active(dom):
+                self.networks.stop(uuid, relay[0])
+
+    def _stop_domain(self, dom: libvirt.virDomain, uuid: str, timeout: float) -> None:
         deadline = time.monotonic() + max(timeout, 0.0)
         next_press = 0.0
         while _active(dom) and time.monotonic() < deadline:
@@ -229,6 +257,8 @@ class LibvirtDriver:
                 continue  # vanished meanwhile
             if name == domain_name(uuid) and self._owned(dom):
                 guests[uuid] = PowerState.RUNNING if _active(dom) else PowerState.SHUTOFF
+                if guests[uuid] == PowerState.RUNNING:
+                    self._ensure_network(uuid, dom)  # the periodic repair's supervision
         return guests
 
     def guest_share_tags(self, uuid: str) -> set[str]:
@@ -261,7 +291,8 @@ class LibvirtDriver:
 
     def attach_share(self, uuid: str, share: GuestShare) -> None:
         doing = f"attaching share {share.tag} to guest {uuid}"
-        device = lx.to_xml(lx.filesystem_element(share))  # validates tag and path first
+        # validates tag and path first
+        device = lx.to_xml(lx.filesystem_element(share, self.virtiofsd))
         dom, xml = self._running(uuid, doing)
         if share.tag in lx.live_shares(xml):
             return

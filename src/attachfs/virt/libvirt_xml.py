@@ -26,14 +26,18 @@ QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 # Which agent a guest belongs to: several agents (or test runs) may share one libvirtd, and an
 # agent's repair must never touch another's guests.
 OWNER_NS = "urn:attachfs:owner:1"
+# Where the guest's metadata network helper connects (QEMU's stream socket) and relays to (the
+# server's metadata socket): kept in the domain, so a restarted agent finds them in the live XML.
+RELAY_NS = "urn:attachfs:metadata-relay:1"
 ET.register_namespace("qemu", QEMU_NS)
 ET.register_namespace("attachfs", OWNER_NS)
+ET.register_namespace("attachfs-relay", RELAY_NS)
 
 NAME_PREFIX = "attachfs-"
-METADATA_NET = "169.254.169.0/24"
-METADATA_ADDR = "169.254.169.254"
 CDROM_DEV = "sda"  # the config drive: first SATA disk of q35's built-in AHCI controller
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]+$")  # no ',' (QEMU) ':' or spaces (socat, argv)
+NETDEV_ID = "afsmd0"
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]+$")  # no ',' (QEMU option separator) or spaces
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -69,13 +73,33 @@ def _mac(uuid: str) -> str:
     return "52:54:00:" + ":".join(h[i : i + 2] for i in range(0, 6, 2))
 
 
-def filesystem_element(share: GuestShare) -> ET.Element:
+def check_socket_path(what: str, path: Path) -> str:
+    """An absolute unix socket path QEMU can take inside an option string and bind to."""
+    text = check_abs(what, path)
+    if not _SAFE_PATH.match(text):
+        raise VirtError(f"{what} path {text!r} has characters outside [A-Za-z0-9._/@+-]")
+    if len(text.encode()) > _SUN_PATH_MAX:
+        raise VirtError(f"{what} path {text!r} is longer than a unix socket path may be "
+                        f"({_SUN_PATH_MAX} bytes)")
+    return text
+
+
+def filesystem_element(share: GuestShare, virtiofsd: Path | None = None) -> ET.Element:
     """``<filesystem>`` for a virtio-fs share (libvirt starts its virtiofsd). No ``<readonly/>``:
     libvirt 9.0 refuses it for virtiofs, read-only is enforced host-side. No ``<address>``:
-    libvirt picks a free pcie-root-port itself (see the module docstring)."""
+    libvirt picks a free pcie-root-port itself (see the module docstring).
+
+    `virtiofsd`: the program libvirt runs instead of the default virtiofsd (our wrapper that adds
+    the options libvirt's XML cannot express, see virt/virtiofsd_sandboxed.py). virtiofsd runs
+    sandboxed in its own mount, pid and network namespaces, pivoted into the shared directory
+    (``<sandbox mode='namespace'/>``), without extended attributes (``xattr`` off, so no file
+    capabilities, ACLs or security labels can be set through the share)."""
     tag = check_tag(share.tag)
     fs = ET.Element("filesystem", {"type": "mount", "accessmode": "passthrough"})
     _sub(fs, "driver", type="virtiofs")
+    if virtiofsd is not None:
+        binary = _sub(fs, "binary", path=check_abs("virtiofsd", virtiofsd), xattr="off")
+        _sub(binary, "sandbox", mode="namespace")
     _sub(fs, "source", dir=check_abs(f"share {tag} host path", share.host_path))
     _sub(fs, "target", dir=tag)
     return fs
@@ -96,14 +120,16 @@ def to_xml(el: ET.Element) -> str:
     return ET.tostring(el, encoding="unicode")
 
 
-def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, socat: str,
-               spare_root_ports: int) -> str:
+def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, network_socket: Path,
+               spare_root_ports: int, virtiofsd: Path | None = None) -> str:
+    """The guest. Its only NIC is a QEMU stream netdev served on `network_socket`; the metadata
+    network helper (virt/metadata_net.py) connects there and relays the guest's
+    169.254.169.254:80, and nothing else, to `spec.metadata_socket`."""
     if not _UUID.match(spec.uuid):
         raise VirtError(f"server uuid {spec.uuid!r} is not a lowercase uuid")
     console_log = check_abs("console log", spec.console_log)
-    socket = check_abs("metadata socket", spec.metadata_socket)
-    if not _SAFE_PATH.match(socket):
-        raise VirtError(f"metadata socket path {socket!r} has characters outside [A-Za-z0-9._/@+-]")
+    metadata_socket = check_socket_path("metadata socket", spec.metadata_socket)
+    stream = check_socket_path("guest network socket", network_socket)
     kernel = check_abs("kernel", spec.image.kernel)
     initrd = check_abs("initrd", spec.image.initrd)
 
@@ -111,8 +137,10 @@ def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, socat: s
     _sub(dom, "name", domain_name(spec.uuid))
     _sub(dom, "uuid", spec.uuid)
     _sub(dom, "title", " ".join(spec.name.split())[:200])
+    metadata = _sub(dom, "metadata")
     if owner is not None:
-        _sub(_sub(dom, "metadata"), f"{{{OWNER_NS}}}owner", owner)
+        _sub(metadata, f"{{{OWNER_NS}}}owner", owner)
+    _sub(metadata, f"{{{RELAY_NS}}}relay", stream=stream, metadata_socket=metadata_socket)
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus))
     mb = _sub(dom, "memoryBacking")
@@ -141,7 +169,7 @@ def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, socat: s
         _sub(devices, "controller", type="pci", index=str(i), model="pcie-root-port")
     _sub(devices, "controller", type="usb", model="none")
     for share in spec.shares:
-        devices.append(filesystem_element(share))
+        devices.append(filesystem_element(share, virtiofsd))
     # Always a cdrom (empty without a config drive): SATA cannot be hot-plugged, so this is
     # what lets set_config_drive insert a config drive into a guest booted without one.
     devices.append(cdrom_element(spec.config_drive))
@@ -151,13 +179,13 @@ def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, socat: s
     _sub(devices, "memballoon", model="none")
 
     cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-    netdev = (
-        f"user,id=afsmd0,net={METADATA_NET},"
-        f"guestfwd=tcp:{METADATA_ADDR}:80-cmd:{socat} STDIO UNIX-CONNECT:{socket}"
-    )
+    # QEMU listens; the helper connects (and connects again after a restart: a QEMU 7.2 stream
+    # server accepts a new client once the previous one is gone, measured). libvirt 9.0 has no
+    # <interface> for a stream netdev, hence <qemu:commandline>.
+    netdev = f"stream,id={NETDEV_ID},server=on,addr.type=unix,addr.path={stream}"
     # JSON syntax: QEMU creates legacy "-device a,b=c" devices before libvirt's JSON ones,
     # so a legacy one would take slot 1 that libvirt's first pcie-root-port is given.
-    device = json.dumps({"driver": "virtio-net-pci", "netdev": "afsmd0", "mac": _mac(spec.uuid)})
+    device = json.dumps({"driver": "virtio-net-pci", "netdev": NETDEV_ID, "mac": _mac(spec.uuid)})
     for value in ("-netdev", netdev, "-device", device):
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=value)
     return to_xml(dom)
@@ -221,6 +249,14 @@ def root_ports(xml: str) -> tuple[list[int], list[int]]:
             if bus is not None:
                 used.add(bus)
     return ports, [p for p in ports if p not in used]
+
+
+def relay_sockets(xml: str) -> tuple[Path, Path] | None:
+    """(QEMU's stream socket, the metadata socket) recorded in a domain's XML, or None."""
+    relay = ET.fromstring(xml).find(f"./metadata/{{{RELAY_NS}}}relay")
+    if relay is None or not relay.get("stream") or not relay.get("metadata_socket"):
+        return None
+    return Path(relay.get("stream", "")), Path(relay.get("metadata_socket", ""))
 
 
 def cdrom_source(xml: str) -> tuple[bool, str | None]:
