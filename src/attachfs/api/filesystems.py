@@ -14,11 +14,13 @@ from typing import Any
 from fastapi import APIRouter, Body, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from attachfs.api import deps
 from attachfs.api.server_shares import do_attach, do_detach
 from attachfs.core import services
 from attachfs.core.model import ShareScope
+from attachfs.core.validation import validate_mount_point
 from attachfs.db.tables import Server, Share, ShareMapping
 from attachfs.errors import BadRequest, Conflict, Forbidden, NotFound
 from attachfs.storage.local import share_info, share_visible
@@ -34,7 +36,7 @@ class FsEntry(BaseModel):
     size: int | str
     scope: ShareScope = ShareScope.INSTANCE
     project: str | None = Field(default=None, min_length=1, max_length=255)
-    mount_point: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=255)
+    mount_point: str | None = None  # checked by core.validation.validate_mount_point
 
     @field_validator("size")
     @classmethod
@@ -62,11 +64,28 @@ def _view(share: Share, usage: int | None = None) -> dict[str, Any]:
 
 
 def _get(s: Any, request: Request, name: str) -> Share:
+    """A name means the caller's project's share, else the global share of that name. An
+    admin may name another project's share with `?project=ID` (names are per project)."""
     ctx = deps.context(request)
-    share = s.scalar(select(Share).where(Share.name == name))
+    project = request.query_params.get("project") if ctx.is_admin else None
+    share = s.scalar(select(Share).where(Share.name == name, Share.scope != ShareScope.GLOBAL,
+                                         Share.project_id == (project or ctx.project_id)))
+    if share is None and project is None:
+        share = s.scalar(select(Share).where(Share.name == name,
+                                             Share.scope == ShareScope.GLOBAL))
     if share is None or not share_visible(share, ctx):
         raise NotFound(f"Filesystem {name} could not be found.")
     return share
+
+
+def _name_taken(s: Any, name: str, scope: str, project: str) -> bool:
+    """Only inside the namespace the new share goes to: another project's names stay unseen."""
+    query = select(Share.uuid).where(Share.name == name)
+    if scope == ShareScope.GLOBAL:
+        query = query.where(Share.scope == ShareScope.GLOBAL)
+    else:
+        query = query.where(Share.scope != ShareScope.GLOBAL, Share.project_id == project)
+    return s.scalar(query) is not None
 
 
 @router.get("")
@@ -94,6 +113,7 @@ def create_filesystem(name: str, request: Request, body: Any = Body(None)) -> di
     if not _NAME.match(name):
         raise BadRequest("name must be 1-255 characters of [A-Za-z0-9._-]")
     spec = deps.parse(FsBody, body).fs_entry
+    validate_mount_point(spec.mount_point)
     project = spec.project or ctx.project_id
     if project != ctx.project_id and not ctx.is_admin:
         raise Forbidden("Only an admin may create a filesystem for another project")
@@ -101,11 +121,13 @@ def create_filesystem(name: str, request: Request, body: Any = Body(None)) -> di
     if spec.scope == ShareScope.GLOBAL:
         state.policy.authorize(RULE % "global", ctx, project)
     share_id = str(uuidlib.uuid4())
-    state.builtin.create_dir(share_id)
+    taken = Conflict(f"Filesystem {name} already exists"
+                     + (" (global scope)" if spec.scope == ShareScope.GLOBAL else ""))
+    state.builtin.create_dir(share_id, int(spec.size))
     try:
         with state.db.session() as s:
-            if s.scalar(select(Share.uuid).where(Share.name == name)) is not None:
-                raise Conflict(f"Filesystem {name} already exists")
+            if _name_taken(s, name, spec.scope, project):
+                raise taken
             share = Share(uuid=share_id, name=name, project_id=project, user_id=ctx.user_id,
                           size_gib=spec.size, scope=spec.scope, status="available",
                           mount_point=spec.mount_point)
@@ -114,6 +136,9 @@ def create_filesystem(name: str, request: Request, body: Any = Body(None)) -> di
             if spec.scope == ShareScope.PROJECT:
                 services.attach_to_project_servers(
                     s, ctx, share_info(share, state.builtin.storage_root), project)
+    except IntegrityError as exc:  # a concurrent create of the same name won the race
+        state.builtin.delete_dir(share_id)
+        raise taken from exc
     except BaseException:
         state.builtin.delete_dir(share_id)  # nothing half-done: the directory goes too
         raise

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from attachfs.api import deps, views
 from attachfs.core import services
 from attachfs.core.model import validate_uuid
+from attachfs.core.validation import validate_mount_point
 from attachfs.db.tables import ShareMapping
 
 router = APIRouter(prefix="/v2.1/servers/{server_id}/shares")
@@ -54,6 +55,7 @@ def do_attach(request: Request, server_id: str, share_id: str, tag: str | None,
     """Shared by POST /shares and the legacy share_attach action: same rules, same states."""
     state, ctx = deps.api(request), deps.context(request)
     share_id = validate_uuid(share_id, "share_id")
+    validate_mount_point(mount_point)
     with state.db.read() as s:
         server = services.get_server(s, server_id, ctx)
         state.policy.authorize(RULE % "create", ctx, server.project_id)

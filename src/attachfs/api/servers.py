@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -18,6 +17,7 @@ from attachfs.api.catalog import base_url, find_image, host_images
 from attachfs.api.server_shares import do_attach, do_detach
 from attachfs.core import services
 from attachfs.core.model import ShareScope, VmState
+from attachfs.core.validation import name_filter
 from attachfs.db.tables import Server, Share, ShareMapping
 from attachfs.errors import BadRequest
 from attachfs.storage.local import share_info
@@ -86,7 +86,7 @@ class Reboot(BaseModel):
 class LegacyAttach(BaseModel):
     model_config = _STRICT
     share_id: str
-    mount_point: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=255)
+    mount_point: str | None = None  # checked by core.validation.validate_mount_point
     tag: str | None = None
     read_only: bool = False
 
@@ -146,18 +146,16 @@ def _limit(request: Request) -> int:
 def _visible_servers(s: Any, ctx: Any, request: Request) -> list[Server]:
     """Newest first, as the compute API lists them; `name` (a regular expression, as there),
     `limit` and `marker` (the last server id of the previous page) page through them."""
+    pattern = request.query_params.get("name")
+    matches = name_filter(pattern) if pattern is not None else None  # RE2: linear time
     query = select(Server).where(Server.vm_state != VmState.DELETED).order_by(
         Server.created_at.desc(), Server.uuid.desc())
     all_tenants = request.query_params.get("all_tenants") not in (None, "0", "false", "False")
     if not (ctx.is_admin and all_tenants):
         query = query.where(Server.project_id == ctx.project_id)
     servers = list(s.scalars(query))
-    if (pattern := request.query_params.get("name")) is not None:
-        try:
-            name = re.compile(pattern)
-        except re.error as exc:
-            raise BadRequest(f"Invalid regular expression for name: {exc}") from exc
-        servers = [sv for sv in servers if name.search(sv.name)]
+    if matches is not None:
+        servers = [sv for sv in servers if matches(sv.name)]
     if (marker := request.query_params.get("marker")) is not None:
         ids = [sv.uuid for sv in servers]
         if marker not in ids:

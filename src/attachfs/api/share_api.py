@@ -10,9 +10,10 @@ What is honestly different from that service:
 - The only protocol is `LOCAL`: a directory on this host, handed to guests over virtio-fs.
   A create asking for NFS, CEPHFS, … is refused (400) rather than recorded as something the
   share is not.
-- Names are required to be unique and of the os-filesystem form `[A-Za-z0-9][A-Za-z0-9._-]*`
-  (the same share is also `/v2.1/os-filesystem/{name}`); a share created without a name is
-  named after its id. `is_public: true` creates a share of global scope (admins only).
+- Names are required to be unique in their namespace (the project's shares; the global ones)
+  and of the os-filesystem form `[A-Za-z0-9][A-Za-z0-9._-]*` (the same share is also
+  `/v2.1/os-filesystem/{name}`); a share created without a name is named after its id.
+  `is_public: true` creates a share of global scope (admins only).
 - Descriptions, metadata, snapshots, share networks, groups and access rules are not kept:
   a create asking for them is refused (400); the views show them empty.
 - One share type, `default` (driver_handles_share_servers False).
@@ -28,6 +29,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.routing import APIRoute
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from attachfs.api import deps
 from attachfs.api.views import iso
@@ -386,18 +388,26 @@ def create_share(request: Request, body: Any = Body(None)) -> dict[str, Any]:
         state.policy.authorize(RULE % "global", ctx, ctx.project_id)
     share_id = str(uuidlib.uuid4())
     name = name or share_id
-    state.builtin.create_dir(share_id)
+    scope = ShareScope.GLOBAL if public else ShareScope.INSTANCE
+    # Only the namespace the share goes to is checked: another project's names stay unseen.
+    same_name = select(Share.uuid).where(Share.name == name)
+    same_name = same_name.where(Share.scope == ShareScope.GLOBAL) if public else same_name.where(
+        Share.scope != ShareScope.GLOBAL, Share.project_id == ctx.project_id)
+    taken = Conflict(f"A share named {name} already exists " + (
+        "among the public shares" if public else "in this project") + " (attachfs keeps share "
+        "names unique per project, and among public shares)")
+    state.builtin.create_dir(share_id, size)
     try:
         with state.db.session() as s:
-            if s.scalar(select(Share.uuid).where(Share.name == name)) is not None:
-                raise Conflict(f"A share named {name} already exists (attachfs keeps share "
-                               "names unique)")
+            if s.scalar(same_name) is not None:
+                raise taken
             share = Share(uuid=share_id, name=name, project_id=ctx.project_id,
-                          user_id=ctx.user_id, size_gib=size,
-                          scope=ShareScope.GLOBAL if public else ShareScope.INSTANCE,
-                          status="available")
+                          user_id=ctx.user_id, size_gib=size, scope=scope, status="available")
             s.add(share)
             s.flush()
+    except IntegrityError as exc:  # a concurrent create of the same name won the race
+        state.builtin.delete_dir(share_id)
+        raise taken from exc
     except BaseException:
         state.builtin.delete_dir(share_id)  # nothing half-done
         raise

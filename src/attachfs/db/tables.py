@@ -10,17 +10,22 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+GLOBAL_SCOPE = "global"  # core.model.ShareScope.GLOBAL, spelled out for the index predicates
 
 
 class Base(DeclarativeBase):
@@ -62,9 +67,20 @@ class Share(Base):
     """A share of the built-in provider: a directory under the storage root."""
 
     __tablename__ = "shares"
+    # Names are unique per namespace: each project's own shares, and the global shares (whose
+    # names every project sees). Partial unique indexes, so concurrent creates of one name in
+    # one namespace still have exactly one winner (migration 0005).
+    __table_args__ = (
+        Index("uniq_shares_project_name", "project_id", "name", unique=True,
+              sqlite_where=text(f"scope != '{GLOBAL_SCOPE}'"),
+              postgresql_where=text(f"scope != '{GLOBAL_SCOPE}'")),
+        Index("uniq_shares_global_name", "name", unique=True,
+              sqlite_where=text(f"scope = '{GLOBAL_SCOPE}'"),
+              postgresql_where=text(f"scope = '{GLOBAL_SCOPE}'")),
+    )
 
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
     project_id: Mapped[str] = mapped_column(String(255), index=True)
     user_id: Mapped[str] = mapped_column(String(255))
     size_gib: Mapped[int] = mapped_column(Integer)

@@ -1,13 +1,19 @@
 """The guest-facing metadata service (the compute API's OpenStack metadata format).
 
 One app instance per server: the server is known from the unix socket the request arrived on
-(metadata/sockets.py), never from anything in the request, so a guest cannot ask as another.
+(metadata/sockets.py), never from anything in the request (no header, Host, path or body is
+consulted for identity), so a guest cannot ask as another.
+
+What a guest reports (POST /attachfs/v1/mounts) stays untrusted: it is bounded, checked line
+by line, reduced to tags this same server has, and only ever tells the host *when* to pull a
+device of this server.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
 from typing import Any
@@ -71,6 +77,8 @@ class GuestReports:
 
 
 MAX_REPORT = 64 * 1024
+MAX_REPORT_LINES = 1024
+_REPORTED_TAG = re.compile(r"[a-zA-Z0-9-]{1,255}")  # core.model's tag rule
 
 
 def config_drive_files(server: Server, mappings: list[ShareMapping]) -> dict[str, bytes]:
@@ -121,13 +129,38 @@ def make_app(db: Database, server_uuid: str, reports: GuestReports | None = None
         return Response(base64.b64decode(found[0].user_data),
                         media_type="application/octet-stream")
 
+    def server_tags() -> frozenset[str]:
+        with db.read() as s:
+            return frozenset(s.scalars(select(ShareMapping.tag)
+                                       .where(ShareMapping.instance_uuid == server_uuid)))
+
+    async def read_bounded(request: Request) -> bytes | None:
+        """The body, or None past MAX_REPORT (read no further than that)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_REPORT:
+            return None
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_REPORT:
+                return None
+        return bytes(body)
+
     async def report_mounts(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_REPORT or reports is None:
-            return PlainTextResponse("400 Bad Request", status_code=400)
-        tags = frozenset(t.strip() for t in body.decode(errors="replace").splitlines()
-                         if t.strip())
-        reports.record(server_uuid, tags)
+        if reports is None:
+            return PlainTextResponse("404 Not Found", status_code=404)
+        body = await read_bounded(request)
+        if body is None:
+            return PlainTextResponse("413 Request Entity Too Large", status_code=413)
+        try:
+            lines = [line.strip() for line in body.decode("ascii").split("\n")]
+        except UnicodeDecodeError:
+            return PlainTextResponse("400 Bad Request: not ASCII", status_code=400)
+        lines = [line for line in lines if line]
+        if len(lines) > MAX_REPORT_LINES or not all(_REPORTED_TAG.fullmatch(t) for t in lines):
+            return PlainTextResponse("400 Bad Request: one tag per line", status_code=400)
+        # Tags this server does not have are dropped: they can mean nothing to the host.
+        reports.record(server_uuid, frozenset(lines) & server_tags())
         return PlainTextResponse("ok\n")
 
     return Starlette(routes=[
