@@ -28,6 +28,8 @@ cleanup() {
         echo "demo failed (exit $rc); service log:" >&2
         tail -n 40 "$STATE/serve.log" >&2 || true
     fi
+    # share filesystems (loop-mounted images) a failed run left under the state directory
+    grep -o " $STATE/[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l || true
     rm -rf "$STATE"
     exit $rc
 }
@@ -99,6 +101,6 @@ service=stopped
 kill -0 "$SERVE_PID" 2>/dev/null && service="STILL RUNNING (pid $SERVE_PID)"
 SERVE_PID=""
 left=$(virsh -q -c qemu:///system list --name | grep -c '^attachfs-' || true)
-mounts=$(grep -c " $STATE/mounts/" /proc/self/mountinfo || true)
+mounts=$(grep -c " $STATE/" /proc/self/mountinfo || true)  # host mounts and share filesystems
 echo "guests left: $left, host mounts left: $mounts, service: $service"
 [[ $service == stopped && $left == 0 && $mounts == 0 ]]

@@ -265,6 +265,9 @@ def destroy_own_guest(server_id: str) -> None:
 def remove_state(state: Path) -> None:
     from attachfs.storage import mountinfo
 
+    # built-in share filesystems are the service's own storage: they go with the state
+    for point in mountinfo.mount_points((state / "shares").resolve()):
+        mountinfo.run(["umount", "-l", str(point)])
     mounts = mountinfo.mount_points(state.resolve())
     if mounts:
         print(f"cleanup: NOT removing {state}: still mounted: {mounts}")
