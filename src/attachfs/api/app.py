@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -138,6 +138,13 @@ def create_app(state: ApiState) -> FastAPI:
         if "share" in text:
             return fault(409, Conflict.fault, "Share is already attached to this server")
         return fault(409, Conflict.fault, "The request conflicts with a concurrent change")
+
+    @app.exception_handler(DataError)
+    async def data_error(_request: Request, exc: DataError) -> JSONResponse:
+        # A value the database refuses to hold or compare (PostgreSQL: a NUL in text) is the
+        # client's input, not the database's state.
+        return fault(400, "badRequest", "Invalid input: a value contains characters the "
+                                        "database cannot store (such as NUL)")
 
     @app.exception_handler(DBAPIError)
     async def db_error(_request: Request, exc: DBAPIError) -> JSONResponse:
