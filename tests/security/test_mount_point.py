@@ -115,3 +115,26 @@ def test_query_and_other_bodies_do_not_take_a_mount_point(client: TestClient,
         r = client.post(f"/v2.1/servers/{sid}/shares", headers=headers, json={
             "share": {"share_id": share["id"], "mount_point": "/mnt/x"}})
         assert r.status_code == 400 and "mount_point" in r.json()["badRequest"]["message"]
+
+
+def test_overlapping_mount_points_on_one_server_are_409(client: TestClient, parts: Parts) -> None:
+    """The guest can hold only one of two overlapping mount points: refused up front."""
+    sid = create_server(client)
+    settle_server(parts, sid)
+    act = f"/v2.1/servers/{sid}/action"
+    first, nested, same, tagged, fine = (create_share(client) for _ in range(5))
+    assert client.post(act, json={"share_attach": {"share_id": first["id"],
+                                                   "mount_point": "/srv/data"}}).status_code == 202
+    for share, mount_point in ((nested, "/srv/data/sub"), (same, "/srv/data"), (tagged, "/srv")):
+        r = client.post(act, json={"share_attach": {"share_id": share["id"],
+                                                    "mount_point": mount_point}})
+        assert r.status_code == 409, r.text
+        assert "overlaps /srv/data" in r.json()["conflictingRequest"]["message"]
+    # the default /mnt/<tag> counts too
+    assert client.post(f"/v2.1/servers/{sid}/shares", json={
+        "share": {"share_id": tagged["id"], "tag": "t1"}}).status_code == 201
+    r = client.post(act, json={"share_attach": {"share_id": fine["id"], "mount_point": "/mnt/t1"}})
+    assert r.status_code == 409 and "/mnt/t1" in r.json()["conflictingRequest"]["message"]
+    r = client.post(act, json={"share_attach": {"share_id": fine["id"],
+                                                "mount_point": "/srv/data2"}})
+    assert r.status_code == 202, r.text

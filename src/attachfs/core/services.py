@@ -24,6 +24,7 @@ from attachfs.core.model import (
     status_after_retry,
     validate_tag,
 )
+from attachfs.core.validation import guest_mount_point, mount_points_overlap
 from attachfs.db.tables import InstanceAction, Server, Share, ShareAccess, ShareMapping, utcnow
 from attachfs.errors import Conflict, NotFound
 from attachfs.storage.base import RequestContext, ShareInfo
@@ -175,6 +176,14 @@ class AttachRules:
     max_per_server: int
 
 
+def _require_free_mount_point(s: Session, server: Server, path: str) -> None:
+    for other in s.scalars(select(ShareMapping).where(ShareMapping.instance_uuid == server.uuid)):
+        taken = guest_mount_point(other.mount_point, other.tag)
+        if mount_points_overlap(path, taken):
+            raise Conflict(f"Mount point {path} overlaps {taken}, where share {other.share_id} "
+                           "is mounted on this server")
+
+
 def attach_share(s: Session, ctx: RequestContext, server: Server, share: ShareInfo,
                  tag: str | None, mount_point: str | None, rules: AttachRules,
                  read_only: bool = False) -> ShareMapping:
@@ -199,6 +208,8 @@ def attach_share(s: Session, ctx: RequestContext, server: Server, share: ShareIn
             ShareMapping.instance_uuid == server.uuid, ShareMapping.tag == tag))
         if clash is not None:
             raise Conflict(f"Tag '{tag}' is already used by share {clash} on this server")
+        _require_free_mount_point(s, server, guest_mount_point(
+            mount_point or share.mount_point, tag))
         count = s.scalar(select(func.count()).select_from(ShareMapping)
                          .where(ShareMapping.instance_uuid == server.uuid)) or 0
         if count >= rules.max_per_server:

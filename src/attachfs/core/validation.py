@@ -61,6 +61,17 @@ def validate_mount_point(path: str | None) -> str | None:
     return path
 
 
+def guest_mount_point(mount_point: str | None, tag: str) -> str:
+    """Where the guest agent mounts an attachment: its mount point, else /mnt/<tag>."""
+    return mount_point or f"/mnt/{tag}"
+
+
+def mount_points_overlap(a: str, b: str) -> bool:
+    """One is the other or inside it: the guest can hold only one of them (the agent refuses
+    the later device)."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
 NAME_FILTER_MAX = 255
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a tenant's bad pattern is a 400, not a line in our log
