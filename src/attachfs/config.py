@@ -101,7 +101,7 @@ class MetadataConfig(_Section):
     # What one guest can make its metadata listener hold (see metadata/sockets.py): open
     # connections (more are closed unanswered), seconds for a whole request to arrive (a
     # connection that sends nothing is closed then), seconds an idle keep-alive connection
-    # stays, bytes of request line + headers (more: 400) and of a body (more: 413).
+    # stays, bytes of request line + headers (more: 431) and of a body (more: 413).
     max_connections: int = Field(default=16, ge=1, le=1024)
     request_timeout: float = Field(default=5.0, gt=0, le=300)
     keep_alive_timeout: float = Field(default=5.0, ge=1, le=300)

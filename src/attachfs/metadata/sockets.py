@@ -8,7 +8,7 @@ What one guest can make its listener hold is bounded (`MetadataLimits`, the [met
 at most `max_connections` open connections (one more is closed at once, unanswered), a request
 must arrive whole within `request_timeout` s of its first byte (or of the connection, for the
 first one: a connection that sends nothing is closed), an idle keep-alive connection is closed
-after `keep_alive_timeout` s, request line + headers at most `max_header_bytes` (more: 400), a
+after `keep_alive_timeout` s, request line + headers at most `max_header_bytes` (more: 431), a
 body at most `max_body_bytes` (more: 413).
 """
 
@@ -65,9 +65,22 @@ class _GuardedH11(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._deadline is None:
             self._arm()  # first bytes of a further request on a kept-alive connection
+        if self.conn.their_state is h11.IDLE and self._head_too_large(data):
+            self._disarm()
+            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                 b"content-length: 0\r\nconnection: close\r\n\r\n")
+            self.transport.close()
+            return
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE and self.conn.their_state is not h11.SEND_BODY:
             self._disarm()  # the whole request is in (or the connection is closing)
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Request line + headers over the cap, whether they came in pieces or at once (h11's
+        own limit only counts an *incomplete* header block)."""
+        pending = self.conn.trailing_data[0] + data  # h11 keeps at most the cap buffered
+        end = pending.find(b"\r\n\r\n")
+        return (len(pending) if end < 0 else end) > self.limits.max_header_bytes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -92,7 +105,8 @@ class _GuardedH11(H11Protocol):
 
 
 class _BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes gets 413 (declared or streamed)."""
+    """ASGI middleware: a request body over `limit` bytes gets 413 (declared or streamed). The
+    body is read whole (at most `limit` bytes) before the app runs, then handed to it."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -105,24 +119,28 @@ class _BodyLimit:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
                 await _too_large(send)
                 return
-        received = 0
-
-        async def counted() -> Any:
-            nonlocal received
+        body = bytearray()
+        while True:
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise _BodyTooLarge
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await _too_large(send)
+                return
+            if not message.get("more_body", False):
+                break
+        whole = {"type": "http.request", "body": bytes(body), "more_body": False}
+        handed = False
 
-        try:
-            await self.app(scope, counted, send)
-        except _BodyTooLarge:
-            await _too_large(send)
+        async def replay() -> Any:
+            nonlocal handed
+            if not handed:
+                handed = True
+                return whole
+            return await receive()
 
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _too_large(send: Any) -> None:

@@ -53,7 +53,11 @@ NETWORK, NETMASK = "169.254.169.0", "255.255.255.0"
 GATEWAY, NAMESERVER, DHCP_START = "169.254.169.2", "169.254.169.3", "169.254.169.15"
 METADATA_ADDR, METADATA_PORT = "169.254.169.254", 80
 EXIT_GUEST_GONE, EXIT_NO_GUEST = 0, 3
-MAX_OPEN_FILES = 256  # stream + poll + a bounded number of relayed connections
+MAX_OPEN_FILES = 64  # stream, poll, libslirp and its relayed connections (~256 KiB each)
+MAX_ADDRESS_SPACE = 256 << 20  # a hard ceiling: past it an allocation fails, the helper
+# crashes and is started again, instead of growing
+MMAP_THRESHOLD = 64 << 10  # see isolate()
+_M_MMAP_THRESHOLD = -3  # mallopt(3) parameter
 MAX_QUEUED = 4 << 20  # bytes of frames towards QEMU before frames are dropped (TCP resends)
 MAX_FRAME = 65536 + 18  # largest ethernet frame QEMU's stream netdev sends
 _CLONE_NEWNET = 0x40000000
@@ -271,12 +275,21 @@ def _from_poll(revents: int) -> int:
 
 
 def isolate() -> None:
-    """An empty network namespace for this process, and a bound on its open files."""
+    """An empty network namespace for this process, and bounds on its files and memory.
+
+    libslirp gives every guest TCP connection two 128 KiB socket buffers. With glibc's default,
+    dynamic mmap threshold those come from the heap once one was freed, and a burst of connections
+    left the heap at ~90 MB resident for good (measured: 300 connections, 4 rounds). A fixed
+    threshold below that size keeps them in their own mappings, returned when the connection
+    ends: the same bursts peak at ~17 MB and fall back to ~15 MB."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(_CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+    if libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
+        raise OSError("mallopt(M_MMAP_THRESHOLD) failed")
     resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
+    resource.setrlimit(resource.RLIMIT_AS, (MAX_ADDRESS_SPACE, MAX_ADDRESS_SPACE))
 
 
 def main(argv: list[str] | None = None) -> int:
