@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import socket
 import uuid
 from pathlib import Path
@@ -89,7 +88,7 @@ def test_attach_and_detach_notifications_reach_rabbitmq(listener: Any, tmp_path:
     try:
         good, bad = str(uuid.uuid4()), str(uuid.uuid4())
         for share in (good, bad):
-            parts.builtin.create_dir(share)
+            parts.builtin.create_dir(share, 1)
         with parts.db.session() as s:
             from attachfs.db.tables import Share
 
@@ -107,7 +106,7 @@ def test_attach_and_detach_notifications_reach_rabbitmq(listener: Any, tmp_path:
                                  share_proto="LOCAL", user_id="carol", project_id="p1",
                                  request_id=f"req-{i}") for i, share in enumerate((good, bad))]
             s.add_all(rows)
-        shutil.rmtree(config.storage_root / bad)  # forced failure: the share's data is gone
+        parts.builtin.delete_dir(bad)  # forced failure: the share's filesystem is gone
 
         assert steps.attach(server, rows[0], running=False)
         assert not steps.attach(server, rows[1], running=False)

@@ -112,7 +112,7 @@ def test_share_create_list_show_delete(cli: Run) -> None:
     table = ok(cli("share", "list")).stdout
     assert "Mount Point" in table and share_id in table
     shown = as_json(cli("share", "show", "data", "-f", "json"))
-    # an empty share filesystem: its root directory and lost+found (df counts 24 KiB)
+    # an empty share filesystem: df counts its root directory's block
     assert shown["id"] == share_id and shown["used_bytes"] < 64 * 1024 and shown["instances"] == []
     assert as_json(cli("share", "show", share_id, "--format", "json")) == shown  # by id
     assert "used_percent" in ok(cli("share", "show", "data")).stdout

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import stat
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from attachfs.storage import mountinfo
 from attachfs.virt.libvirt import LibvirtDriver
 from tests.vm.harness import IMAGES_DIR, Serve, serving, wait_for
 
@@ -192,7 +192,10 @@ def test_failed_attach_is_error_with_reason_everywhere(serve: Serve, guest: Gues
     `error` with the reason on the server, in the audit trail and in an .error notification,
     and nothing half-done: no device, no host mount, no access rule; DELETE then clears it."""
     share_id, share_dir = guest.new_share("hot-broken")
-    shutil.rmtree(share_dir)
+    # the share's filesystem vanishes from the host: unmounted, its image and directory gone
+    mountinfo.run(["umount", str(share_dir)])
+    (share_dir.parent / "images" / f"{share_id}.ext4").unlink()
+    share_dir.rmdir()
     guest.attach(share_id, "broken")
     mapping = serve.wait_mapping(guest.sid, share_id, "error")
     server = serve.server(guest.sid)

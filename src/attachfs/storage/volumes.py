@@ -54,8 +54,10 @@ class ShareVolumes:
                            str(image)])
             directory.mkdir(mode=0o700)
             self.mount(share_id)
-            # The share's own root is the tenant's: guests write there as any user they like.
+            # The share's own root is the tenant's: guests write there as any user they like,
+            # and find it empty (e2fsck makes lost+found again should it ever need one).
             os.chmod(directory, 0o777)
+            (directory / "lost+found").rmdir()
         except (OSError, PermanentError) as exc:
             self.delete(share_id)
             raise PermanentError(f"cannot create the filesystem of share {share_id}: {exc}") \
