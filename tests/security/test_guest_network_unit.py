@@ -113,6 +113,17 @@ def test_slirp_structures_match_libslirp_4_7_header() -> None:
     assert config.disable_dns and not config.disable_dhcp and not config.enable_emu
 
 
+def test_libslirp_messages_are_rate_limited(capsys: pytest.CaptureFixture[str]) -> None:
+    limiter = metadata_net.LogLimiter(interval=60)
+    for _ in range(5):
+        limiter(b"Slirp", 8, b"open_unix(): Too many open files", 0)
+    limiter.last -= 60  # a minute later
+    limiter(b"Slirp", 8, b"open_unix(): Too many open files", 0)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["metadata-net: Slirp: open_unix(): Too many open files",
+                     "metadata-net: Slirp: open_unix(): Too many open files (4 more since)"]
+
+
 # ---- the metadata listener's caps -------------------------------------------------------------
 LIMITS = MetadataLimits(max_connections=4, request_timeout=1.0, keep_alive_timeout=1.0,
                         max_header_bytes=2048, max_body_bytes=4096)

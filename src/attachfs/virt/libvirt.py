@@ -23,7 +23,8 @@ connection, and QEMU spawns nothing, so libvirt's default QEMU seccomp sandbox s
 guest gets 169.254.169.15/24 by DHCP, with no default route. libvirt's ``<interface>`` cannot
 express a stream netdev, so it and its virtio-net-pci device are passed with
 ``<qemu:commandline>`` (libvirt logs the domain as tainted "custom-argv"; harmless).
-`list_guests` (the agent's periodic repair) also makes sure each running guest has its helper.
+`list_guests` (the agent's periodic repair) also makes sure each running guest has its helper
+(only a driver with an owner, i.e. an agent: tools that see every guest leave helpers alone).
 
 virtio-fs: libvirt runs `virtiofsd_sandboxed.py` for each device, Debian's virtiofsd in its
 namespace sandbox with capabilities and options narrowed (see that file and
@@ -257,8 +258,9 @@ class LibvirtDriver:
                 continue  # vanished meanwhile
             if name == domain_name(uuid) and self._owned(dom):
                 guests[uuid] = PowerState.RUNNING if _active(dom) else PowerState.SHUTOFF
-                if guests[uuid] == PowerState.RUNNING:
-                    self._ensure_network(uuid, dom)  # the periodic repair's supervision
+                if guests[uuid] == PowerState.RUNNING and self.owner is not None:
+                    # the owning agent's periodic repair supervises; tools (owner None) do not
+                    self._ensure_network(uuid, dom)
         return guests
 
     def guest_share_tags(self, uuid: str) -> set[str]:

@@ -60,7 +60,9 @@ MMAP_THRESHOLD = 64 << 10  # see isolate()
 _M_MMAP_THRESHOLD = -3  # mallopt(3) parameter
 MAX_QUEUED = 4 << 20  # bytes of frames towards QEMU before frames are dropped (TCP resends)
 MAX_FRAME = 65536 + 18  # largest ethernet frame QEMU's stream netdev sends
+LOG_INTERVAL = 10.0  # seconds between two libslirp messages on stderr
 _CLONE_NEWNET = 0x40000000
+_G_LOG_LEVELS = 0xFC  # G_LOG_LEVEL_ERROR .. G_LOG_LEVEL_DEBUG
 
 _POLL = {1: select.POLLIN, 2: select.POLLOUT, 4: select.POLLPRI, 8: select.POLLERR,
          16: select.POLLHUP}  # SLIRP_POLL_* -> poll(2) flags
@@ -101,6 +103,7 @@ _FdCb = CFUNCTYPE(None, c_int, c_void_p)
 _Notify = CFUNCTYPE(None, c_void_p)
 _InitDone = CFUNCTYPE(None, c_void_p, c_void_p)
 _TimerNewOpaque = CFUNCTYPE(c_void_p, c_int, c_void_p, c_void_p)
+_GLogFunc = CFUNCTYPE(None, c_char_p, c_int, c_char_p, c_void_p)
 _AddPoll = CFUNCTYPE(c_int, c_int, c_int, c_void_p)
 _GetRevents = CFUNCTYPE(c_int, c_int, c_void_p)
 
@@ -130,6 +133,36 @@ def load_libslirp() -> ctypes.CDLL:
     lib.slirp_handle_timer.argtypes = [c_void_p, c_int, c_void_p]
     lib.slirp_version_string.restype = c_char_p
     return lib
+
+
+class LogLimiter:
+    """libslirp reports through glib (g_critical), once per event: a guest opening connections
+    past the open-file bound would print a line each, into the agent's log. At most one line per
+    `interval` s reaches stderr, with how many were left out."""
+
+    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+        self.interval = interval
+        self.last = -interval
+        self.suppressed = 0
+
+    def __call__(self, domain: bytes | None, _level: int, message: bytes | None, _data: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return
+        more = f" ({self.suppressed} more since)" if self.suppressed else ""
+        text = (message or b"").decode(errors="replace")
+        print(f"metadata-net: {(domain or b'').decode()}: {text}{more}", file=sys.stderr, flush=True)
+        self.last, self.suppressed = now, 0
+
+
+def limit_libslirp_logs(limiter: LogLimiter) -> object:
+    """Route libslirp's glib messages through `limiter`; keep the returned handle alive."""
+    glib = ctypes.CDLL("libglib-2.0.so.0")
+    glib.g_log_set_handler.argtypes = [c_char_p, c_int, _GLogFunc, c_void_p]
+    handler = _GLogFunc(limiter)
+    glib.g_log_set_handler(b"Slirp", _G_LOG_LEVELS, handler, None)
+    return handler
 
 
 def slirp_config() -> SlirpConfig:
@@ -300,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     isolate()
     lib = load_libslirp()
+    log_handler = limit_libslirp_logs(LogLimiter())  # noqa: F841 - must outlive the relay
     stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         stream.connect(args.stream)
