@@ -129,6 +129,15 @@ LIMITS = MetadataLimits(max_connections=4, request_timeout=1.0, keep_alive_timeo
                         max_header_bytes=2048, max_body_bytes=4096)
 
 
+def test_limits_come_from_the_metadata_config() -> None:
+    from attachfs.config import MetadataConfig
+
+    config = MetadataConfig(max_connections=3, request_timeout=2.5, keep_alive_timeout=7,
+                            max_header_bytes=4096, max_body_bytes=2048)
+    assert MetadataLimits.from_config(config) == MetadataLimits(3, 2.5, 7, 4096, 2048)
+    assert MetadataLimits.from_config(MetadataConfig()) == MetadataLimits()
+
+
 @pytest.fixture
 def listener(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     url = f"sqlite:///{tmp_path / 'a.db'}"
