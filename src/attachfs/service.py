@@ -18,7 +18,7 @@ from attachfs.api.auth import make_authenticator
 from attachfs.api.policy import PolicyEnforcer
 from attachfs.config import Config
 from attachfs.db.engine import Database, migrate
-from attachfs.metadata.sockets import MetadataSockets
+from attachfs.metadata.sockets import MetadataLimits, MetadataSockets
 from attachfs.notify.base import make_notifier
 from attachfs.paths import private_dir
 from attachfs.storage.bind import BindConnector
@@ -67,7 +67,8 @@ def build_agent(parts: Parts) -> Agent:
          "NFS": NfsConnector(config.mount_root)},
         LibvirtDriver(config.libvirt.uri, spare_root_ports=config.libvirt.spare_root_ports,
                       owner=f"{config.agent.host}:{config.state_path}"),
-        MetadataSockets(parts.db, config.metadata_socket_dir, config.metadata.enabled),
+        MetadataSockets(parts.db, config.metadata_socket_dir, config.metadata.enabled,
+                        MetadataLimits.from_config(config.metadata)),
         make_notifier(config),
     )
     return Agent(Reconciler(config, parts.db, attachments, lambda: load_images(config.images_dir)))

@@ -193,7 +193,7 @@ def test_failed_attach_is_error_with_reason_everywhere(serve: Serve, guest: Gues
     and nothing half-done: no device, no host mount, no access rule; DELETE then clears it."""
     share_id, share_dir = guest.new_share("hot-broken")
     # the share's filesystem vanishes from the host: unmounted, its image and directory gone
-    mountinfo.run(["umount", str(share_dir)])
+    mountinfo.run(["umount", "-l", str(share_dir)])
     (share_dir.parent / "images" / f"{share_id}.ext4").unlink()
     share_dir.rmdir()
     guest.attach(share_id, "broken")

@@ -354,8 +354,9 @@ def _parse_create(body: Any) -> tuple[str | None, int, bool]:
                          f"protocol {PROTOCOL} (a directory on the host, handed to guests over "
                          "virtio-fs); create them with share_proto LOCAL")
     size = spec.get("size")
-    if isinstance(size, bool) or not isinstance(size, int | str) or not str(size).isdigit() \
-            or int(size) < 1:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
+    if isinstance(size, bool) or not isinstance(size, int | str) \
+            or not (str(size).isascii() and str(size).isdigit()) or int(size) < 1:
         raise BadRequest(f"Share size must be an integer >= 1, not {size!r}")
     for key in _UNSUPPORTED:
         if spec.get(key) not in (None, ""):

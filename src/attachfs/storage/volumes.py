@@ -77,9 +77,11 @@ class ShareVolumes:
             self.mount(share_id)
 
     def unmount(self, share_id: str) -> None:
+        """Detach the share's filesystem at once (lazily: a straggler holding a file cannot
+        make a delete fail half-way; the loop device goes when the last one lets go)."""
         directory = self.directory(share_id)
         while mountinfo.is_mountpoint(directory):
-            mountinfo.run(["umount", str(directory)])
+            mountinfo.run(["umount", "-l", str(directory)])
 
     def unmount_all(self) -> None:
         """Unmount every share filesystem under the root (tests and tools; shares stay)."""
