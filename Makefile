@@ -14,7 +14,7 @@ demo: setup
 	@bash scripts/demo.sh
 
 lint: setup
-	.venv/bin/ruff check src tests
+	.venv/bin/ruff check src tests tools
 	.venv/bin/mypy
 
 test: setup lint

@@ -36,4 +36,5 @@ if [[ ! -x .venv/bin/python || ! -f $stamp || $(cat "$stamp") != "$want" ]]; the
 fi
 
 bash scripts/setup-libvirt.sh
-.venv/bin/attachfs image build --dest "${ATTACHFS_IMAGES:-/var/lib/attachfs/images}"
+# The guest image: built by a tool outside the runtime package (tools/build_image.py).
+.venv/bin/python -m tools.build_image --dest "${ATTACHFS_IMAGES:-/var/lib/attachfs/images}"

@@ -180,7 +180,7 @@ class FloorGuest:
         from attachfs.db.tables import Server
         from attachfs.metadata.sockets import MetadataSockets
         from attachfs.virt.base import GuestSpec
-        from attachfs.virt.image import load_images
+        from attachfs.virt.images import load_images
         from attachfs.virt.libvirt import LibvirtDriver
 
         self.uuid = str(uuid.uuid4())

@@ -25,7 +25,7 @@ from attachfs.storage.bind import BindConnector
 from attachfs.storage.local import LocalShareProvider
 from attachfs.storage.nfs import NfsConnector
 from attachfs.storage.registry import ProviderChain, make_provider
-from attachfs.virt.image import load_images
+from attachfs.virt.images import load_images
 
 log = logging.getLogger("attachfs")
 

@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner, Result
 
-from attachfs.cli import client as cli_client
+from attachfs.cli import apiclient as cli_client
 from attachfs.cli.main import app
 from attachfs.config import Config, load_config
 from attachfs.db.tables import Server, ShareMapping

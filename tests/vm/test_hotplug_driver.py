@@ -142,8 +142,8 @@ def booted(spare_root_ports: int, *, served: str | None, config_drive: Path | No
            wait_ready: bool = True) -> Iterator[tuple[Guest, Rows | None]]:
     """Boot a guest; `served`: user_data for a real metadata service (None: no service)."""
     from attachfs.virt.base import GuestShare, GuestSpec
-    from attachfs.virt.image import build_image
     from attachfs.virt.libvirt import LibvirtDriver
+    from tools.build_image import build_image
 
     image = build_image(IMAGES)
     driver = LibvirtDriver(owner=OWNER, spare_root_ports=spare_root_ports)

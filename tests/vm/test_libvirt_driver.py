@@ -62,8 +62,8 @@ def test_boot_guest_with_share_and_stop() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: libvirt qemu:///system, virtiofsd, /var/lib/attachfs")
     from attachfs.virt.base import GuestShare, GuestSpec, PowerState
-    from attachfs.virt.image import build_image
     from attachfs.virt.libvirt import LibvirtDriver
+    from tools.build_image import build_image
 
     image = build_image(IMAGES)
     driver = LibvirtDriver(owner="test-owner")

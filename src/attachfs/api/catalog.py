@@ -17,7 +17,7 @@ from attachfs.api.microversion import MAX_VERSION, MIN_VERSION, fmt
 from attachfs.core.services import FLAVORS, find_flavor
 from attachfs.errors import NotFound
 from attachfs.virt.base import BootImage
-from attachfs.virt.image import load_images
+from attachfs.virt.images import load_images
 
 router = APIRouter()
 

@@ -1,279 +1,325 @@
-"""The HTTP side of the CLI: a small compute API client (microversion 2.97) on httpx.
+"""Client commands: `server …` and `share …`, like the openstack CLI's, over HTTP.
 
-`make_http_client` is the one place an `httpx.Client` is made; tests replace it with one that
-talks to the app in-process (starlette's TestClient is an httpx.Client).
+They call the compute API (microversion 2.97) at --url with the noauth token --token through
+`apiclient.Api`; nothing here touches the database or the host.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
+import base64
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
-import httpx
+import typer
 
-DEFAULT_URL = "http://127.0.0.1:8774"
-DEFAULT_TOKEN = "demo:demo"
-MICROVERSION = "2.97"
-API_HEADERS = {
-    "OpenStack-API-Version": f"compute {MICROVERSION}",
-    "X-OpenStack-Nova-API-Version": MICROVERSION,
-    "Accept": "application/json",
-}
+from attachfs.cli import output
+from attachfs.cli.apiclient import (
+    DEFAULT_TOKEN,
+    DEFAULT_URL,
+    GONE,
+    Api,
+    CliError,
+    attachment_settled,
+    poll,
+    server_reached,
+)
+from attachfs.cli.options import Fmt, ServerRef, ShareRef, Timeout, Wait, handled
+from attachfs.cli.output import OutputFormat, listing, note, show
 
-
-class CliError(Exception):
-    """An expected failure: printed as one line on stderr, exit code 1, no traceback."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-    def __str__(self) -> str:
-        if self.status is not None:
-            return f"Error (HTTP {self.status}): {self.message}"
-        return f"Error: {self.message}"
-
-
-class ApiError(CliError):
-    """The API answered with a fault body such as {"itemNotFound": {"code": 404, ...}}."""
+server_app = typer.Typer(help="Servers (VMs).", no_args_is_help=True)
+share_app = typer.Typer(help="Built-in shares (os-filesystem).", no_args_is_help=True)
+server_add_app = typer.Typer(help="Attach something to a server.", no_args_is_help=True)
+server_remove_app = typer.Typer(help="Detach something from a server.", no_args_is_help=True)
+server_share_app = typer.Typer(help="Shares attached to a server (2.97).", no_args_is_help=True)
+server_app.add_typer(server_add_app, name="add")
+server_app.add_typer(server_remove_app, name="remove")
+server_app.add_typer(server_share_app, name="share")
 
 
-def make_http_client(url: str, timeout: float = 30.0) -> httpx.Client:
-    return httpx.Client(base_url=url, timeout=timeout)
-
-
-def _fault_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip() or response.reason_phrase
-    if isinstance(body, dict) and len(body) == 1:
-        (inner,) = body.values()
-        if isinstance(inner, dict) and "message" in inner:
-            return str(inner["message"])
-    if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])
-    return response.text.strip() or response.reason_phrase
-
-
-def is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+class Scope(enum.StrEnum):
+    instance = "instance"
+    project = "project"
+    global_ = "global"
 
 
 @dataclass
-class Api:
-    """Compute API calls the CLI makes; every method returns decoded JSON (or None)."""
+class Settings:
+    """The global client options (--url, --token), kept on the Typer context."""
 
     url: str
     token: str
 
-    def __post_init__(self) -> None:
-        self._http: httpx.Client | None = None
 
-    def _client(self) -> httpx.Client:
-        if self._http is None:
-            self._http = make_http_client(self.url)
-        return self._http
+def api(ctx: typer.Context) -> Api:
+    settings = ctx.find_object(Settings) or Settings(DEFAULT_URL, DEFAULT_TOKEN)
+    client = Api(settings.url, settings.token)
+    ctx.call_on_close(client.close)
+    return client
 
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
 
-    def request(self, method: str, path: str, body: Any = None,
-                params: dict[str, str] | None = None) -> Any:
-        headers = {**API_HEADERS, "X-Auth-Token": self.token}
+def register(app: typer.Typer) -> None:
+    """Add the client commands to the `attachfs` app."""
+    app.add_typer(server_app, name="server")
+    app.add_typer(share_app, name="share")
+
+
+# ---- servers -----------------------------------------------------------------------------
+def _wait(what: str, fetch: Callable[[], Any], done: Callable[[Any], str | None],
+          timeout: float, finished: Callable[[Any], str]) -> Any:
+    """Poll with a spinner on stderr; say what was reached, or raise CliError."""
+    with output.spinner(f"Waiting for {what}") as update:
+        result = poll(fetch, done, timeout, what, update)
+    note(finished(result))
+    return result
+
+
+def _wait_server(client: Api, sid: str, target: str | object, timeout: float,
+                 label: str) -> Any:
+    goal = "deleted" if target is GONE else str(target)
+    return _wait(f"server {label} to be {goal}", lambda: client.get_server(sid),
+                 server_reached(target, label), timeout, lambda _: f"Server {label} is {goal}.")
+
+
+def _image_names(client: Api) -> dict[str, str]:
+    try:
+        return {i["id"]: i["name"] for i in client.list_images()}
+    except CliError:
+        return {}
+
+
+def _show_server(client: Api, server: dict[str, Any], fmt: OutputFormat) -> None:
+    if fmt == OutputFormat.json:
+        show(server, fmt)
+        return
+    view = {k: v for k, v in server.items() if k != "links"}
+    show(view, fmt, output.server_formatters(_image_names(client)))
+
+
+@server_app.command("create")
+@handled
+def server_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="New server name.", show_default=False)],
+    image: Annotated[str, typer.Option(help="Image name or ID.", show_default=False)],
+    flavor: Annotated[str, typer.Option(help="Flavor name or ID.", show_default=False)],
+    user_data: Annotated[Path | None, typer.Option(help="File passed as user data.")] = None,
+    prop: Annotated[list[str] | None, typer.Option(
+        "--property", help="Metadata KEY=VALUE (repeatable).")] = None,
+    wait: Wait = False, timeout: Timeout = 300.0, fmt: Fmt = OutputFormat.table,
+) -> None:
+    """Create (and boot) a server."""
+    spec: dict[str, Any] = {"name": name, "imageRef": image, "flavorRef": flavor}
+    metadata: dict[str, str] = {}
+    for item in prop or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--property expects KEY=VALUE, got '{item}'")
+        metadata[key] = value
+    if metadata:
+        spec["metadata"] = metadata
+    if user_data is not None:
         try:
-            response = self._client().request(method, path, json=body, headers=headers,
-                                              params=params)
-        except httpx.ConnectError as exc:
-            raise CliError(f"cannot connect to the attachfs API at {self.url} ({exc}); "
-                           "is `attachfs serve` running? Set --url or ATTACHFS_URL") from exc
-        except httpx.TimeoutException as exc:
-            raise CliError(f"the attachfs API at {self.url} did not answer in time") from exc
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise CliError(f"request to {self.url} failed: {exc}") from exc
-        if response.status_code >= 400:
-            raise ApiError(_fault_message(response), response.status_code)
-        if not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise CliError(f"the API answered {method} {path} with a body that is not JSON") \
-                from exc
-
-    # ---- servers ------------------------------------------------------------------------
-    def list_servers(self, detail: bool = True) -> list[dict[str, Any]]:
-        body = self.request("GET", "/v2.1/servers/detail" if detail else "/v2.1/servers")
-        return list(body["servers"])
-
-    def get_server(self, server_id: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"/v2.1/servers/{server_id}")["server"])
-
-    def create_server(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.request("POST", "/v2.1/servers", {"server": spec})["server"])
-
-    def delete_server(self, server_id: str) -> None:
-        self.request("DELETE", f"/v2.1/servers/{server_id}")
-
-    def action(self, server_id: str, name: str, args: Any = None) -> Any:
-        return self.request("POST", f"/v2.1/servers/{server_id}/action", {name: args})
-
-    def list_images(self) -> list[dict[str, Any]]:
-        return list(self.request("GET", "/v2.1/images")["images"])
-
-    def resolve_server(self, ref: str) -> str:
-        """A server id from a name or an id; a name shared by several servers is an error."""
-        servers = self.list_servers(detail=False)
-        if any(s["id"] == ref for s in servers):
-            return ref
-        named = [s["id"] for s in servers if s["name"] == ref]
-        if len(named) > 1:
-            raise CliError(f"More than one server exists with the name '{ref}' "
-                           f"({', '.join(named)}); use the ID instead")
-        if named:
-            return str(named[0])
-        if is_uuid(ref):  # let the API say why (e.g. 404 for another project's server)
-            return ref
-        raise CliError(f"No server with a name or ID of '{ref}' exists.")
-
-    # ---- filesystems (built-in shares) --------------------------------------------------
-    def list_filesystems(self) -> list[dict[str, Any]]:
-        return list(self.request("GET", "/v2.1/os-filesystem")["fs_entries"])
-
-    def get_filesystem(self, name: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"/v2.1/os-filesystem/{name}")["fs_entry"])
-
-    def create_filesystem(self, name: str, entry: dict[str, Any]) -> dict[str, Any]:
-        body = self.request("PUT", f"/v2.1/os-filesystem/{name}", {"fs_entry": entry})
-        return dict(body["fs_entry"])
-
-    def delete_filesystem(self, name: str) -> None:
-        self.request("DELETE", f"/v2.1/os-filesystem/{name}")
-
-    def find_filesystem(self, ref: str) -> dict[str, Any] | None:
-        entries = self.list_filesystems()
-        for key in ("id", "name"):
-            for entry in entries:
-                if entry[key] == ref:
-                    return entry
-        return None
-
-    def filesystem_name(self, ref: str) -> str:
-        """The name the os-filesystem API is keyed by, from a name or an id."""
-        if is_uuid(ref):
-            entry = self.find_filesystem(ref)
-            if entry is not None:
-                return str(entry["name"])
-        return ref
-
-    def resolve_share(self, ref: str) -> str:
-        """A share id from a built-in share name or an id."""
-        entry = self.find_filesystem(ref)
-        if entry is not None:
-            return str(entry["id"])
-        if is_uuid(ref):  # e.g. a share no longer listed: the API decides
-            return ref
-        raise CliError(f"No share with a name or ID of '{ref}' exists.")
-
-    # ---- attachments (2.97) -------------------------------------------------------------
-    def list_attachments(self, server_id: str) -> list[dict[str, Any]]:
-        return list(self.request("GET", f"/v2.1/servers/{server_id}/shares")["shares"])
-
-    def get_attachment(self, server_id: str, share_id: str) -> dict[str, Any]:
-        return dict(self.request("GET", f"/v2.1/servers/{server_id}/shares/{share_id}")["share"])
-
-    def attach(self, server_id: str, share_id: str, tag: str | None) -> dict[str, Any]:
-        spec: dict[str, Any] = {"share_id": share_id}
-        if tag is not None:
-            spec["tag"] = tag
-        body = self.request("POST", f"/v2.1/servers/{server_id}/shares", {"share": spec})
-        return dict(body["share"])
-
-    def detach(self, server_id: str, share_id: str) -> None:
-        self.request("DELETE", f"/v2.1/servers/{server_id}/shares/{share_id}")
+            spec["user_data"] = base64.b64encode(user_data.read_bytes()).decode()
+        except OSError as exc:
+            raise CliError(f"cannot read --user-data: {exc}") from None
+    client = api(ctx)
+    sid = client.create_server(spec)["id"]
+    server = (_wait_server(client, sid, "ACTIVE", timeout, name) if wait
+              else client.get_server(sid))
+    _show_server(client, server, fmt)
 
 
-# ---- waiting -------------------------------------------------------------------------------
-
-POLL_INTERVAL = 1.0
-GONE = object()  # what a poll returns once the resource answers 404
-
-
-def poll(fetch: Callable[[], Any], done: Callable[[Any], str | None], timeout: float,
-         what: str, on_tick: Callable[[str], None] = lambda _status: None) -> Any:
-    """Call `fetch` until `done(result)` says "ok" (return the result) or "failed" (raise).
-
-    `fetch` may return GONE; `done` returns None to keep waiting, "ok", or an error message.
-    """
-    deadline = time.monotonic() + timeout
-    last = "unknown"
-    while True:
-        try:
-            current = fetch()
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-            current = GONE
-        verdict = done(current)
-        if verdict == "ok":
-            return current
-        if verdict is not None:
-            raise CliError(verdict)
-        last = "gone" if current is GONE else _describe(current)
-        on_tick(last)
-        if time.monotonic() >= deadline:
-            raise CliError(f"timed out after {timeout:g} s waiting for {what} "
-                           f"(last status: {last})")
-        time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+@server_app.command("list")
+@handled
+def server_list(ctx: typer.Context, fmt: Fmt = OutputFormat.table) -> None:
+    """List servers."""
+    client = api(ctx)
+    servers = client.list_servers()
+    images = _image_names(client) if servers else {}
+    rows = [[s["id"], s["name"], s["status"], s.get("OS-EXT-STS:task_state"),
+             images.get(s["image"]["id"], s["image"]["id"]),
+             s["flavor"].get("original_name", s["flavor"].get("id")),
+             [m["tag"] for m in s.get("os-extended-shares:shares_attached", [])]]
+            for s in servers]
+    listing(["ID", "Name", "Status", "Task State", "Image", "Flavor", "Shares"], rows, fmt)
 
 
-def server_reached(target: str | object, label: str) -> Callable[[Any], str | None]:
-    """Verdict for `poll` on a server: `target` status with no task in flight (or GONE)."""
-
-    def done(server: Any) -> str | None:
-        if server is GONE:
-            return "ok" if target is GONE else f"server {label} disappeared"
-        if server.get("OS-EXT-STS:task_state"):
-            return None
-        if server["status"] == target:
-            return "ok"
-        if server["status"] == "ERROR":
-            fault = (server.get("fault") or {}).get("message") or "no fault recorded"
-            return f"server {label} is in ERROR: {fault}"
-        return None
-
-    return done
+@server_app.command("show")
+@handled
+def server_show(ctx: typer.Context, server: ServerRef, fmt: Fmt = OutputFormat.table) -> None:
+    """Show a server."""
+    client = api(ctx)
+    _show_server(client, client.get_server(client.resolve_server(server)), fmt)
 
 
-def attachment_settled(gone: bool, label: str) -> Callable[[Any], str | None]:
-    """Verdict for `poll` on an attachment: inactive/active (attach) or gone (detach)."""
-
-    def done(mapping: Any) -> str | None:
-        if mapping is GONE:
-            return "ok" if gone else f"the attachment of {label} disappeared"
-        if mapping["status"] == "error":
-            return (f"the attachment of {label} is in error; see the agent log, then retry "
-                    "`server add share` or `server remove share`")
-        if not gone and mapping["status"] in ("inactive", "active"):
-            return "ok"
-        return None
-
-    return done
+def _power(ctx: typer.Context, server: str, action: str, args: Any, wait: bool,
+           timeout: float, target: str) -> None:
+    client = api(ctx)
+    sid = client.resolve_server(server)
+    client.action(sid, action, args)
+    if wait:
+        _wait_server(client, sid, target, timeout, server)
 
 
-def _describe(resource: Any) -> str:
-    if not isinstance(resource, dict):
-        return str(resource)
-    status = str(resource.get("status", "unknown"))
-    task = resource.get("OS-EXT-STS:task_state")
-    return f"{status} ({task})" if task else status
+@server_app.command("start")
+@handled
+def server_start(ctx: typer.Context, server: ServerRef, wait: Wait = False,
+                 timeout: Timeout = 300.0) -> None:
+    """Start a stopped server."""
+    _power(ctx, server, "os-start", None, wait, timeout, "ACTIVE")
+
+
+@server_app.command("stop")
+@handled
+def server_stop(ctx: typer.Context, server: ServerRef, wait: Wait = False,
+                timeout: Timeout = 300.0) -> None:
+    """Stop a server (ACPI shutdown, then power off)."""
+    _power(ctx, server, "os-stop", None, wait, timeout, "SHUTOFF")
+
+
+@server_app.command("reboot")
+@handled
+def server_reboot(ctx: typer.Context, server: ServerRef,
+                  hard: Annotated[bool, typer.Option("--hard", help="Hard reboot.")] = False,
+                  wait: Wait = False, timeout: Timeout = 300.0) -> None:
+    """Reboot a server."""
+    _power(ctx, server, "reboot", {"type": "HARD" if hard else "SOFT"}, wait, timeout, "ACTIVE")
+
+
+@server_app.command("delete")
+@handled
+def server_delete(ctx: typer.Context, server: ServerRef, wait: Wait = False,
+                  timeout: Timeout = 300.0) -> None:
+    """Delete a server."""
+    client = api(ctx)
+    sid = client.resolve_server(server)
+    client.delete_server(sid)
+    if wait:
+        _wait_server(client, sid, GONE, timeout, server)
+
+
+@server_app.command("console")
+@handled
+def server_console(ctx: typer.Context, server: ServerRef,
+                   lines: Annotated[int | None, typer.Option(
+                       min=0, help="Only the last N lines.")] = None,
+                   fmt: Fmt = OutputFormat.table) -> None:
+    """Print the server's serial console log (os-getConsoleOutput)."""
+    client = api(ctx)
+    sid = client.resolve_server(server)
+    body = client.action(sid, "os-getConsoleOutput", {} if lines is None else {"length": lines})
+    if fmt == OutputFormat.json:
+        output.print_json(body)
+    else:
+        output.print_text(body["output"])
+
+
+# ---- built-in shares ---------------------------------------------------------------------
+@share_app.command("create")
+@handled
+def share_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Share name ([A-Za-z0-9._-]).", show_default=False)],
+    size: Annotated[int, typer.Option(min=1, help="Size in GiB.", show_default=False)],
+    scope: Annotated[Scope, typer.Option(case_sensitive=False,
+                                         help="Who may attach it.")] = Scope.instance,
+    mount_point: Annotated[str | None, typer.Option(help="Guest mount point.")] = None,
+    fmt: Fmt = OutputFormat.table,
+) -> None:
+    """Create a built-in share (PUT /os-filesystem/NAME)."""
+    entry: dict[str, Any] = {"size": size, "scope": scope.value}
+    if mount_point is not None:
+        entry["mount_point"] = mount_point
+    show(api(ctx).create_filesystem(name, entry), fmt)
+
+
+@share_app.command("list")
+@handled
+def share_list(ctx: typer.Context, fmt: Fmt = OutputFormat.table) -> None:
+    """List the shares this project can see."""
+    rows = [[e["id"], e["name"], e["size"], e["scope"], e["project"], e["status"],
+             e["mount_point"]] for e in api(ctx).list_filesystems()]
+    listing(["ID", "Name", "Size", "Scope", "Project", "Status", "Mount Point"], rows, fmt)
+
+
+@share_app.command("show")
+@handled
+def share_show(ctx: typer.Context, share: ShareRef, fmt: Fmt = OutputFormat.table) -> None:
+    """Show a share, its usage and the servers it is attached to."""
+    client = api(ctx)
+    name = client.filesystem_name(share)
+    entry = client.get_filesystem(name)
+    entry["instances"] = client.request("GET", f"/v2.1/os-filesystem/{name}/instances")[
+        "instances"]
+    show(entry, fmt, {"instances": lambda rows: "\n".join(
+        f"{r['id']} status={r['status']}" for r in rows)})
+
+
+@share_app.command("delete")
+@handled
+def share_delete(ctx: typer.Context, share: ShareRef) -> None:
+    """Delete a share (it must not be attached)."""
+    client = api(ctx)
+    client.delete_filesystem(client.filesystem_name(share))
+
+
+# ---- attachments (2.97) ------------------------------------------------------------------
+def _wait_attachment(client: Api, sid: str, share_id: str, gone: bool, timeout: float,
+                     label: str) -> Any:
+    goal = "detached" if gone else "attached"
+    return _wait(f"{label} to be {goal}", lambda: client.get_attachment(sid, share_id),
+                 attachment_settled(gone, label), timeout,
+                 lambda m: f"Share {label} is {goal}" + ("." if gone else f" ({m['status']})."))
+
+
+@server_add_app.command("share")
+@handled
+def server_add_share(ctx: typer.Context, server: ServerRef, share: ShareRef,
+                     tag: Annotated[str | None, typer.Option(
+                         help="virtio-fs tag the guest mounts (default: the share ID).")] = None,
+                     wait: Wait = False, timeout: Timeout = 300.0,
+                     fmt: Fmt = OutputFormat.table) -> None:
+    """Attach a share to a stopped server."""
+    client = api(ctx)
+    sid, share_id = client.resolve_server(server), client.resolve_share(share)
+    mapping = client.attach(sid, share_id, tag)
+    if wait:
+        mapping = _wait_attachment(client, sid, share_id, False, timeout,
+                                   f"{share} on server {server}")
+    show(mapping, fmt)
+
+
+@server_remove_app.command("share")
+@handled
+def server_remove_share(ctx: typer.Context, server: ServerRef, share: ShareRef,
+                        wait: Wait = False, timeout: Timeout = 300.0) -> None:
+    """Detach a share from a stopped server."""
+    client = api(ctx)
+    sid, share_id = client.resolve_server(server), client.resolve_share(share)
+    client.detach(sid, share_id)
+    if wait:
+        _wait_attachment(client, sid, share_id, True, timeout, f"{share} on server {server}")
+
+
+@server_share_app.command("list")
+@handled
+def server_share_list(ctx: typer.Context, server: ServerRef,
+                      fmt: Fmt = OutputFormat.table) -> None:
+    """List the shares attached to a server."""
+    client = api(ctx)
+    mappings = client.list_attachments(client.resolve_server(server))
+    names = {e["id"]: e["name"] for e in client.list_filesystems()} if mappings else {}
+    rows = [[m["share_id"], names.get(m["share_id"]), m["status"], m["tag"]] for m in mappings]
+    listing(["Share ID", "Name", "Status", "Tag"], rows, fmt)
+
+
+@server_share_app.command("show")
+@handled
+def server_share_show(ctx: typer.Context, server: ServerRef, share: ShareRef,
+                      fmt: Fmt = OutputFormat.table) -> None:
+    """Show one share attachment of a server."""
+    client = api(ctx)
+    show(client.get_attachment(client.resolve_server(server), client.resolve_share(share)), fmt)

@@ -4,15 +4,16 @@ The image is a stock Debian kernel (`linux-image-6.1.0-N-amd64`, the one `linux-
 currently depends on) and a small initramfs: busybox-static, the kernel modules the guest needs
 (virtio-fs, 9p, virtio-net, NFSv4, the config-drive CD-ROM on q35's AHCI, the ACPI power button)
 in the load order `modprobe --show-depends` computes, our `/init` and the guest agent
-(`virt/guest/`). Nothing is installed on the host: the packages are fetched with
+(`src/attachfs/virt/guest/`). Nothing is installed on the host: the packages are fetched with
 `apt-get download` and unpacked with `dpkg-deb -x` in a temporary directory.
 
-Layout: ``DEST/<name>/{vmlinuz,initrd.img,image.json}``. A build is skipped when image.json
-records the same inputs hash (guest scripts + module list + builder format); `--force` rebuilds
-(e.g. to pick up a newer kernel). Builds are serialized by a lock file and swapped in atomically.
+Layout: ``DEST/<name>/{vmlinuz,initrd.img,image.json}``, the catalogue the runtime reads
+(`attachfs.virt.images`). A build is skipped when image.json records the same inputs hash
+(guest scripts + module list + builder format); `--force` rebuilds (e.g. to pick up a newer
+kernel). Builds are serialized by a lock file and swapped in atomically. This is a build tool,
+run by `make setup` (scripts/setup.sh); it is not part of the runtime package.
 
-    python -m attachfs.virt.image build --dest /var/lib/attachfs/images [--force]
-    python -m attachfs.virt.image list --dest /var/lib/attachfs/images
+    .venv/bin/python -m tools.build_image [--dest /var/lib/attachfs/images] [--force]
 """
 
 from __future__ import annotations
@@ -33,15 +34,20 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import attachfs
 from attachfs.virt.base import BootImage
+from attachfs.virt.images import ImageError, read_image
 
 IMAGE_NAME = "debian-busybox"
+DEFAULT_DEST = Path("/var/lib/attachfs/images")
 CMDLINE = "console=ttyS0 quiet"
 KERNEL_META_PACKAGE = "linux-image-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
-GUEST_DIR = Path(__file__).parent / "guest"
+# What runs inside the guest ships with the runtime package: it is product code, not a tool.
+GUEST_DIR = Path(attachfs.__file__).parent / "virt" / "guest"
 GUEST_FILES = ("init", "attachfs-guest-agent")
 # Bump when the layout of the initramfs changes in a way the hash of the inputs does not show.
 BUILD_FORMAT = 1
@@ -68,10 +74,6 @@ MODULES = (
     "evdev",  # its /dev/input/event* for busybox acpid
 )
 _NAMESPACE = uuid.UUID("5d3b7a4e-9a57-4c1e-8f2e-6a7b0c1d2e3f")
-
-
-class ImageError(Exception):
-    """Building or reading a guest image failed."""
 
 
 def image_id(name: str) -> str:
@@ -147,7 +149,7 @@ def _module_order(root: Path, kver: str) -> list[Path]:
     return order
 
 
-def _build_initramfs(kroot: Path, kver: str, busybox: Path, stage: Path, out: Path) -> int:
+def _stage_busybox(busybox: Path, stage: Path) -> None:
     for d in ("bin", "dev", "etc", "proc", "sys", "run", "tmp", "mnt", "root", "var", "usr"):
         (stage / d).mkdir(parents=True, exist_ok=True)
     for link, target in (("sbin", "bin"), ("usr/bin", "../bin"), ("usr/sbin", "../bin")):
@@ -158,6 +160,10 @@ def _build_initramfs(kroot: Path, kver: str, busybox: Path, stage: Path, out: Pa
         # `busybox --list` names busybox itself: a link over the binary panics the kernel
         if applet != "busybox" and "/" not in applet:
             (stage / "bin" / applet).symlink_to("busybox")
+
+
+def _stage_modules(kroot: Path, kver: str, stage: Path) -> int:
+    """The modules, uncompressed, and /etc/modules.order for /init; how many."""
     guest_modules = []
     modules = _module_order(kroot, kver)
     for rel in modules:
@@ -174,11 +180,11 @@ def _build_initramfs(kroot: Path, kver: str, busybox: Path, stage: Path, out: Pa
             raise ImageError(f"unsupported module compression: {src.name}")
         guest_modules.append("/" + str(rel))
     (stage / "etc/modules.order").write_text("\n".join(guest_modules) + "\n")
-    for name, dest in (("init", "init"), ("attachfs-guest-agent", "bin/attachfs-guest-agent")):
-        shutil.copyfile(GUEST_DIR / name, stage / dest)
-        (stage / dest).chmod(0o755)
-    # no dev/console here: the kernel's built-in initramfs already has that device node
+    return len(modules)
 
+
+def _pack(stage: Path, out: Path) -> None:
+    """cpio newc of `stage` (sorted, owned by root), gzip-compressed into `out`."""
     entries = ["."]
     for dirpath, dirnames, filenames in os.walk(stage):
         dirnames.sort()
@@ -195,7 +201,17 @@ def _build_initramfs(kroot: Path, kver: str, busybox: Path, stage: Path, out: Pa
     if cpio.returncode != 0:
         raise ImageError(f"cpio failed: {cpio.stderr.decode(errors='replace').strip()}")
     out.write_bytes(gzip.compress(cpio.stdout, compresslevel=6, mtime=0))
-    return len(modules)
+
+
+def _build_initramfs(kroot: Path, kver: str, busybox: Path, stage: Path, out: Path) -> int:
+    _stage_busybox(busybox, stage)
+    nmod = _stage_modules(kroot, kver, stage)
+    for name, dest in (("init", "init"), ("attachfs-guest-agent", "bin/attachfs-guest-agent")):
+        shutil.copyfile(GUEST_DIR / name, stage / dest)
+        (stage / dest).chmod(0o755)
+    # no dev/console here: the kernel's built-in initramfs already has that device node
+    _pack(stage, out)
+    return nmod
 
 
 @contextlib.contextmanager
@@ -209,21 +225,71 @@ def _locked(dest: Path, name: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _read_image(directory: Path) -> tuple[BootImage, dict[str, object]]:
+
+
+@dataclass
+class _Packages:
+    """The kernel and busybox packages, unpacked under a work directory."""
+
+    kernel_deb: Path
+    busybox_deb: Path
+    kroot: Path
+    kver: str
+    busybox: Path
+
+
+def _fetch(work: Path) -> _Packages:
+    kdeb, bdeb = _download([current_kernel_package(), BUSYBOX_PACKAGE], work)
+    kroot, broot = work / "kernel", work / "busybox"
+    _run(["dpkg-deb", "-x", str(kdeb), str(kroot)])
+    _run(["dpkg-deb", "-x", str(bdeb), str(broot)])
+    kversions = sorted(p.name for p in (kroot / "lib/modules").iterdir())
+    if len(kversions) != 1:
+        raise ImageError(f"{kdeb.name}: expected one module tree, found {kversions}")
+    return _Packages(kdeb, bdeb, kroot, kversions[0], broot / "bin/busybox")
+
+
+def _assemble(pkgs: _Packages, stage: Path, out: Path, digest: str, started: float) -> None:
+    """vmlinuz, initrd.img and image.json in `out`."""
+    shutil.copyfile(pkgs.kroot / f"boot/vmlinuz-{pkgs.kver}", out / "vmlinuz")
+    nmod = _build_initramfs(pkgs.kroot, pkgs.kver, pkgs.busybox, stage, out / "initrd.img")
+    meta = {
+        "id": image_id(IMAGE_NAME),
+        "name": IMAGE_NAME,
+        "kernel": "vmlinuz",
+        "initrd": "initrd.img",
+        "cmdline": CMDLINE,
+        "kernel_version": pkgs.kver,
+        "kernel_package": pkgs.kernel_deb.name,
+        "busybox_package": pkgs.busybox_deb.name,
+        "modules": nmod,
+        "inputs_hash": digest,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": round(time.monotonic() - started, 2),
+    }
+    (out / "image.json").write_text(json.dumps(meta, indent=2) + "\n")
+    out.chmod(0o755)
+
+
+def _swap_in(out: Path, final: Path, dest: Path) -> None:
+    """Replace `final` by `out` with renames (the old one is removed afterwards)."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{IMAGE_NAME}.old-", dir=dest))
+        final.rename(old / IMAGE_NAME)
+    out.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _up_to_date(final: Path, digest: str) -> BootImage | None:
+    if not (final / "image.json").is_file():
+        return None
     try:
-        meta = json.loads((directory / "image.json").read_text())
-        image = BootImage(
-            id=str(meta["id"]),
-            name=str(meta["name"]),
-            kernel=(directory / str(meta["kernel"])).resolve(),
-            initrd=(directory / str(meta["initrd"])).resolve(),
-            cmdline=str(meta.get("cmdline", "console=ttyS0")),
-        )
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ImageError(f"{directory}: unreadable image.json: {e}") from e
-    if not image.kernel.is_file() or not image.initrd.is_file():
-        raise ImageError(f"{directory}: kernel or initrd missing")
-    return image, meta
+        image, meta = read_image(final)
+    except ImageError:
+        return None
+    return image if meta.get("inputs_hash") == digest else None
 
 
 def build_image(dest: Path, force: bool = False) -> BootImage:
@@ -232,101 +298,36 @@ def build_image(dest: Path, force: bool = False) -> BootImage:
     final = dest / IMAGE_NAME
     digest = inputs_hash()
     with _locked(dest, IMAGE_NAME):
-        if not force and (final / "image.json").is_file():
-            try:
-                image, meta = _read_image(final)
-            except ImageError:
-                pass
-            else:
-                if meta.get("inputs_hash") == digest:
-                    return image
+        current = None if force else _up_to_date(final, digest)
+        if current is not None:
+            return current
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="attachfs-image-") as tmp:
-            work = Path(tmp)
-            kpkg = current_kernel_package()
-            kdeb, bdeb = _download([kpkg, BUSYBOX_PACKAGE], work)
-            kroot, broot = work / "kernel", work / "busybox"
-            _run(["dpkg-deb", "-x", str(kdeb), str(kroot)])
-            _run(["dpkg-deb", "-x", str(bdeb), str(broot)])
-            kversions = sorted(p.name for p in (kroot / "lib/modules").iterdir())
-            if len(kversions) != 1:
-                raise ImageError(f"{kdeb.name}: expected one module tree, found {kversions}")
-            kver = kversions[0]
+            pkgs = _fetch(Path(tmp))
             out = Path(tempfile.mkdtemp(prefix=f".{IMAGE_NAME}.new-", dir=dest))
             try:
-                shutil.copyfile(kroot / f"boot/vmlinuz-{kver}", out / "vmlinuz")
-                nmod = _build_initramfs(
-                    kroot, kver, broot / "bin/busybox", work / "stage", out / "initrd.img"
-                )
-                meta = {
-                    "id": image_id(IMAGE_NAME),
-                    "name": IMAGE_NAME,
-                    "kernel": "vmlinuz",
-                    "initrd": "initrd.img",
-                    "cmdline": CMDLINE,
-                    "kernel_version": kver,
-                    "kernel_package": kdeb.name,
-                    "busybox_package": bdeb.name,
-                    "modules": nmod,
-                    "inputs_hash": digest,
-                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "build_seconds": round(time.monotonic() - started, 2),
-                }
-                (out / "image.json").write_text(json.dumps(meta, indent=2) + "\n")
-                out.chmod(0o755)
-                old = None
-                if final.exists():
-                    old = Path(tempfile.mkdtemp(prefix=f".{IMAGE_NAME}.old-", dir=dest))
-                    final.rename(old / IMAGE_NAME)
-                out.rename(final)
-                out = final
-                if old is not None:
-                    shutil.rmtree(old, ignore_errors=True)
+                _assemble(pkgs, Path(tmp) / "stage", out, digest, started)
+                _swap_in(out, final, dest)
             finally:
-                if out != final:
+                if out.exists():
                     shutil.rmtree(out, ignore_errors=True)
-        return _read_image(final)[0]
-
-
-def load_images(dest: Path) -> list[BootImage]:
-    """Every image under DEST (directories holding an image.json); unreadable ones are skipped."""
-    images = []
-    dest = Path(dest).absolute()
-    if not dest.is_dir():
-        return []
-    for directory in sorted(dest.iterdir()):
-        if directory.name.startswith(".") or not (directory / "image.json").is_file():
-            continue
-        try:
-            images.append(_read_image(directory)[0])
-        except ImageError as e:
-            print(f"attachfs.virt.image: skipping {e}", file=sys.stderr)
-    return images
+        return read_image(final)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attachfs.virt.image", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build (or reuse) the guest image")
-    build.add_argument("--dest", type=Path, required=True)
-    build.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    listing = sub.add_parser("list", help="list the images under --dest")
-    listing.add_argument("--dest", type=Path, required=True)
+    parser = argparse.ArgumentParser(prog="python -m tools.build_image", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dest", type=Path, default=DEFAULT_DEST,
+                        help=f"the image catalogue directory (default {DEFAULT_DEST})")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = parser.parse_args(argv)
+    started = time.monotonic()
     try:
-        if args.command == "build":
-            started = time.monotonic()
-            image = build_image(args.dest, force=args.force)
-            print(
-                f"{image.name} {image.id} {image.kernel.parent} "
-                f"({time.monotonic() - started:.1f} s)"
-            )
-        else:
-            for image in load_images(args.dest):
-                print(f"{image.name} {image.id} {image.kernel.parent} cmdline={image.cmdline!r}")
-    except ImageError as e:
+        image = build_image(args.dest, force=args.force)
+    except (ImageError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    print(f"{image.name} {image.id} {image.kernel.parent} ({time.monotonic() - started:.1f} s)")
     return 0
 
 
