@@ -1,19 +1,21 @@
 """Every error attachfs raises on purpose, in one tree.
 
     AttachfsError
-     ├── ClientError              a request that cannot be honoured; the API answers its `code`
-     │    ├── BadRequest          400 badRequest
-     │    ├── Unauthorized        401 unauthorized
-     │    ├── Forbidden           403 forbidden
-     │    ├── NotFound            404 itemNotFound
-     │    ├── NotAcceptable       406 notAcceptable (unsupported microversion)
-     │    ├── Conflict            409 conflictingRequest
-     │    └── ServiceUnavailable  503 serviceUnavailable (identity or share service down)
+     ├── ClientError              a request that cannot be honoured as asked
+     │    ├── BadRequest          the input is wrong (a field, a body, a header)
+     │    ├── Unauthorized        who is calling cannot be established
+     │    ├── Forbidden           the caller may not do this
+     │    ├── NotFound            no such thing (or not visible to the caller)
+     │    ├── NotAcceptable       an unsupported API version
+     │    ├── Conflict            the current state does not allow it
+     │    └── ServiceUnavailable  a service we must ask (identity, share service) is down
      └── BackendError             a host-side step failed (agent only; never reaches HTTP as 500)
           ├── TemporaryError      worth retrying later (a daemon restarting, a lock held)
           └── PermanentError      retrying will not help: the attachment goes to `error`
 
 Lower-layer errors (libvirt, subprocess, database) are converted at the adapter that calls them.
+These classes carry no HTTP: the API edge (api/faults.py) maps each to a status and a compute
+API fault name, as httpx maps its transport errors at the boundary.
 """
 
 from __future__ import annotations
@@ -26,45 +28,35 @@ class AttachfsError(Exception):
 
 
 class ClientError(AttachfsError):
-    code = 400
-    fault = "badRequest"
+    pass
 
 
 class BadRequest(ClientError):
-    code = 400
-    fault = "badRequest"
+    pass
 
 
 class Unauthorized(ClientError):
-    code = 401
-    fault = "unauthorized"
+    pass
 
 
 class Forbidden(ClientError):
-    code = 403
-    fault = "forbidden"
+    pass
 
 
 class NotFound(ClientError):
-    code = 404
-    fault = "itemNotFound"
+    pass
 
 
 class NotAcceptable(ClientError):
-    code = 406
-    fault = "notAcceptable"
+    pass
 
 
 class Conflict(ClientError):
-    code = 409
-    fault = "conflictingRequest"
+    pass
 
 
 class ServiceUnavailable(ClientError):
     """A service the API must ask (Keystone, the share service) did not answer: retry later."""
-
-    code = 503
-    fault = "serviceUnavailable"
 
 
 class BackendError(AttachfsError):

@@ -66,3 +66,30 @@ def test_server_status_mapping() -> None:
     assert model.server_status("building", "spawning") == "BUILD"
     assert model.server_status("active", "rebooting") == "REBOOT"
     assert model.server_status("error", None) == "ERROR"
+
+
+def test_one_tag_rule() -> None:
+    from attachfs.core import rules
+
+    assert rules.is_valid_tag("x" * 36) and not rules.is_valid_tag("x" * 37)
+    assert model.validate_tag is rules.validate_tag
+    assert rules.tag_problem("a_b") is not None and rules.tag_problem("data-1") is None
+
+
+def test_protocols_match_the_docs() -> None:
+    """CEPHFS and NFS (Manila) and LOCAL (built-in) pass the API; anything else is a 409."""
+    from attachfs.core import rules
+
+    for proto in ("LOCAL", "nfs", "CEPHFS"):
+        assert rules.require_attachable("s", proto) == proto.upper()
+    with pytest.raises(Conflict, match="CIFS"):
+        rules.require_attachable("s", "CIFS")
+
+
+def test_mount_paths() -> None:
+    from attachfs.core import rules
+
+    assert rules.guest_mount_point(None, "data") == "/mnt/data"
+    assert rules.guest_mount_point("/srv/x", "data") == "/srv/x"
+    assert rules.host_mount_name("abc", read_only=True) == "abc-ro"
+    assert rules.host_mount_name("abc", read_only=False) == "abc"

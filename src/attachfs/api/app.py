@@ -1,4 +1,6 @@
-"""The compute API application: microversions, auth context, fault bodies, routers."""
+"""The compute API application: microversions, auth context, fault bodies, routers.
+
+`ApiState` lives in api/state.py and is re-exported here for service.py."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,13 +17,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attachfs.api import microversion
-from attachfs.api.auth import Authenticator
-from attachfs.api.policy import PolicyEnforcer
-from attachfs.config import Config
-from attachfs.db.engine import Database
-from attachfs.errors import ClientError, Conflict
-from attachfs.storage.base import ShareProvider
-from attachfs.storage.local import LocalShareProvider
+from attachfs.api.faults import BAD_REQUEST, CONFLICT, HTTP_FAULTS, UNAVAILABLE, fault, fault_of
+from attachfs.api.routers import ROUTERS
+from attachfs.api.state import ApiState
+from attachfs.errors import ClientError
+
+__all__ = ["ApiState", "create_app", "is_compute"]
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +36,6 @@ COMPUTE_PREFIXES = ("/v2.1",)
 
 def is_compute(path: str) -> bool:
     return path == "/" or path.startswith(COMPUTE_PREFIXES)
-
-
-@dataclass
-class ApiState:
-    config: Config
-    db: Database
-    provider: ShareProvider  # where attached shares come from (built-in or Manila)
-    builtin: LocalShareProvider  # the built-in shares of /os-filesystem
-    policy: PolicyEnforcer
-    wake_agent: Callable[[], None]
-    authenticator: Authenticator
-
-
-def fault(code: int, name: str, message: str,
-          headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({name: {"code": code, "message": message}}, status_code=code,
-                        headers=headers)
-
-
-_HTTP_FAULTS = {400: "badRequest", 401: "unauthorized", 403: "forbidden", 404: "itemNotFound",
-                405: "HTTPMethodNotAllowed", 406: "notAcceptable", 409: "conflictingRequest",
-                413: "overLimit", 415: "badMediaType"}
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -87,7 +65,7 @@ def create_app(state: ApiState) -> FastAPI:
                                          request.headers.get(microversion.HEADERS[1]))
             extension = microversion.parse_extension(request.headers.get(microversion.HEADERS[0]))
         except ClientError as exc:
-            response: Response = fault(exc.code, exc.fault, exc.message)
+            response: Response = fault_of(exc)
         else:
             request.state.version = version
             request.state.extension = extension
@@ -108,24 +86,24 @@ def create_app(state: ApiState) -> FastAPI:
             request.state.context = await run_in_threadpool(
                 state.authenticator.authenticate, request.headers, request_id)
         except ClientError as exc:
-            return fault(exc.code, exc.fault, exc.message, getattr(exc, "headers", None))
+            return fault_of(exc)
         return await call_next(request)
 
     @app.exception_handler(ClientError)
     async def client_error(_request: Request, exc: ClientError) -> JSONResponse:
-        return fault(exc.code, exc.fault, exc.message, getattr(exc, "headers", None))
+        return fault_of(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return fault(400, "badRequest", _validation_message(exc))
+        return fault(*BAD_REQUEST, _validation_message(exc))
 
     @app.exception_handler(json.JSONDecodeError)
     async def json_error(_request: Request, exc: json.JSONDecodeError) -> JSONResponse:
-        return fault(400, "badRequest", f"Malformed request body: {exc}")
+        return fault(*BAD_REQUEST, f"Malformed request body: {exc}")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        name = _HTTP_FAULTS.get(exc.status_code, "computeFault")
+        name = HTTP_FAULTS.get(exc.status_code, "computeFault")
         message = "The resource could not be found." if exc.status_code == 404 else str(exc.detail)
         return fault(exc.status_code, name, message)
 
@@ -134,24 +112,22 @@ def create_app(state: ApiState) -> FastAPI:
         # A race two requests lost against a unique constraint: the loser learns it conflicted.
         text = str(exc.orig)
         if "tag" in text:
-            return fault(409, Conflict.fault, "Tag is already used by another share on this server")
+            return fault(*CONFLICT, "Tag is already used by another share on this server")
         if "share" in text:
-            return fault(409, Conflict.fault, "Share is already attached to this server")
-        return fault(409, Conflict.fault, "The request conflicts with a concurrent change")
+            return fault(*CONFLICT, "Share is already attached to this server")
+        return fault(*CONFLICT, "The request conflicts with a concurrent change")
 
     @app.exception_handler(DataError)
     async def data_error(_request: Request, exc: DataError) -> JSONResponse:
         # A value the database refuses to hold or compare (PostgreSQL: a NUL in text) is the
         # client's input, not the database's state.
-        return fault(400, "badRequest", "Invalid input: a value contains characters the "
-                                        "database cannot store (such as NUL)")
+        return fault(*BAD_REQUEST, "Invalid input: a value contains characters the "
+                                   "database cannot store (such as NUL)")
 
     @app.exception_handler(DBAPIError)
     async def db_error(_request: Request, exc: DBAPIError) -> JSONResponse:
         log.error("database error: %s", exc)
-        return fault(503, "serviceUnavailable", "The database is busy; retry the request")
-
-    from attachfs.api.routers import ROUTERS
+        return fault(*UNAVAILABLE, "The database is busy; retry the request")
 
     for router in ROUTERS:
         app.include_router(router)

@@ -7,8 +7,8 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from attachfs.api.app import ApiState
 from attachfs.api.microversion import Version
+from attachfs.api.state import ApiState
 from attachfs.errors import BadRequest, NotFound
 from attachfs.storage.base import RequestContext
 

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from attachfs.api.faults import status_and_name
 from attachfs.config import Config
 from attachfs.errors import Forbidden, ServiceUnavailable, Unauthorized
 from attachfs.storage.base import RequestContext
@@ -52,6 +53,11 @@ class KeystoneUnauthorized(Unauthorized):
 
 class IdentityUnavailable(ServiceUnavailable):
     """Keystone could not be asked: not the caller's fault, and worth retrying."""
+
+    @property
+    def code(self) -> int:
+        """The HTTP status the API answers with (decided by the edge's table, api/faults.py)."""
+        return status_and_name(self)[0]
 
 
 def _reached(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

@@ -35,6 +35,7 @@ from attachfs.api import deps
 from attachfs.api.views import iso
 from attachfs.core import services
 from attachfs.core.model import ShareScope
+from attachfs.core.rules import BUILTIN_PROTOCOL
 from attachfs.db.tables import Share
 from attachfs.errors import BadRequest, Conflict, NotAcceptable, NotFound
 from attachfs.storage.local import export_location, share_visible
@@ -43,7 +44,7 @@ PREFIX = "/share"
 MIN_VERSION = (2, 0)
 MAX_VERSION = (2, 98)
 VERSION_HEADER = "X-OpenStack-Manila-API-Version"
-PROTOCOL = "LOCAL"
+PROTOCOL = BUILTIN_PROTOCOL
 RULE = "attachfs:os-filesystem:%s"  # the built-in shares' rules, as /os-filesystem uses them
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _VERSION = re.compile(r"^([1-9]\d*)\.([1-9]\d*|0)$")
@@ -352,7 +353,7 @@ def _parse_create(body: Any) -> tuple[str | None, int, bool]:
     if not isinstance(proto, str) or proto.upper() != PROTOCOL:
         raise BadRequest(f"Invalid share protocol {proto!r}: attachfs's built-in shares are "
                          f"protocol {PROTOCOL} (a directory on the host, handed to guests over "
-                         "virtio-fs); create them with share_proto LOCAL")
+                         f"virtio-fs); create them with share_proto {PROTOCOL}")
     size = spec.get("size")
     # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
     if isinstance(size, bool) or not isinstance(size, int | str) \

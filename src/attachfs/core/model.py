@@ -7,9 +7,11 @@ along the same table (DESIGN.md, "State machine of an attachment").
 from __future__ import annotations
 
 import enum
-import re
 import uuid
 
+# The tag rule lives in core/rules.py; these names stay importable from here.
+from attachfs.core.rules import TAG_MAX_BYTES as TAG_MAX_BYTES
+from attachfs.core.rules import validate_tag as validate_tag
 from attachfs.errors import BadRequest, Conflict
 
 
@@ -66,24 +68,6 @@ class ShareScope(enum.StrEnum):
     INSTANCE = "instance"
     PROJECT = "project"
     GLOBAL = "global"
-
-
-# QEMU's vhost-user-fs "tag" is at most 36 bytes; Nova allows 255 and fails late. We refuse early.
-TAG_MAX_BYTES = 36
-_TAG_RE = re.compile(r"^[a-zA-Z0-9-]{1,255}$")
-
-
-def validate_tag(tag: str) -> str:
-    if not _TAG_RE.match(tag):
-        raise BadRequest(
-            "Invalid input for field/attribute tag: must be 1-255 characters of [a-zA-Z0-9-]"
-        )
-    if len(tag.encode()) > TAG_MAX_BYTES:
-        raise BadRequest(
-            f"Invalid input for field/attribute tag: '{tag}' is {len(tag)} characters; "
-            f"virtio-fs carries at most {TAG_MAX_BYTES}"
-        )
-    return tag
 
 
 def validate_uuid(value: str, field: str) -> str:

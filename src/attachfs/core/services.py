@@ -24,7 +24,7 @@ from attachfs.core.model import (
     status_after_retry,
     validate_tag,
 )
-from attachfs.core.validation import guest_mount_point, mount_points_overlap
+from attachfs.core.rules import guest_mount_point, mount_points_overlap, require_attachable
 from attachfs.db.tables import InstanceAction, Server, Share, ShareAccess, ShareMapping, utcnow
 from attachfs.errors import Conflict, NotFound
 from attachfs.storage.base import RequestContext, ShareInfo
@@ -166,10 +166,6 @@ def get_mapping(s: Session, server_uuid: str, share_id: str) -> ShareMapping:
     return mapping
 
 
-# Protocols a host connector exists for (storage/bind.py, storage/nfs.py).
-ATTACHABLE_PROTOCOLS = ("LOCAL", "NFS")
-
-
 @dataclass(frozen=True)
 class AttachRules:
     hot_plug: bool
@@ -192,9 +188,7 @@ def attach_share(s: Session, ctx: RequestContext, server: Server, share: ShareIn
     require_share_change_allowed(server.vm_state, server.task_state, "attach", rules.hot_plug)
     if share.status != "available":
         raise Conflict(f"Share {share.id} is in status {share.status}, not available")
-    if share.protocol.upper() not in ATTACHABLE_PROTOCOLS:
-        raise Conflict(f"Share {share.id} uses protocol {share.protocol}; attachfs can attach "
-                       f"{', '.join(ATTACHABLE_PROTOCOLS)} shares")
+    require_attachable(share.id, share.protocol)
     existing = s.scalar(select(ShareMapping).where(ShareMapping.instance_uuid == server.uuid,
                                                    ShareMapping.share_id == share.id))
     if existing is not None:

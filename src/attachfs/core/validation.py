@@ -12,6 +12,9 @@ from collections.abc import Callable
 
 import re2
 
+# Mount paths (the /mnt/<tag> default, overlaps) live in core/rules.py; still importable here.
+from attachfs.core.rules import guest_mount_point as guest_mount_point
+from attachfs.core.rules import mount_points_overlap as mount_points_overlap
 from attachfs.errors import BadRequest
 
 MOUNT_POINT_MAX = 255
@@ -59,17 +62,6 @@ def validate_mount_point(path: str | None) -> str | None:
     if problem is not None:
         raise BadRequest(f"Invalid input for field/attribute mount_point: {path!r} {problem}")
     return path
-
-
-def guest_mount_point(mount_point: str | None, tag: str) -> str:
-    """Where the guest agent mounts an attachment: its mount point, else /mnt/<tag>."""
-    return mount_point or f"/mnt/{tag}"
-
-
-def mount_points_overlap(a: str, b: str) -> bool:
-    """One is the other or inside it: the guest can hold only one of them (the agent refuses
-    the later device)."""
-    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 NAME_FILTER_MAX = 255

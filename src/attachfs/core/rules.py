@@ -1,0 +1,87 @@
+"""Rules every layer must agree on, written once: the share tag, the share protocols, and where
+a share is mounted (on the host and in the guest). Pure: no I/O.
+
+Other layers import these (the API checks input with them; the agent, virt and storage code,
+the metadata service and the guest agent must apply the same values).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+from attachfs.errors import BadRequest, Conflict
+
+# ---- tag: what the guest mounts (`mount -t virtiofs TAG`) ------------------------------------
+# QEMU's vhost-user-fs "tag" is at most 36 bytes; Nova allows 255 and fails late. We refuse early.
+TAG_MAX_BYTES = 36
+TAG_CHARS = "a-zA-Z0-9-"
+TAG_PATTERN = re.compile(rf"[{TAG_CHARS}]{{1,{TAG_MAX_BYTES}}}")  # the whole rule, as a regex
+_TAG_FORM = re.compile(rf"^[{TAG_CHARS}]{{1,255}}$")  # 2.97's schema, before the byte limit
+
+
+def tag_problem(tag: str) -> str | None:
+    """Why `tag` is not a usable tag, or None when it is."""
+    if not isinstance(tag, str) or not _TAG_FORM.match(tag):
+        return f"must be 1-255 characters of [{TAG_CHARS}]"
+    if len(tag.encode()) > TAG_MAX_BYTES:
+        return f"'{tag}' is {len(tag)} characters; virtio-fs carries at most {TAG_MAX_BYTES}"
+    return None
+
+
+def is_valid_tag(tag: str) -> bool:
+    return isinstance(tag, str) and TAG_PATTERN.fullmatch(tag) is not None
+
+
+def validate_tag(tag: str) -> str:
+    problem = tag_problem(tag)
+    if problem is not None:
+        raise BadRequest(f"Invalid input for field/attribute tag: {problem}")
+    return tag
+
+
+# ---- protocols -----------------------------------------------------------------------------
+class ShareProtocol(enum.StrEnum):
+    LOCAL = "LOCAL"  # the built-in shares: a filesystem on this host (storage/local.py)
+    NFS = "NFS"
+    CEPHFS = "CEPHFS"
+
+
+# What the API lets a server attach. A protocol is here when a provider can grant a host access
+# to it; whether this host can mount it is the agent's step (a missing connector puts the
+# attachment in `error` with the reason, docs/manila.md).
+ATTACHABLE_PROTOCOLS: tuple[ShareProtocol, ...] = (ShareProtocol.LOCAL, ShareProtocol.NFS,
+                                                    ShareProtocol.CEPHFS)
+# The only protocol of the built-in shares (/os-filesystem and the emulated share service).
+BUILTIN_PROTOCOL = ShareProtocol.LOCAL
+# Protocols the share service (Manila) is asked to grant access rules for.
+SHARE_SERVICE_PROTOCOLS: tuple[ShareProtocol, ...] = (ShareProtocol.NFS, ShareProtocol.CEPHFS)
+
+
+def require_attachable(share_id: str, protocol: str) -> ShareProtocol:
+    if protocol.upper() not in ATTACHABLE_PROTOCOLS:
+        raise Conflict(f"Share {share_id} uses protocol {protocol}; attachfs can attach "
+                       f"{', '.join(ATTACHABLE_PROTOCOLS)} shares")
+    return ShareProtocol(protocol.upper())
+
+
+# ---- mount paths -----------------------------------------------------------------------------
+GUEST_MOUNT_DEFAULT_DIR = "/mnt"
+HOST_MOUNT_READ_ONLY_SUFFIX = "-ro"
+
+
+def guest_mount_point(mount_point: str | None, tag: str) -> str:
+    """Where the guest agent mounts an attachment: its mount point, else /mnt/<tag>."""
+    return mount_point or f"{GUEST_MOUNT_DEFAULT_DIR}/{tag}"
+
+
+def mount_points_overlap(a: str, b: str) -> bool:
+    """One is the other or inside it: the guest can hold only one of them (the agent refuses
+    the later device)."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def host_mount_name(share_id: str, read_only: bool) -> str:
+    """The host mount handed to guests, under the mount root: one per share and access mode on
+    a host, shared by the guests there (`<share>` or `<share>-ro`)."""
+    return share_id + (HOST_MOUNT_READ_ONLY_SUFFIX if read_only else "")
