@@ -14,7 +14,7 @@ demo: setup
 	@bash scripts/demo.sh
 
 lint: setup
-	.venv/bin/ruff check src tests tools
+	.venv/bin/ruff check src tests bench tools harness
 	.venv/bin/mypy
 
 test: setup lint
@@ -24,8 +24,9 @@ test: setup lint
 test-fast:
 	.venv/bin/pytest -q -m "not vm" tests
 
+# The benchmark (bench/, outside the runtime package; see docs/bench.md): ~5 minutes, boots guests.
 bench: setup
-	$(PY) -m attachfs.bench
+	$(PY) -m bench
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

@@ -1,13 +1,10 @@
-"""Parts 4 and 5 of `attachfs.bench`, on the running `attachfs serve` of part 1.
+"""Part 4: hot attach and detach on a running guest, attachfs against a floor.
 
-4. Hot attach latency: POST .../shares on an ACTIVE server -> the guest console says
-   `attachfs-guest: mounted share hotN at`, and DELETE -> 404; against a floor measured in the
-   same run: a second guest of our own (LibvirtDriver(owner="bench-floor"), no attachfs API,
-   agent or host mount) whose user_data tries `mount -t virtiofs floorN` every 50 ms, timed
-   from `driver.attach_share` (libvirt attach-device) to its console line.
-5. Power-on time with 0, 1, 4 and 8 attached shares: os-start -> ACTIVE and -> `ready`.
-
-Timings are printed, never asserted. See docs/bench.md.
+attachfs: POST .../shares on an ACTIVE server -> the guest console says `attachfs-guest:
+mounted share hotN at`, and DELETE -> 404. The floor, measured in the same run: a second guest
+of our own (LibvirtDriver(owner="bench-floor"), no attachfs API, agent or host mount) whose
+user_data tries `mount -t virtiofs floorN` every 50 ms, timed from `driver.attach_share`
+(libvirt attach-device) to its console line.
 """
 
 from __future__ import annotations
@@ -16,30 +13,17 @@ import argparse
 import base64
 import random
 import re
-import statistics
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import httpx
+from bench.console import TAIL_POLL, tail
+from bench.measure import Figures, attach, detach, log, mapping_status, stats
+from bench.power import other_guests, start_server, stop_server
+from harness.host import remove_state
+from harness.serve import Serve
 
-from attachfs.bench_floor import (
-    TAIL_POLL,
-    ConsoleTail,
-    log,
-    mapping_status,
-    server_status,
-    stats,
-    tail,
-    wait_for,
-)
-
-Figures = dict[str, float]
-Row = tuple[str, str, str, str]
-READY = "attachfs-guest: ready"
-MOUNTED = re.compile(r"attachfs-guest: mounted share (\S+) at ")
-POWER_SHARES = (0, 1, 4, 8)
 FLOOR_OWNER = "bench-floor"
 FLOOR_SCRIPT = """#!/bin/sh
 # The floor: mount by hand, as a person would, trying every 50 ms until the device is there.
@@ -57,119 +41,9 @@ FLOOR_SCRIPT = """#!/bin/sh
 ) </dev/null >/dev/console 2>&1 &
 echo "bench-floor: polling"
 """
+HotRow = tuple[float, float, float, float | None, float]
+FloorRow = tuple[float, float, float]
 
-
-def other_guests(fig: Figures, key: str, *own: str) -> None:
-    """How many guests not of this bench were running: each one takes CPU under TCG."""
-    from attachfs.bench_floor import foreign_guests
-
-    fig[key] = float(len(set(foreign_guests()) - {f"attachfs-{u}" for u in own}))
-
-
-def stop_server(client: httpx.Client, sid: str) -> float:
-    t0 = time.perf_counter()
-    client.post(f"/v2.1/servers/{sid}/action", json={"os-stop": None}).raise_for_status()
-    wait_for("server SHUTOFF", lambda: server_status(client, sid, "SHUTOFF"), 300, 0.1)
-    return time.perf_counter() - t0
-
-
-# console lines that mark the stages of a boot (figures poweron_N_<stage>_s_<run> in the JSON)
-STAGES = {"kernel": "attachfs-init: kernel", "dhcp": "attachfs-init: eth0 ",
-          "metadata": "attachfs-guest: source ", "ready": READY}
-
-
-def start_server(client: httpx.Client, sid: str, console: ConsoleTail) -> dict[str, float]:
-    """os-start; seconds until ACTIVE (API) and until each of STAGES is on the console."""
-    t0 = time.perf_counter()
-    client.post(f"/v2.1/servers/{sid}/action", json={"os-start": None}).raise_for_status()
-    seen: dict[str, float] = {}
-
-    def tick() -> None:
-        now = time.perf_counter()
-        for stage, line in STAGES.items():
-            if stage not in seen and line in console.text:
-                seen[stage] = now - t0
-        if "active" not in seen and server_status(client, sid, "ACTIVE"):
-            seen["active"] = time.perf_counter() - t0
-
-    seen["ready"] = console.wait(READY, 300, tick) - t0
-    tick()
-    if "active" not in seen:
-        wait_for("server ACTIVE", lambda: server_status(client, sid, "ACTIVE"), 60, TAIL_POLL)
-        seen["active"] = time.perf_counter() - t0
-    return seen
-
-
-def new_share(client: httpx.Client, name: str) -> str:
-    r = client.put(f"/v2.1/os-filesystem/{name}", json={"fs_entry": {"size": 1}})
-    r.raise_for_status()
-    return str(r.json()["fs_entry"]["id"])
-
-
-def attach(client: httpx.Client, sid: str, share_id: str, tag: str) -> None:
-    r = client.post(f"/v2.1/servers/{sid}/shares",
-                    json={"share": {"share_id": share_id, "tag": tag}})
-    if r.status_code != 201:
-        raise RuntimeError(f"attach {tag}: HTTP {r.status_code}: {r.text[:300]}")
-
-
-def detach(client: httpx.Client, sid: str, share_id: str) -> str:
-    url = f"/v2.1/servers/{sid}/shares/{share_id}"
-    r = client.delete(url)
-    if r.status_code != 200:
-        raise RuntimeError(f"detach {share_id}: HTTP {r.status_code}: {r.text[:300]}")
-    return url
-
-
-def wait_status(client: httpx.Client, url: str, status: str) -> None:
-    wait_for(f"attachment {status}", lambda: mapping_status(client, url, status), 60, 0.05)
-
-
-# ---- part 5: power on with 0, 1, 4, 8 shares ----------------------------------------------------
-
-def power_on_part(client: httpx.Client, sid: str, shares: list[str], console: Path,
-                  args: argparse.Namespace, fig: Figures) -> None:
-    """The server is stopped with no attachment; `shares` holds >= 8 share ids. Each run boots
-    it once with each count of POWER_SHARES (interleaved, so that a slow spell on the machine
-    does not land on one count only). Leaves it stopped with no attachment."""
-    other_guests(fig, "poweron_other_guests", sid)
-    attached: list[str] = []
-
-    def set_count(n: int) -> None:  # attach p0..p(n-1) while stopped (inactive), or detach
-        while len(attached) > n:
-            wait_status(client, detach(client, sid, attached[-1]), "gone")
-            attached.pop()
-        while len(attached) < n:
-            i = len(attached)
-            attach(client, sid, shares[i], f"p{i}")
-            attached.append(shares[i])
-            wait_status(client, f"/v2.1/servers/{sid}/shares/{shares[i]}", "inactive")
-
-    try:
-        for run in range(args.power_runs):
-            for n in POWER_SHARES:
-                set_count(n)
-                with tail(console) as con:
-                    seen = start_server(client, sid, con)
-                    text = con.text[:con.text.index(READY)]
-                mounted = set(MOUNTED.findall(text))
-                wanted = {f"p{i}" for i in range(n)}
-                if mounted != wanted:
-                    raise RuntimeError(f"power on with {n} shares: the guest mounted "
-                                       f"{sorted(mounted)} before ready, wanted {sorted(wanted)}")
-                for stage, value in seen.items():
-                    fig[f"poweron_{n}_{stage}_s_{run}"] = value
-                fig[f"poweron_{n}_stop_s_{run}"] = stop_server(client, sid)
-                log(f"power on with {n} share(s), run {run + 1}: " + ", ".join(
-                    f"{k} {v:.2f}s" for k, v in sorted(seen.items(), key=lambda kv: kv[1])))
-    finally:
-        try:  # the server is stopped (or a failure is being reported)
-            set_count(0)
-        except Exception as exc:  # noqa: BLE001 - cleanup goes on; deleting the server
-            log(f"cleanup: detaching the power-on shares failed: {exc}")
-
-
-# ---- part 4: hot attach, attachfs against the floor ---------------------------------------------
 
 class FloorGuest:
     """A guest of our own, booted with LibvirtDriver directly; the real metadata service over a
@@ -177,7 +51,6 @@ class FloorGuest:
 
     def __init__(self, state: Path, images_dir: str, rounds: int) -> None:
         from attachfs.db.engine import Database, migrate
-        from attachfs.db.tables import Server
         from attachfs.metadata.sockets import MetadataSockets
         from attachfs.virt.base import GuestSpec
         from attachfs.virt.images import load_images
@@ -193,23 +66,27 @@ class FloorGuest:
         url = f"sqlite:///{state / 'floor-guest.db'}"
         migrate(url)
         self.db = Database(url)
-        script = FLOOR_SCRIPT.replace("{count}", str(rounds))
-        with self.db.session() as s:
-            s.add(Server(uuid=self.uuid, name="bench-floor", project_id="bench",
-                         user_id="bench", host="bench-floor", flavor_id="2",
-                         image_id=images[0].id, vcpus=1, memory_mib=256, vm_state="active",
-                         power_intent="on", meta={},
-                         user_data=base64.b64encode(script.encode()).decode()))
+        self._add_server(images[0].id, FLOOR_SCRIPT.replace("{count}", str(rounds)))
         self.metadata = MetadataSockets(self.db, state / "metadata")
         self.driver = LibvirtDriver(owner=FLOOR_OWNER)  # sees only this guest, no one else's
         self.spec = GuestSpec(uuid=self.uuid, name="bench-floor", vcpus=1, memory_mib=256,
                               image=images[0], console_log=self.console,
                               metadata_socket=self.metadata.ensure(self.uuid))
 
+    def _add_server(self, image_id: str, script: str) -> None:
+        from attachfs.db.tables import Server
+
+        with self.db.session() as s:
+            s.add(Server(uuid=self.uuid, name="bench-floor", project_id="bench",
+                         user_id="bench", host="bench-floor", flavor_id="2",
+                         image_id=image_id, vcpus=1, memory_mib=256, vm_state="active",
+                         power_intent="on", meta={},
+                         user_data=base64.b64encode(script.encode()).decode()))
+
     def start(self) -> None:
         self.driver.start_guest(self.spec)
 
-    def round(self, i: int) -> tuple[float, float, float]:
+    def round(self, i: int) -> FloorRow:
         """attach_share -> console line (s), the attach_share call alone, detach_share."""
         from attachfs.virt.base import GuestShare
 
@@ -233,12 +110,13 @@ class FloorGuest:
             self.db.dispose()
 
 
-def hot_round(client: httpx.Client, sid: str, share_id: str, console: Path, tag: str,
-              pause: float) -> tuple[float, float, float, float | None, float]:
+def hot_round(serve: Serve, sid: str, share_id: str, console: Path, tag: str,
+              pause: float) -> HotRow:
     """(POST wall time, POST -> mounted, DELETE wall time, DELETE -> guest unmounted (None:
     not seen before the 404), DELETE -> 404), durations in seconds. `pause`: seconds between
     the mount and the DELETE, so that the DELETE lands at a random point of the guest agent's
     1 s poll rather than always just after the round that mounted (which is ~1 s too late)."""
+    client = serve.http
     with tail(console) as con:
         wall = time.time()
         t0 = time.perf_counter()
@@ -284,8 +162,7 @@ def first_after(times: list[float], t: float) -> float | None:
     return next((x for x in times if x >= t - 0.001), None)
 
 
-def hot_figures(rows: list[tuple[float, float, float, float | None, float]],
-                frows: list[tuple[float, float, float]], serve_log: Path, sid: str,
+def hot_figures(rows: list[HotRow], frows: list[FloorRow], serve_log: Path, sid: str,
                 share_id: str, fig: Figures) -> None:
     fig.update(stats("hot_attach", [r[1] for r in rows]))
     fig.update(stats("hot_detach", [r[4] for r in rows]))
@@ -309,12 +186,30 @@ def hot_figures(rows: list[tuple[float, float, float, float | None, float]],
     fig.update(stats("hot_detach_agent", agent_d))
 
 
-def hot_part(client: httpx.Client, sid: str, share_id: str, console: Path, serve_log: Path,
-             state_root: Path, args: argparse.Namespace, fig: Figures) -> None:
-    """The server is stopped with no attachment: boot it and a floor guest, then one warm-up
-    round and args.hot_rounds measured rounds of each, interleaved."""
-    from attachfs.bench_floor import remove_state
+def rounds(serve: Serve, sid: str, share_id: str, console: Path, floor: FloorGuest,
+           args: argparse.Namespace, fig: Figures) -> None:
+    """One warm-up round and args.hot_rounds measured rounds of each side, interleaved."""
+    rows: list[HotRow] = []
+    frows: list[FloorRow] = []
+    rng = random.Random(297)  # the same pauses in every run
+    try:
+        for i in range(args.hot_rounds + 1):
+            r = hot_round(serve, sid, share_id, console, f"hot{i}", rng.uniform(0, 1))
+            if i:
+                rows.append(r)
+            f = floor.round(i)
+            if i:
+                frows.append(f)
+            log(f"round {i}{' (warm-up)' if i == 0 else ''}: attachfs POST->mounted "
+                f"{r[1] * 1000:.0f} ms, DELETE->gone {r[4] * 1000:.0f} ms; floor "
+                f"attach->mounted {f[0] * 1000:.0f} ms, detach {f[2] * 1000:.0f} ms")
+    finally:  # a failed round (e.g. a guest destroyed under us) keeps the rounds done
+        hot_figures(rows, frows, serve.log, sid, share_id, fig)
 
+
+def hot_part(serve: Serve, sid: str, share_id: str, console: Path, state_root: Path,
+             args: argparse.Namespace, fig: Figures) -> None:
+    """The server is stopped with no attachment: boot it and a floor guest, then the rounds."""
     state = Path(tempfile.mkdtemp(prefix="hotfloor-", dir=state_root))
     floor: FloorGuest | None = None
     try:
@@ -322,27 +217,12 @@ def hot_part(client: httpx.Client, sid: str, share_id: str, console: Path, serve
         floor.start()
         with tail(floor.console) as fcon:
             with tail(console) as con:
-                start_server(client, sid, con)
+                start_server(serve, sid, con)
             fcon.wait("bench-floor: polling", 300)
         log(f"hot plug: server {sid} and floor guest {floor.uuid} ready; "
             f"1 warm-up + {args.hot_rounds} rounds each")
         other_guests(fig, "hot_other_guests", sid, floor.uuid)
-        rows: list[tuple[float, float, float, float | None, float]] = []
-        rng = random.Random(297)  # the same pauses in every run
-        frows: list[tuple[float, float, float]] = []
-        try:
-            for i in range(args.hot_rounds + 1):
-                r = hot_round(client, sid, share_id, console, f"hot{i}", rng.uniform(0, 1))
-                if i:
-                    rows.append(r)
-                f = floor.round(i)
-                if i:
-                    frows.append(f)
-                log(f"round {i}{' (warm-up)' if i == 0 else ''}: attachfs POST->mounted "
-                    f"{r[1] * 1000:.0f} ms, DELETE->gone {r[4] * 1000:.0f} ms; floor "
-                    f"attach->mounted {f[0] * 1000:.0f} ms, detach {f[2] * 1000:.0f} ms")
-        finally:  # a failed round (e.g. a guest destroyed under us) keeps the rounds done
-            hot_figures(rows, frows, serve_log, sid, share_id, fig)
+        rounds(serve, sid, share_id, console, floor, args, fig)
     finally:
         if floor is not None:
             try:
@@ -350,62 +230,7 @@ def hot_part(client: httpx.Client, sid: str, share_id: str, console: Path, serve
             except Exception as exc:  # noqa: BLE001 - cleanup goes on
                 log(f"cleanup: stopping the floor guest failed: {exc}")
         try:
-            stop_server(client, sid)
+            stop_server(serve, sid)
         except Exception as exc:  # noqa: BLE001 - the server is deleted next anyway
             log(f"cleanup: stopping server {sid} failed: {exc}")
         remove_state(state)
-
-
-# ---- report -------------------------------------------------------------------------------------
-
-def _ms(v: float) -> str:
-    return f"{v:.0f} ms"
-
-
-def hot_rows(fig: Figures) -> list[Row]:
-    out: list[Row] = []
-
-    def add(label: str, key: str, base: str | None = None, base_label: str = "") -> None:
-        for q in ("p50", "p95"):
-            k, bk = f"{key}_{q}_ms", f"{base}_{q}_ms"
-            if k not in fig:
-                continue
-            if base is None or bk not in fig:
-                out.append((f"{label} {q}", _ms(fig[k]), "-", "-"))
-            else:
-                out.append((f"{label} {q}", _ms(fig[k]), f"{_ms(fig[bk])} ({base_label})",
-                            f"{fig[k] / fig[bk]:.1f}x"))
-
-    add("hot attach: POST -> guest mounted", "hot_attach", "floor_hot_attach",
-        "floor: attach_share -> mounted")
-    add("  POST -> agent done (serve.log)", "hot_attach_agent")
-    add("  agent done -> guest mounted", "hot_attach_guest")
-    add("floor: attach_share call alone", "floor_hot_attach_call")
-    add("hot detach: DELETE -> 404", "hot_detach", "floor_hot_detach",
-        "floor: detach_share, unmounted")
-    add("  DELETE -> guest unmounted (console)", "hot_detach_unmounted")
-    add("  DELETE -> agent done (serve.log)", "hot_detach_agent")
-    base_runs = _runs(fig, 0)
-    for n in POWER_SHARES:
-        for what, label in (("active", "os-start -> ACTIVE"), ("ready", "os-start -> ready")):
-            runs = _runs(fig, n, what)
-            if not runs:
-                continue
-            zero = _runs(fig, 0, what) if base_runs else []
-            value = " / ".join(f"{v:.2f}" for v in runs) + " s"
-            out.append((f"power on, {n} share(s): {label}", value,
-                        (" / ".join(f"{v:.2f}" for v in zero) + " s (0 shares)") if zero else "-",
-                        f"{statistics.fmean(runs) / statistics.fmean(zero):.2f}x" if zero else "-"))
-    for key, label in (("hot_other_guests", "other guests running during hot plug"),
-                       ("poweron_other_guests", "other guests running during power on")):
-        if key in fig:
-            out.append((label, f"{fig[key]:.0f}", "-", "-"))
-    return out
-
-
-def _runs(fig: Figures, n: int, what: str = "ready") -> list[float]:
-    runs, run = [], 0
-    while f"poweron_{n}_{what}_s_{run}" in fig:
-        runs.append(fig[f"poweron_{n}_{what}_s_{run}"])
-        run += 1
-    return runs
