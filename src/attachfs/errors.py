@@ -8,6 +8,7 @@
      │    ├── NotFound            no such thing (or not visible to the caller)
      │    ├── NotAcceptable       an unsupported API version
      │    ├── Conflict            the current state does not allow it
+     │    │    └── Duplicate      a concurrent change won a uniqueness race (db/uow.py)
      │    └── ServiceUnavailable  a service we must ask (identity, share service) is down
      └── BackendError             a host-side step failed (agent only; never reaches HTTP as 500)
           ├── TemporaryError      worth retrying later (a daemon restarting, a lock held)
@@ -53,6 +54,10 @@ class NotAcceptable(ClientError):
 
 class Conflict(ClientError):
     pass
+
+
+class Duplicate(Conflict):
+    """A unique constraint refused the write: another request got there first."""
 
 
 class ServiceUnavailable(ClientError):

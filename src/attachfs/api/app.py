@@ -12,12 +12,12 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attachfs.api import microversion
-from attachfs.api.faults import BAD_REQUEST, CONFLICT, HTTP_FAULTS, UNAVAILABLE, fault, fault_of
+from attachfs.api.faults import BAD_REQUEST, HTTP_FAULTS, UNAVAILABLE, fault, fault_of
 from attachfs.api.routers import ROUTERS
 from attachfs.api.state import ApiState
 from attachfs.errors import ClientError
@@ -106,16 +106,6 @@ def create_app(state: ApiState) -> FastAPI:
         name = HTTP_FAULTS.get(exc.status_code, "computeFault")
         message = "The resource could not be found." if exc.status_code == 404 else str(exc.detail)
         return fault(exc.status_code, name, message)
-
-    @app.exception_handler(IntegrityError)
-    async def integrity_error(_request: Request, exc: IntegrityError) -> JSONResponse:
-        # A race two requests lost against a unique constraint: the loser learns it conflicted.
-        text = str(exc.orig)
-        if "tag" in text:
-            return fault(*CONFLICT, "Tag is already used by another share on this server")
-        if "share" in text:
-            return fault(*CONFLICT, "Share is already attached to this server")
-        return fault(*CONFLICT, "The request conflicts with a concurrent change")
 
     @app.exception_handler(DataError)
     async def data_error(_request: Request, exc: DataError) -> JSONResponse:

@@ -13,17 +13,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from attachfs.api import deps, views
+from attachfs.api.adapters import find_image
+from attachfs.api.deps import base_url
 from attachfs.api.microversion import MAX_VERSION, MIN_VERSION, fmt
-from attachfs.core.services import FLAVORS, find_flavor
-from attachfs.errors import NotFound
+from attachfs.core.flavors import FLAVORS, find_flavor
 from attachfs.virt.base import BootImage
-from attachfs.virt.images import load_images
 
 router = APIRouter()
-
-
-def base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
 
 
 def _v21(request: Request) -> dict[str, Any]:
@@ -66,15 +62,7 @@ def show_flavor(flavor_id: str, request: Request) -> dict[str, Any]:
 
 
 def host_images(request: Request) -> list[BootImage]:
-    return load_images(deps.api(request).config.images_dir)
-
-
-def find_image(images: list[BootImage], ref: str) -> BootImage:
-    ref = ref.rstrip("/").rsplit("/", 1)[-1]
-    for image in images:
-        if ref in (image.id, image.name):
-            return image
-    raise NotFound(f"Image {ref} could not be found.")
+    return deps.api(request).images.all()
 
 
 def _image_view(image: BootImage, base: str) -> dict[str, Any]:

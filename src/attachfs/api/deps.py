@@ -1,4 +1,4 @@
-"""Request-scoped helpers shared by the routers."""
+"""Request-scoped helpers shared by the routers (never a router itself)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pydantic import BaseModel, ValidationError
 
 from attachfs.api.microversion import Version
 from attachfs.api.state import ApiState
+from attachfs.core.context import RequestContext
+from attachfs.core.ports import Env
+from attachfs.db.uow import SqlUnitOfWork
 from attachfs.errors import BadRequest, NotFound
-from attachfs.storage.base import RequestContext
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -20,9 +22,21 @@ def api(request: Request) -> ApiState:
     return state
 
 
+def uow(request: Request) -> SqlUnitOfWork:
+    return api(request).uow
+
+
+def env(request: Request) -> Env:
+    return api(request).env
+
+
 def context(request: Request) -> RequestContext:
     ctx: RequestContext = request.state.context
     return ctx
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
 
 
 def version(request: Request) -> Version:

@@ -30,7 +30,6 @@ HTTP_FAULTS = {400: "badRequest", 401: "unauthorized", 403: "forbidden", 404: "i
                405: "HTTPMethodNotAllowed", 406: "notAcceptable", 409: "conflictingRequest",
                413: "overLimit", 415: "badMediaType"}
 
-CONFLICT = FAULTS[errors.Conflict]
 BAD_REQUEST = FAULTS[errors.BadRequest]
 UNAVAILABLE = FAULTS[errors.ServiceUnavailable]
 

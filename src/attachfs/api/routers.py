@@ -2,13 +2,13 @@
 
 from fastapi import APIRouter
 
+from attachfs import shareservice
 from attachfs.api import (
     catalog,
     filesystems,
     instance_actions,
     server_shares,
     servers,
-    share_api,
 )
 
 ROUTERS: list[APIRouter] = [
@@ -17,5 +17,5 @@ ROUTERS: list[APIRouter] = [
     server_shares.router,
     filesystems.router,
     instance_actions.router,
-    share_api.router,  # the shared-file-system API for the built-in shares, at /share
+    *shareservice.ROUTERS,  # the shared-file-system API for the built-in shares, at /share
 ]

@@ -10,17 +10,22 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
 
 from attachfs.api import deps, views
-from attachfs.api.catalog import base_url, find_image, host_images
-from attachfs.api.server_shares import do_attach, do_detach
-from attachfs.core import services
-from attachfs.core.model import ShareScope, VmState
-from attachfs.core.validation import name_filter
-from attachfs.db.tables import Server, Share, ShareMapping
+from attachfs.core.commands import (
+    AttachShare,
+    Command,
+    CreateServer,
+    DeleteServer,
+    DetachShare,
+    RebootServer,
+    StartServer,
+    StopServer,
+)
+from attachfs.core.context import RequestContext
+from attachfs.core.handlers import handle, queries, servers
+from attachfs.core.ports import ServerRecord
 from attachfs.errors import BadRequest
-from attachfs.storage.local import share_info
 
 router = APIRouter(prefix="/v2.1/servers")
 
@@ -97,32 +102,17 @@ class LegacyDetach(BaseModel):
     mount_point: str | None = None
 
 
-def _project_shares(s: Any, project_id: str) -> list[Share]:
-    return list(s.scalars(select(Share).where(Share.project_id == project_id,
-                                              Share.scope == ShareScope.PROJECT)))
-
-
 @router.post("", status_code=202)
 def create_server(request: Request, body: Any = Body(None)) -> dict[str, Any]:
-    state, ctx = deps.api(request), deps.context(request)
     spec = deps.parse(ServerCreateBody, body).server
-    state.policy.authorize("os_compute_api:servers:create", ctx, ctx.project_id)
-    flavor = services.find_flavor(spec.flavorRef)
-    images = host_images(request)
-    image = find_image(images, spec.imageRef)
-    if any(find_image(images, str(bdm.get("uuid", ""))).id != image.id
-           for bdm in spec.block_device_mapping_v2 or []):
-        raise BadRequest("block_device_mapping_v2 must boot the image imageRef names")
-    with state.db.session() as s:
-        shares = [share_info(sh, state.builtin.storage_root)
-                  for sh in _project_shares(s, ctx.project_id)]
-        server = services.create_server(
-            s, ctx, name=spec.name, flavor=flavor, image_id=image.id,
-            host=state.config.agent.host, metadata=spec.metadata, user_data=spec.user_data,
-            project_shares=shares, config_drive=spec.config_drive)
-        uuid = server.uuid
-    state.wake_agent()
-    return {"server": {"id": uuid, "links": views.link(base_url(request), "servers", uuid),
+    cmd = CreateServer(
+        deps.context(request), name=spec.name, flavor_ref=spec.flavorRef,
+        image_ref=spec.imageRef, metadata=spec.metadata, user_data=spec.user_data,
+        config_drive=spec.config_drive,
+        boot_image_refs=tuple(str(b.get("uuid", "")) for b in spec.block_device_mapping_v2 or []))
+    server = servers.create_server(cmd, deps.uow(request), deps.env(request))
+    return {"server": {"id": server.uuid,
+                       "links": views.link(deps.base_url(request), "servers", server.uuid),
                        "OS-DCF:diskConfig": "MANUAL", "security_groups": [{"name": "default"}],
                        "adminPass": ""}}
 
@@ -143,87 +133,60 @@ def _limit(request: Request) -> int:
     return min(limit, MAX_LIMIT)
 
 
-def _visible_servers(s: Any, ctx: Any, request: Request) -> list[Server]:
-    """Newest first, as the compute API lists them; `name` (a regular expression, as there),
-    `limit` and `marker` (the last server id of the previous page) page through them."""
-    pattern = request.query_params.get("name")
-    matches = name_filter(pattern) if pattern is not None else None  # RE2: linear time
-    query = select(Server).where(Server.vm_state != VmState.DELETED).order_by(
-        Server.created_at.desc(), Server.uuid.desc())
-    all_tenants = request.query_params.get("all_tenants") not in (None, "0", "false", "False")
-    if not (ctx.is_admin and all_tenants):
-        query = query.where(Server.project_id == ctx.project_id)
-    servers = list(s.scalars(query))
-    if matches is not None:
-        servers = [sv for sv in servers if matches(sv.name)]
-    if (marker := request.query_params.get("marker")) is not None:
-        ids = [sv.uuid for sv in servers]
-        if marker not in ids:
-            raise BadRequest(f"marker [{marker}] not found")
-        servers = servers[ids.index(marker) + 1:]
-    return servers[:_limit(request)]
+def _page(request: Request) -> queries.ServerPage:
+    q = request.query_params
+    return queries.ServerPage(name=q.get("name"), marker=q.get("marker"), limit=_limit(request),
+                              all_tenants=q.get("all_tenants") not in (None, "0", "false",
+                                                                       "False"))
 
 
-def _page_links(request: Request, servers: list[Server], path: str) -> dict[str, Any]:
+def _page_links(request: Request, rows: list[ServerRecord], path: str) -> dict[str, Any]:
     """`servers_links` with the next page, when this page is full."""
     raw = request.query_params.get("limit")
-    if raw is None or not servers or len(servers) < _limit(request):
+    if raw is None or not rows or len(rows) < _limit(request):
         return {}
-    query = urlencode({**dict(request.query_params), "marker": servers[-1].uuid})
-    return {"servers_links": [{"rel": "next", "href": f"{base_url(request)}{path}?{query}"}]}
+    query = urlencode({**dict(request.query_params), "marker": rows[-1].uuid})
+    return {"servers_links": [{"rel": "next", "href": f"{deps.base_url(request)}{path}?{query}"}]}
 
 
 @router.get("")
 def list_servers(request: Request) -> dict[str, Any]:
-    state, ctx = deps.api(request), deps.context(request)
-    state.policy.authorize("os_compute_api:servers:index", ctx, ctx.project_id)
-    with state.db.read() as s:
-        servers = _visible_servers(s, ctx, request)
-        return {"servers": [views.server_brief(sv, base_url(request)) for sv in servers],
-                **_page_links(request, servers, "/v2.1/servers")}
+    rows, _ = queries.list_servers(deps.uow(request), deps.env(request), deps.context(request),
+                                   _page(request))
+    return {"servers": [views.server_brief(sv, deps.base_url(request)) for sv in rows],
+            **_page_links(request, rows, "/v2.1/servers")}
 
 
 @router.get("/detail")
 def list_servers_detail(request: Request) -> dict[str, Any]:
-    state, ctx = deps.api(request), deps.context(request)
-    state.policy.authorize("os_compute_api:servers:index", ctx, ctx.project_id)
-    with state.db.read() as s:
-        servers = _visible_servers(s, ctx, request)
-        by_server: dict[str, list[ShareMapping]] = {}
-        ids = [sv.uuid for sv in servers]
-        for m in s.scalars(select(ShareMapping).where(ShareMapping.instance_uuid.in_(ids))
-                           .order_by(ShareMapping.id)):
-            by_server.setdefault(m.instance_uuid, []).append(m)
-        return {"servers": [views.server_detail(sv, by_server.get(sv.uuid, []), base_url(request),
-                                                deps.version(request), ctx.is_admin)
-                            for sv in servers],
-                **_page_links(request, servers, "/v2.1/servers/detail")}
+    ctx = deps.context(request)
+    rows, shares = queries.list_servers(deps.uow(request), deps.env(request), ctx,
+                                        _page(request), with_attachments=True)
+    return {"servers": [views.server_detail(sv, shares.get(sv.uuid, []), deps.base_url(request),
+                                            deps.version(request), ctx.is_admin)
+                        for sv in rows],
+            **_page_links(request, rows, "/v2.1/servers/detail")}
 
 
 @router.get("/{server_id}")
 def show_server(server_id: str, request: Request) -> dict[str, Any]:
-    state, ctx = deps.api(request), deps.context(request)
-    with state.db.read() as s:
-        server = services.get_server(s, server_id, ctx)
-        state.policy.authorize("os_compute_api:servers:show", ctx, server.project_id)
-        mappings = services.list_mappings(s, server.uuid)
-        return {"server": views.server_detail(server, mappings, base_url(request),
-                                              deps.version(request), ctx.is_admin)}
+    ctx = deps.context(request)
+    server, mappings = queries.show_server(deps.uow(request), deps.env(request), ctx, server_id)
+    return {"server": views.server_detail(server, mappings, deps.base_url(request),
+                                          deps.version(request), ctx.is_admin)}
 
 
 @router.delete("/{server_id}", status_code=204)
 def delete_server(server_id: str, request: Request) -> Response:
-    state, ctx = deps.api(request), deps.context(request)
-    with state.db.session() as s:
-        server = services.get_server(s, server_id, ctx, lock=True)
-        state.policy.authorize("os_compute_api:servers:delete", ctx, server.project_id)
-        services.delete_server(s, ctx, server)
-    state.wake_agent()
+    servers.delete_server(DeleteServer(deps.context(request), server_id), deps.uow(request),
+                          deps.env(request))
     return Response(status_code=204)
 
 
-def _console_output(request: Request, server: Server, spec: ConsoleOutput) -> dict[str, Any]:
-    path = deps.api(request).config.console_dir / f"{server.uuid}.log"
+def _console_output(request: Request, server_id: str, spec: ConsoleOutput) -> dict[str, Any]:
+    server_uuid = queries.console_server(deps.uow(request), deps.env(request),
+                                         deps.context(request), server_id)
+    path = deps.api(request).config.console_dir / f"{server_uuid}.log"
     try:
         text = path.read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
@@ -240,37 +203,30 @@ def _console_output(request: Request, server: Server, spec: ConsoleOutput) -> di
     return {"output": "".join(lines)}
 
 
+def _command(action: str, args: Any, ctx: RequestContext, server_id: str) -> Command:
+    """The command a server action asks for (400 for an unknown action or bad arguments)."""
+    if action == "share_attach":
+        spec = deps.parse(LegacyAttach, args)
+        return AttachShare(ctx, server_id, spec.share_id, spec.tag, spec.mount_point,
+                           spec.read_only)
+    if action == "share_detach":
+        return DetachShare(ctx, server_id, deps.parse(LegacyDetach, args).share_id)
+    if action == "reboot":
+        return RebootServer(ctx, server_id, hard=deps.parse(Reboot, args).type.upper() == "HARD")
+    if action in ("os-start", "os-stop"):
+        if args is not None and args != {}:
+            raise BadRequest(f"{action} takes no arguments")
+        return (StartServer if action == "os-start" else StopServer)(ctx, server_id)
+    raise BadRequest(f"Unsupported server action: {action}")
+
+
 @router.post("/{server_id}/action")
 def server_action(server_id: str, request: Request, body: Any = Body(None)) -> Any:
-    state, ctx = deps.api(request), deps.context(request)
     if not isinstance(body, dict) or len(body) != 1:
         raise BadRequest("The action body must be an object with exactly one action")
     (action, args), = body.items()
-    if action == "share_attach":
-        spec = deps.parse(LegacyAttach, args)
-        do_attach(request, server_id, spec.share_id, spec.tag, spec.mount_point, spec.read_only)
-        return Response(status_code=202)
-    if action == "share_detach":
-        do_detach(request, server_id, deps.parse(LegacyDetach, args).share_id)
-        return Response(status_code=202)
-    handlers = {"os-start": ("start", services.start_server),
-                "os-stop": ("stop", services.stop_server)}
-    with state.db.session() as s:
-        server = services.get_server(s, server_id, ctx, lock=True)
-        if action == "os-getConsoleOutput":
-            state.policy.authorize("os_compute_api:os-console-output", ctx, server.project_id)
-            return _console_output(request, server, deps.parse(ConsoleOutput, args or {}))
-        if action == "reboot":
-            reboot = deps.parse(Reboot, args)
-            state.policy.authorize("os_compute_api:servers:reboot", ctx, server.project_id)
-            services.reboot_server(s, ctx, server, hard=reboot.type.upper() == "HARD")
-        elif action in handlers:
-            if args is not None and args != {}:
-                raise BadRequest(f"{action} takes no arguments")
-            verb, handler = handlers[action]
-            state.policy.authorize(f"os_compute_api:servers:{verb}", ctx, server.project_id)
-            handler(s, ctx, server)
-        else:
-            raise BadRequest(f"Unsupported server action: {action}")
-    state.wake_agent()
+    if action == "os-getConsoleOutput":
+        return _console_output(request, server_id, deps.parse(ConsoleOutput, args or {}))
+    handle(_command(action, args, deps.context(request), server_id), deps.uow(request),
+           deps.env(request))
     return Response(status_code=202)

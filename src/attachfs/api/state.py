@@ -1,4 +1,5 @@
-"""What every request handler of the app shares: config, database, providers, policy, auth.
+"""What every request handler of the app shares: config, database, providers, policy, auth,
+and from them the core's unit of work and collaborators (`Env`).
 
 Its own module (not app.py) so that request helpers (deps.py) and routers can name it without
 importing the app that includes them.
@@ -8,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
+from attachfs.api.adapters import BuiltinShares, HostImages
 from attachfs.api.auth import Authenticator
 from attachfs.api.policy import PolicyEnforcer
 from attachfs.config import Config
+from attachfs.core.ports import Env
 from attachfs.db.engine import Database
+from attachfs.db.uow import SqlUnitOfWork
 from attachfs.storage.base import ShareProvider
 from attachfs.storage.local import LocalShareProvider
 
@@ -26,3 +31,18 @@ class ApiState:
     policy: PolicyEnforcer
     wake_agent: Callable[[], None]
     authenticator: Authenticator
+
+    @cached_property
+    def uow(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.db)
+
+    @cached_property
+    def images(self) -> HostImages:
+        return HostImages(self.config.images_dir)
+
+    @cached_property
+    def env(self) -> Env:
+        api = self.config.api
+        return Env(policy=self.policy, shares=self.provider, builtin=BuiltinShares(self.builtin),
+                   images=self.images, wake_agent=self.wake_agent, host=self.config.agent.host,
+                   hot_plug=api.hot_plug, max_attachments_per_server=api.max_attachments_per_server)

@@ -6,9 +6,9 @@ import datetime as dt
 from typing import Any
 
 from attachfs.api.microversion import Version
+from attachfs.core.flavors import FLAVORS, Flavor
 from attachfs.core.model import server_status
-from attachfs.core.services import FLAVORS, Flavor
-from attachfs.db.tables import Server, ShareMapping
+from attachfs.core.ports import AttachmentRecord, ServerRecord
 
 POWER_STATE = {"active": 1, "stopped": 4, "building": 0, "error": 0, "deleted": 0}
 
@@ -22,7 +22,7 @@ def link(base: str, kind: str, ident: str) -> list[dict[str, str]]:
             {"rel": "bookmark", "href": f"{base}/{kind}/{ident}"}]
 
 
-def share_mapping(m: ShareMapping, admin: bool) -> dict[str, Any]:
+def share_mapping(m: AttachmentRecord, admin: bool) -> dict[str, Any]:
     view: dict[str, Any] = {"share_id": m.share_id, "status": m.status, "tag": m.tag}
     if admin:  # the compute API shows the mapping uuid and export location to admins only
         view["uuid"] = m.uuid
@@ -30,7 +30,7 @@ def share_mapping(m: ShareMapping, admin: bool) -> dict[str, Any]:
     return view
 
 
-def attached_share(m: ShareMapping, admin: bool) -> dict[str, Any]:
+def attached_share(m: AttachmentRecord, admin: bool) -> dict[str, Any]:
     """Seed 004's extension on the server body; unlike 2.97's view it also says why an
     attachment failed, so the reason kept by the agent is visible to its owner."""
     view = share_mapping(m, admin)
@@ -50,11 +50,11 @@ def flavor(f: Flavor, base: str) -> dict[str, Any]:
             "description": None, "extra_specs": {}, "links": link(base, "flavors", f.id)}
 
 
-def server_brief(s: Server, base: str) -> dict[str, Any]:
+def server_brief(s: ServerRecord, base: str) -> dict[str, Any]:
     return {"id": s.uuid, "name": s.name, "links": link(base, "servers", s.uuid)}
 
 
-def server_detail(s: Server, mappings: list[ShareMapping], base: str, version: Version,
+def server_detail(s: ServerRecord, mappings: list[AttachmentRecord], base: str, version: Version,
                   admin: bool) -> dict[str, Any]:
     fl = FLAVORS.get(s.flavor_id)
     flavor_view: dict[str, Any]

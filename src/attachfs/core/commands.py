@@ -1,0 +1,93 @@
+"""Commands: what a caller asks the core to do, as plain values (parsed, not yet checked
+against state). Each has one handler (core/handlers/); the API builds them from requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from attachfs.core.context import RequestContext
+
+
+@dataclass(frozen=True)
+class Command:
+    ctx: RequestContext
+
+
+# ---- servers -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CreateServer(Command):
+    name: str
+    flavor_ref: str
+    image_ref: str
+    # Root disks the client named besides imageRef (block_device_mapping_v2): each must be it.
+    boot_image_refs: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    user_data: str | None = None
+    config_drive: bool = False
+
+
+@dataclass(frozen=True)
+class StartServer(Command):
+    server_id: str
+
+
+@dataclass(frozen=True)
+class StopServer(Command):
+    server_id: str
+
+
+@dataclass(frozen=True)
+class RebootServer(Command):
+    server_id: str
+    hard: bool = False
+
+
+@dataclass(frozen=True)
+class DeleteServer(Command):
+    server_id: str
+
+
+# ---- share attachments ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttachShare(Command):
+    server_id: str
+    share_id: str
+    tag: str | None = None
+    mount_point: str | None = None
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class DetachShare(Command):
+    server_id: str
+    share_id: str
+
+
+# ---- built-in shares -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class CreateShare(Command):
+    """A built-in share (os-filesystem, or the emulated share service)."""
+
+    name: str
+    size_gib: int
+    scope: str  # core.model.ShareScope
+    project_id: str
+    mount_point: str | None = None
+    taken_message: str = ""  # the 409 when the name is taken, in the calling API's words
+
+
+@dataclass(frozen=True)
+class ShareRef:
+    """Names a built-in share: by id (the share service), or by name (os-filesystem: the
+    caller's project's share, else the global one; an admin may name the project)."""
+
+    id: str | None = None
+    name: str | None = None
+    project: str | None = None
+    label: str = "Share"  # how a 404 or 409 names it: "Filesystem data", "Share <id>"
+
+
+@dataclass(frozen=True)
+class DeleteShare(Command):
+    ref: ShareRef

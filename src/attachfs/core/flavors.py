@@ -1,0 +1,33 @@
+"""The fixed flavors a server is created with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from attachfs.errors import NotFound
+
+
+@dataclass(frozen=True)
+class Flavor:
+    id: str
+    name: str
+    vcpus: int
+    ram_mib: int
+    disk_gib: int = 0
+
+
+FLAVORS = {f.id: f for f in (
+    Flavor("1", "a1.tiny", 1, 128),
+    Flavor("2", "a1.small", 1, 256),
+    Flavor("3", "a1.medium", 2, 512),
+    Flavor("4", "a1.large", 2, 1024),
+)}
+
+
+def find_flavor(ref: str) -> Flavor:
+    """By id or name; a full URL (`…/flavors/1`) names its last component."""
+    ref = ref.rstrip("/").rsplit("/", 1)[-1]
+    for flavor in FLAVORS.values():
+        if ref in (flavor.id, flavor.name):
+            return flavor
+    raise NotFound(f"Flavor {ref} could not be found.")

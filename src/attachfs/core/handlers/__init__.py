@@ -1,0 +1,42 @@
+"""Command handlers: verbs that take a command, a unit of work and the bound collaborators
+(`Env`), check the rules of core/model.py and core/rules.py, and record desired state. They do
+no I/O of their own: the database is behind the unit of work (db/uow.py), policy and share
+look-ups behind core/ports.py. Read handlers are in queries.py.
+
+    command          handler                     module
+    CreateServer     servers.create_server       servers.py
+    StartServer      servers.start_server
+    StopServer       servers.stop_server
+    RebootServer     servers.reboot_server
+    DeleteServer     servers.delete_server
+    AttachShare      attachments.attach_share    attachments.py
+    DetachShare      attachments.detach_share
+    CreateShare      shares.create_share         shares.py (built-in shares)
+    DeleteShare      shares.delete_share
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from attachfs.core import commands
+from attachfs.core.handlers import attachments, servers, shares
+from attachfs.core.ports import Env, UnitOfWork
+
+HANDLERS: dict[type[commands.Command], Callable[[Any, UnitOfWork, Env], Any]] = {
+    commands.CreateServer: servers.create_server,
+    commands.StartServer: servers.start_server,
+    commands.StopServer: servers.stop_server,
+    commands.RebootServer: servers.reboot_server,
+    commands.DeleteServer: servers.delete_server,
+    commands.AttachShare: attachments.attach_share,
+    commands.DetachShare: attachments.detach_share,
+    commands.CreateShare: shares.create_share,
+    commands.DeleteShare: shares.delete_share,
+}
+
+
+def handle(cmd: commands.Command, uow: UnitOfWork, env: Env) -> Any:
+    """Run the one handler of `cmd`."""
+    return HANDLERS[type(cmd)](cmd, uow, env)

@@ -1,0 +1,102 @@
+"""Share attachment handlers (2.97's POST/DELETE /servers/{id}/shares, seed 004's actions,
+os-filesystem's connect/disconnect): record `attaching`/`detaching` for the agent."""
+
+from __future__ import annotations
+
+from attachfs.core.commands import AttachShare, DetachShare
+from attachfs.core.context import ShareInfo
+from attachfs.core.handlers.common import new_attachment, record_action, touch, visible_server
+from attachfs.core.model import (
+    require_free_slot,
+    require_share_change_allowed,
+    status_after_detach_request,
+    status_after_retry,
+    validate_uuid,
+)
+from attachfs.core.ports import AttachmentRecord, Env, Repositories, ServerRecord, UnitOfWork
+from attachfs.core.rules import (
+    guest_mount_point,
+    mount_points_overlap,
+    require_attachable,
+    validate_tag,
+)
+from attachfs.core.validation import validate_mount_point
+from attachfs.errors import Conflict, NotFound
+
+RULE = "os_compute_api:os-server-shares:%s"
+
+
+def attach_share(cmd: AttachShare, uow: UnitOfWork, env: Env) -> AttachmentRecord:
+    """Checks input, then policy on the server, then asks the provider for the share (outside
+    any transaction: it may be a remote service), then records the attachment."""
+    ctx = cmd.ctx
+    share_id = validate_uuid(cmd.share_id, "share_id")
+    validate_mount_point(cmd.mount_point)
+    with uow.read() as repos:
+        server = visible_server(repos, cmd.server_id, ctx)
+        env.policy.authorize(RULE % "create", ctx, server.project_id)
+    share = env.shares.get_share(share_id, ctx)  # 404 when missing or not visible
+    with uow.write() as repos:
+        server = visible_server(repos, cmd.server_id, ctx, lock=True)
+        mapping = _record_attach(repos, env, cmd, server, share)
+        touch(server)
+        record_action(repos, server.uuid, "attach_share", ctx, message=share.id)
+        repos.flush()
+    env.wake_agent()
+    return mapping
+
+
+def _record_attach(repos: Repositories, env: Env, cmd: AttachShare, server: ServerRecord,
+                   share: ShareInfo) -> AttachmentRecord:
+    tag = validate_tag(cmd.tag if cmd.tag is not None else share.id)
+    require_share_change_allowed(server.vm_state, server.task_state, "attach", env.hot_plug)
+    if share.status != "available":
+        raise Conflict(f"Share {share.id} is in status {share.status}, not available")
+    require_attachable(share.id, share.protocol)
+    existing = repos.attachments.get(server.uuid, share.id)
+    if existing is not None:
+        existing.status = status_after_retry(existing.status)  # 409 unless in error
+        existing.fault_message, existing.user_id = None, cmd.ctx.user_id
+        existing.request_id, existing.read_only = cmd.ctx.request_id, cmd.read_only
+        existing.requester_token = cmd.ctx.auth_token
+        return existing
+    clash = repos.attachments.share_with_tag(server.uuid, tag)
+    if clash is not None:
+        raise Conflict(f"Tag '{tag}' is already used by share {clash} on this server")
+    mount_point = cmd.mount_point or share.mount_point
+    _require_free_mount_point(repos, server, guest_mount_point(mount_point, tag))
+    count = repos.attachments.count(server.uuid)
+    if count >= env.max_attachments_per_server:
+        raise Conflict(f"Server already has {count} shares attached "
+                       f"(limit {env.max_attachments_per_server})")
+    require_free_slot(server.vm_state, server.share_slots, count)
+    return new_attachment(repos, server, share, tag, mount_point, cmd.ctx, cmd.read_only)
+
+
+def _require_free_mount_point(repos: Repositories, server: ServerRecord, path: str) -> None:
+    for other in repos.attachments.of_server(server.uuid):
+        taken = guest_mount_point(other.mount_point, other.tag)
+        if mount_points_overlap(path, taken):
+            raise Conflict(f"Mount point {path} overlaps {taken}, where share {other.share_id} "
+                           "is mounted on this server")
+
+
+def detach_share(cmd: DetachShare, uow: UnitOfWork, env: Env) -> None:
+    """The agent detaches and then deletes the row."""
+    ctx = cmd.ctx
+    share_id = validate_uuid(cmd.share_id, "share_id")
+    with uow.write() as repos:
+        server = visible_server(repos, cmd.server_id, ctx, lock=True)
+        env.policy.authorize(RULE % "delete", ctx, server.project_id)
+        mapping = repos.attachments.get(server.uuid, share_id)
+        if mapping is None:
+            raise NotFound(f"Share {share_id} is not attached to server {server.uuid}.")
+        require_share_change_allowed(server.vm_state, server.task_state, "detach",
+                                     env.hot_plug)
+        mapping.status = status_after_detach_request(mapping.status)
+        mapping.fault_message, mapping.request_id = None, ctx.request_id
+        mapping.user_id, mapping.project_id = ctx.user_id, ctx.project_id
+        mapping.requester_token = ctx.auth_token
+        touch(server)
+        record_action(repos, server.uuid, "detach_share", ctx, message=share_id)
+    env.wake_agent()

@@ -1,0 +1,42 @@
+"""Steps several handlers share: finding a visible server, the audit trail, new attachments."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+
+from attachfs.core.context import RequestContext, ShareInfo
+from attachfs.core.model import AttachmentStatus
+from attachfs.core.ports import AttachmentRecord, Repositories, ServerRecord
+from attachfs.errors import NotFound
+
+
+def visible_server(repos: Repositories, server_uuid: str, ctx: RequestContext, *,
+                   lock: bool = False) -> ServerRecord:
+    """The server if it exists and `ctx` may see it (other projects get the same 404)."""
+    server = repos.servers.get(server_uuid, lock=lock)
+    if server is None or (not ctx.is_admin and server.project_id != ctx.project_id):
+        raise NotFound(f"Instance {server_uuid} could not be found.")
+    return server
+
+
+def record_action(repos: Repositories, server_uuid: str, action: str, ctx: RequestContext,
+                  message: str | None = None) -> None:
+    repos.actions.record(
+        request_id=ctx.request_id or f"req-{uuidlib.uuid4()}", instance_uuid=server_uuid,
+        action=action, user_id=ctx.user_id, project_id=ctx.project_id, message=message)
+
+
+def touch(server: ServerRecord) -> None:
+    """Desired state changed: the agent sees a generation it has not converged yet."""
+    server.generation += 1
+
+
+def new_attachment(repos: Repositories, server: ServerRecord, share: ShareInfo, tag: str,
+                   mount_point: str | None, ctx: RequestContext,
+                   read_only: bool = False) -> AttachmentRecord:
+    return repos.attachments.add(
+        uuid=str(uuidlib.uuid4()), instance_uuid=server.uuid, share_id=share.id,
+        status=AttachmentStatus.ATTACHING, tag=tag, export_location=share.preferred_export,
+        share_proto=share.protocol, mount_point=mount_point, read_only=read_only,
+        user_id=ctx.user_id, project_id=ctx.project_id, request_id=ctx.request_id,
+        requester_token=ctx.auth_token)

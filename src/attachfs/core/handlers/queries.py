@@ -1,0 +1,153 @@
+"""Read handlers: what the API shows, with the same visibility and policy rules as the writes.
+Each opens one read transaction and returns records (views shape them at the edge)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from attachfs.core.commands import ShareRef
+from attachfs.core.context import RequestContext
+from attachfs.core.handlers import attachments, servers, shares
+from attachfs.core.handlers.common import visible_server
+from attachfs.core.ports import (
+    ActionRecord,
+    AttachmentRecord,
+    BuiltinShareRecord,
+    Env,
+    ServerRecord,
+    UnitOfWork,
+)
+from attachfs.core.validation import name_filter
+from attachfs.errors import BadRequest, NotFound
+
+ACTIONS_RULE = "os_compute_api:os-instance-actions:%s"
+
+
+# ---- attachments -----------------------------------------------------------------------------
+def list_attachments(uow: UnitOfWork, env: Env, ctx: RequestContext,
+                     server_id: str) -> list[AttachmentRecord]:
+    with uow.read() as repos:
+        server = visible_server(repos, server_id, ctx)
+        env.policy.authorize(attachments.RULE % "index", ctx, server.project_id)
+        return repos.attachments.of_server(server.uuid)
+
+
+def show_attachment(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: str,
+                    share_id: str) -> AttachmentRecord:
+    with uow.read() as repos:
+        server = visible_server(repos, server_id, ctx)
+        env.policy.authorize(attachments.RULE % "show", ctx, server.project_id)
+        mapping = repos.attachments.get(server.uuid, share_id)
+        if mapping is None:
+            raise NotFound(f"Share {share_id} is not attached to server {server.uuid}.")
+        return mapping
+
+
+# ---- servers ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServerPage:
+    """`GET /servers[/detail]`: newest first; `name` a regular expression searched in the name
+    (RE2: linear time), `marker` the last id of the previous page, `limit` the page size."""
+
+    name: str | None = None
+    all_tenants: bool = False
+    marker: str | None = None
+    limit: int = 1000
+
+
+def list_servers(uow: UnitOfWork, env: Env, ctx: RequestContext, page: ServerPage,
+                 with_attachments: bool = False
+                 ) -> tuple[list[ServerRecord], dict[str, list[AttachmentRecord]]]:
+    env.policy.authorize(servers.RULE % "index", ctx, ctx.project_id)
+    matches = name_filter(page.name) if page.name is not None else None
+    with uow.read() as repos:
+        rows = repos.servers.newest_first(
+            None if (ctx.is_admin and page.all_tenants) else ctx.project_id)
+        if matches is not None:
+            rows = [sv for sv in rows if matches(sv.name)]
+        if page.marker is not None:
+            ids = [sv.uuid for sv in rows]
+            if page.marker not in ids:
+                raise BadRequest(f"marker [{page.marker}] not found")
+            rows = rows[ids.index(page.marker) + 1:]
+        rows = rows[:page.limit]
+        by_server: dict[str, list[AttachmentRecord]] = {}
+        if with_attachments:
+            for m in repos.attachments.of_servers([sv.uuid for sv in rows]):
+                by_server.setdefault(m.instance_uuid, []).append(m)
+        return rows, by_server
+
+
+def show_server(uow: UnitOfWork, env: Env, ctx: RequestContext,
+                server_id: str) -> tuple[ServerRecord, list[AttachmentRecord]]:
+    with uow.read() as repos:
+        server = visible_server(repos, server_id, ctx)
+        env.policy.authorize(servers.RULE % "show", ctx, server.project_id)
+        return server, repos.attachments.of_server(server.uuid)
+
+
+def console_server(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: str) -> str:
+    """The server whose console may be read (its uuid); the caller reads the log."""
+    with uow.read() as repos:
+        server = visible_server(repos, server_id, ctx)
+        env.policy.authorize("os_compute_api:os-console-output", ctx, server.project_id)
+        return server.uuid
+
+
+# ---- audit trail -----------------------------------------------------------------------------
+def list_actions(uow: UnitOfWork, env: Env, ctx: RequestContext,
+                 server_id: str) -> list[ActionRecord]:
+    with uow.read() as repos:
+        server = repos.servers.get(server_id, include_deleted=True)  # deleted keep their trail
+        if server is None or (not ctx.is_admin and server.project_id != ctx.project_id):
+            raise NotFound(f"Instance {server_id} could not be found.")
+        env.policy.authorize(ACTIONS_RULE % "list", ctx, server.project_id)
+        return repos.actions.of_server(server.uuid)
+
+
+def show_action(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: str,
+                request_id: str) -> list[ActionRecord]:
+    with uow.read() as repos:
+        server = repos.servers.get(server_id, include_deleted=True)
+        if server is None or (not ctx.is_admin and server.project_id != ctx.project_id):
+            raise NotFound(f"Instance {server_id} could not be found.")
+        env.policy.authorize(ACTIONS_RULE % "show", ctx, server.project_id)
+        rows = repos.actions.of_request(server.uuid, request_id)
+        if not rows:
+            raise NotFound(f"Action for request_id {request_id} on instance {server_id} "
+                           "not found")
+        return rows
+
+
+# ---- built-in shares -------------------------------------------------------------------------
+def list_shares(uow: UnitOfWork, env: Env, ctx: RequestContext,
+                order: str = "name") -> list[BuiltinShareRecord]:
+    """Every built-in share `ctx` may see (its project's, the global ones; admins: all)."""
+    env.policy.authorize(shares.RULE % "index", ctx, ctx.project_id)
+    with uow.read() as repos:
+        return [sh for sh in repos.shares.all(order) if shares.share_visible(sh, ctx)]
+
+
+def show_share(uow: UnitOfWork, env: Env, ctx: RequestContext,
+               ref: ShareRef) -> BuiltinShareRecord:
+    with uow.read() as repos:
+        share = shares.find_share(repos, ctx, ref)
+    env.policy.authorize(shares.RULE % "show", ctx, shares.policy_target(share, ctx))
+    return share
+
+
+def share_servers(uow: UnitOfWork, env: Env, ctx: RequestContext,
+                  ref: ShareRef) -> list[tuple[str, str]]:
+    """(server id, attachment status) of the servers that have the share; other projects'
+    servers on a global share stay private (admins see all)."""
+    with uow.read() as repos:
+        share = shares.find_share(repos, ctx, ref)
+        env.policy.authorize(shares.RULE % "show", ctx, shares.policy_target(share, ctx))
+        return repos.attachments.servers_of_share(
+            share.uuid, None if ctx.is_admin else ctx.project_id)
+
+
+def share_id(uow: UnitOfWork, ctx: RequestContext, ref: ShareRef) -> str:
+    """The id of a share `ctx` may see (os-filesystem's connect/disconnect name it)."""
+    with uow.read() as repos:
+        return shares.find_share(repos, ctx, ref).uuid

@@ -1,0 +1,193 @@
+"""What the handlers need from the outside, as small interfaces (Cosmic Python's "abstract
+repository" and "abstract unit of work"). db/repositories.py and db/uow.py implement them
+with SQLAlchemy; tests/unit may implement them in memory. No I/O here.
+
+Records are the rows as the core sees them: plain attributes, read and written by handlers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from attachfs.core.context import RequestContext, ShareInfo
+
+
+class ServerRecord(Protocol):
+    uuid: str
+    name: str
+    project_id: str
+    user_id: str
+    host: str
+    vm_state: str
+    task_state: str | None
+    power_intent: str
+    share_slots: int | None
+    generation: int
+    observed_generation: int
+    flavor_id: str
+    image_id: str
+    vcpus: int
+    memory_mib: int
+    user_data: str | None
+    meta: dict[str, Any]
+    fault_message: str | None
+    config_drive: bool
+    launched_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class AttachmentRecord(Protocol):
+    uuid: str
+    instance_uuid: str
+    share_id: str
+    status: str
+    tag: str
+    export_location: str
+    share_proto: str
+    mount_point: str | None
+    read_only: bool
+    fault_message: str | None
+    user_id: str
+    project_id: str
+    request_id: str | None
+    requester_token: str | None
+
+
+class BuiltinShareRecord(Protocol):
+    uuid: str
+    name: str
+    project_id: str
+    user_id: str
+    size_gib: int
+    scope: str
+    status: str
+    mount_point: str | None
+    created_at: dt.datetime
+
+
+class ActionRecord(Protocol):
+    request_id: str
+    instance_uuid: str
+    action: str
+    user_id: str
+    project_id: str
+    result: str | None
+    message: str | None
+    start_time: dt.datetime
+    finish_time: dt.datetime | None
+
+
+class ServerRepository(Protocol):
+    def get(self, server_uuid: str, *, lock: bool = False,
+            include_deleted: bool = False) -> ServerRecord | None: ...
+    def add(self, **fields: Any) -> ServerRecord: ...
+    def newest_first(self, project_id: str | None) -> list[ServerRecord]:
+        """Servers not deleted, of one project (None: all), newest first."""
+        ...
+    def of_project(self, project_id: str) -> list[ServerRecord]: ...
+
+
+class AttachmentRepository(Protocol):
+    def of_server(self, server_uuid: str) -> list[AttachmentRecord]: ...
+    def of_servers(self, server_uuids: Sequence[str]) -> list[AttachmentRecord]: ...
+    def get(self, server_uuid: str, share_id: str) -> AttachmentRecord | None: ...
+    def share_with_tag(self, server_uuid: str, tag: str) -> str | None: ...
+    def count(self, server_uuid: str) -> int: ...
+    def add(self, **fields: Any) -> AttachmentRecord: ...
+    def servers_of_share(self, share_id: str,
+                         project_id: str | None) -> list[tuple[str, str]]:
+        """(server uuid, attachment status) of the share, of one project's servers (None: all)."""
+        ...
+
+
+class BuiltinShareRepository(Protocol):
+    def get(self, share_id: str) -> BuiltinShareRecord | None: ...
+    def in_project(self, name: str, project_id: str) -> BuiltinShareRecord | None:
+        """The project's own (not global) share of that name."""
+        ...
+    def global_named(self, name: str) -> BuiltinShareRecord | None: ...
+    def name_taken(self, name: str, global_scope: bool, project_id: str) -> bool: ...
+    def all(self, order: str) -> list[BuiltinShareRecord]:
+        """Every share; order "name" or "newest"."""
+        ...
+    def project_scoped(self, project_id: str) -> list[BuiltinShareRecord]: ...
+    def add(self, **fields: Any) -> BuiltinShareRecord: ...
+    def delete(self, share: BuiltinShareRecord) -> None: ...
+    def locked_by_host(self, share_id: str) -> str | None:
+        """A host holding a locked access rule on the share, if any."""
+        ...
+
+
+class ActionRepository(Protocol):
+    def record(self, **fields: Any) -> None: ...
+    def of_server(self, server_uuid: str) -> list[ActionRecord]: ...
+    def of_request(self, server_uuid: str, request_id: str) -> list[ActionRecord]: ...
+    def unfinished(self, request_id: str) -> list[ActionRecord]: ...
+    def finish(self, action: ActionRecord, result: str) -> None: ...
+
+
+class Repositories(Protocol):
+    @property
+    def servers(self) -> ServerRepository: ...
+    @property
+    def attachments(self) -> AttachmentRepository: ...
+    @property
+    def shares(self) -> BuiltinShareRepository: ...
+    @property
+    def actions(self) -> ActionRepository: ...
+
+    def flush(self) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    """Transactions: `write()` commits when its block ends without error and rolls back on
+    any error; `read()` never writes (and on SQLite does not queue behind writers)."""
+
+    def write(self) -> AbstractContextManager[Repositories]: ...
+    def read(self) -> AbstractContextManager[Repositories]: ...
+
+
+# ---- collaborators the handlers call besides the database ----------------------------------
+class Authorizer(Protocol):
+    def authorize(self, rule: str, context: RequestContext, target_project: str) -> None:
+        """Raise errors.Forbidden unless policy allows `rule`."""
+
+
+class ShareLookup(Protocol):
+    def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
+        """Raise NotFound when missing or not visible to `context`."""
+
+
+class BuiltinStorage(Protocol):
+    """The built-in shares' filesystems on this host (storage/local.py)."""
+
+    def create_dir(self, share_id: str, size_gib: int) -> Path: ...
+    def delete_dir(self, share_id: str) -> None: ...
+    def info(self, share: BuiltinShareRecord) -> ShareInfo: ...
+    def usage_bytes(self, share_id: str) -> int: ...
+
+
+class ImageLookup(Protocol):
+    def image_id(self, ref: str) -> str:
+        """The id of the guest image `ref` names (id or name); NotFound otherwise."""
+
+
+@dataclass(frozen=True)
+class Env:
+    """Everything a handler may use besides its command and unit of work (bound once, at
+    start, as Cosmic Python's bootstrap does)."""
+
+    policy: Authorizer
+    shares: ShareLookup
+    builtin: BuiltinStorage
+    images: ImageLookup
+    wake_agent: Callable[[], None]  # after a commit that changed desired state
+    host: str
+    hot_plug: bool
+    max_attachments_per_server: int

@@ -1,0 +1,152 @@
+"""SQLAlchemy repositories: the queries the core's handlers need (core/ports.py), one class per
+table. They run inside a unit of work's session (db/uow.py) and never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from attachfs.core.model import ShareScope, VmState
+from attachfs.core.ports import ActionRecord, AttachmentRecord, BuiltinShareRecord, ServerRecord
+from attachfs.db.tables import InstanceAction, Server, Share, ShareAccess, ShareMapping, utcnow
+
+
+class SqlServers:
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def get(self, server_uuid: str, *, lock: bool = False,
+            include_deleted: bool = False) -> Server | None:
+        if include_deleted:
+            return self.s.get(Server, server_uuid)
+        query = select(Server).where(Server.uuid == server_uuid,
+                                     Server.vm_state != VmState.DELETED)
+        if lock:  # PostgreSQL: concurrent changes of one server take turns
+            query = query.with_for_update()
+        return self.s.scalar(query)
+
+    def add(self, **fields: Any) -> Server:
+        server = Server(**fields)
+        self.s.add(server)
+        return server
+
+    def newest_first(self, project_id: str | None) -> list[ServerRecord]:
+        query = select(Server).where(Server.vm_state != VmState.DELETED).order_by(
+            Server.created_at.desc(), Server.uuid.desc())
+        if project_id is not None:
+            query = query.where(Server.project_id == project_id)
+        return list(self.s.scalars(query))
+
+    def of_project(self, project_id: str) -> list[ServerRecord]:
+        return list(self.s.scalars(select(Server).where(
+            Server.project_id == project_id, Server.vm_state != VmState.DELETED)))
+
+
+class SqlAttachments:
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def of_server(self, server_uuid: str) -> list[AttachmentRecord]:
+        return list(self.s.scalars(select(ShareMapping).where(
+            ShareMapping.instance_uuid == server_uuid).order_by(ShareMapping.id)))
+
+    def of_servers(self, server_uuids: Sequence[str]) -> list[AttachmentRecord]:
+        return list(self.s.scalars(select(ShareMapping).where(
+            ShareMapping.instance_uuid.in_(list(server_uuids))).order_by(ShareMapping.id)))
+
+    def get(self, server_uuid: str, share_id: str) -> ShareMapping | None:
+        return self.s.scalar(select(ShareMapping).where(
+            ShareMapping.instance_uuid == server_uuid, ShareMapping.share_id == share_id))
+
+    def share_with_tag(self, server_uuid: str, tag: str) -> str | None:
+        return self.s.scalar(select(ShareMapping.share_id).where(
+            ShareMapping.instance_uuid == server_uuid, ShareMapping.tag == tag))
+
+    def count(self, server_uuid: str) -> int:
+        return self.s.scalar(select(func.count()).select_from(ShareMapping).where(
+            ShareMapping.instance_uuid == server_uuid)) or 0
+
+    def add(self, **fields: Any) -> ShareMapping:
+        mapping = ShareMapping(**fields)
+        self.s.add(mapping)
+        return mapping
+
+    def servers_of_share(self, share_id: str,
+                         project_id: str | None) -> list[tuple[str, str]]:
+        query = (select(ShareMapping.instance_uuid, ShareMapping.status)
+                 .join(Server, Server.uuid == ShareMapping.instance_uuid)
+                 .where(ShareMapping.share_id == share_id).order_by(ShareMapping.id))
+        if project_id is not None:
+            query = query.where(Server.project_id == project_id)
+        return [(row[0], row[1]) for row in self.s.execute(query)]
+
+
+class SqlShares:
+    """The built-in shares. Names are unique per namespace (a project's shares; the global
+    ones), enforced by partial unique indexes: a lost race is a Duplicate (db/uow.py)."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def get(self, share_id: str) -> Share | None:
+        return self.s.get(Share, share_id)
+
+    def in_project(self, name: str, project_id: str) -> Share | None:
+        return self.s.scalar(select(Share).where(
+            Share.name == name, Share.scope != ShareScope.GLOBAL, Share.project_id == project_id))
+
+    def global_named(self, name: str) -> Share | None:
+        return self.s.scalar(select(Share).where(Share.name == name,
+                                                 Share.scope == ShareScope.GLOBAL))
+
+    def name_taken(self, name: str, global_scope: bool, project_id: str) -> bool:
+        found = self.global_named(name) if global_scope else self.in_project(name, project_id)
+        return found is not None
+
+    def all(self, order: str) -> list[BuiltinShareRecord]:
+        by = (Share.name,) if order == "name" else (Share.created_at.desc(), Share.uuid)
+        return list(self.s.scalars(select(Share).order_by(*by)))
+
+    def project_scoped(self, project_id: str) -> list[BuiltinShareRecord]:
+        return list(self.s.scalars(select(Share).where(
+            Share.project_id == project_id, Share.scope == ShareScope.PROJECT)))
+
+    def add(self, **fields: Any) -> Share:
+        share = Share(**fields)
+        self.s.add(share)
+        return share
+
+    def delete(self, share: Any) -> None:
+        self.s.delete(share)
+
+    def locked_by_host(self, share_id: str) -> str | None:
+        return self.s.scalar(select(ShareAccess.host).where(
+            ShareAccess.share_id == share_id, ShareAccess.locked).limit(1))
+
+
+class SqlActions:
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def record(self, **fields: Any) -> None:
+        self.s.add(InstanceAction(**fields))
+
+    def of_server(self, server_uuid: str) -> list[ActionRecord]:
+        return list(self.s.scalars(select(InstanceAction).where(
+            InstanceAction.instance_uuid == server_uuid).order_by(
+            InstanceAction.start_time.desc(), InstanceAction.id.desc())))
+
+    def of_request(self, server_uuid: str, request_id: str) -> list[ActionRecord]:
+        return list(self.s.scalars(select(InstanceAction).where(
+            InstanceAction.instance_uuid == server_uuid,
+            InstanceAction.request_id == request_id).order_by(InstanceAction.id)))
+
+    def unfinished(self, request_id: str) -> list[ActionRecord]:
+        return list(self.s.scalars(select(InstanceAction).where(
+            InstanceAction.request_id == request_id, InstanceAction.finish_time.is_(None))))
+
+    def finish(self, action: Any, result: str) -> None:
+        action.result, action.finish_time = result, utcnow()
