@@ -50,6 +50,16 @@ def create_app(state: ApiState) -> FastAPI:
     app = FastAPI(title="attachfs compute API", openapi_url="/openapi.json", docs_url=None,
                   redoc_url=None)
     app.state.api = state
+    _add_request_context(app, state)
+    _add_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app
+
+
+def _add_request_context(app: FastAPI, state: ApiState) -> None:
+    """Every request gets an id; compute API requests a microversion; all but discovery a
+    RequestContext (who is calling)."""
 
     @app.middleware("http")
     async def context_middleware(
@@ -89,6 +99,10 @@ def create_app(state: ApiState) -> FastAPI:
             return fault_of(exc)
         return await call_next(request)
 
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Whatever a request raises becomes a compute API fault body, never a 500 for input."""
+
     @app.exception_handler(ClientError)
     async def client_error(_request: Request, exc: ClientError) -> JSONResponse:
         return fault_of(exc)
@@ -118,8 +132,4 @@ def create_app(state: ApiState) -> FastAPI:
     async def db_error(_request: Request, exc: DBAPIError) -> JSONResponse:
         log.error("database error: %s", exc)
         return fault(*UNAVAILABLE, "The database is busy; retry the request")
-
-    for router in ROUTERS:
-        app.include_router(router)
-    return app
 
