@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from attachfs.config import ApiConfig, Config
-from attachfs.storage.base import RequestContext
+from attachfs.core.context import RequestContext
 
 
 class Authenticator(Protocol):

@@ -28,8 +28,8 @@ from typing import Any
 
 from attachfs.api.faults import status_and_name
 from attachfs.config import Config
+from attachfs.core.context import RequestContext
 from attachfs.errors import Forbidden, ServiceUnavailable, Unauthorized
-from attachfs.storage.base import RequestContext
 
 log = logging.getLogger(__name__)
 

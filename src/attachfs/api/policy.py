@@ -10,8 +10,8 @@ from typing import Any
 from oslo_config import cfg
 from oslo_policy import policy
 
+from attachfs.core.context import RequestContext
 from attachfs.errors import Forbidden
-from attachfs.storage.base import RequestContext
 
 ADMIN = "role:admin"
 PROJECT_READER_OR_ADMIN = "(role:reader and project_id:%(project_id)s) or rule:context_is_admin"
