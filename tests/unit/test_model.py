@@ -93,3 +93,16 @@ def test_mount_paths() -> None:
     assert rules.guest_mount_point("/srv/x", "data") == "/srv/x"
     assert rules.host_mount_name("abc", read_only=True) == "abc-ro"
     assert rules.host_mount_name("abc", read_only=False) == "abc"
+
+
+def test_guest_agent_applies_the_same_tag_rule() -> None:
+    """The guest agent is a shell script and cannot import core/rules.py: its copy of the tag
+    rule is checked against the one rule instead."""
+    from pathlib import Path
+
+    from attachfs.core import rules
+
+    agent = (Path(rules.__file__).parents[1] / "virt" / "guest" / "attachfs-guest-agent")
+    text = agent.read_text()
+    assert f"length(t) <= {rules.TAG_MAX_BYTES}" in text
+    assert f"/^[{rules.TAG_CHARS.replace('a-zA-Z', 'A-Za-z')}]+$/" in text
