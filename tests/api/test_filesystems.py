@@ -71,3 +71,12 @@ def test_connect_disconnect_and_delete_while_attached(client: TestClient, parts:
     shares = client.get(f"/v2.1/servers/{sid}/shares").json()["shares"]
     assert shares[0]["status"] == "detaching" and shares[0]["share_id"] == entry["id"]
     assert client.put("/v2.1/os-filesystem/data/instances/not-a-server").status_code == 404
+
+
+def test_a_nul_in_a_name_is_the_callers_input(client: TestClient) -> None:
+    """PostgreSQL cannot compare text with a NUL: the unit of work turns that into a 400, never
+    a 500 (SQLite simply finds nothing)."""
+    r = client.get("/v2.1/os-filesystem/a%00b")
+    assert r.status_code in (400, 404), r.text
+    if r.status_code == 400:
+        assert "cannot store" in r.json()["badRequest"]["message"]

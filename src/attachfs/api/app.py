@@ -121,10 +121,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         message = "The resource could not be found." if exc.status_code == 404 else str(exc.detail)
         return fault(exc.status_code, name, message)
 
+    # The unit of work translates database errors (db/uow.py); these two catch what adapters
+    # that use the database on their own (the built-in share provider) let through.
     @app.exception_handler(DataError)
     async def data_error(_request: Request, exc: DataError) -> JSONResponse:
-        # A value the database refuses to hold or compare (PostgreSQL: a NUL in text) is the
-        # client's input, not the database's state.
         return fault(*BAD_REQUEST, "Invalid input: a value contains characters the "
                                    "database cannot store (such as NUL)")
 

@@ -1,22 +1,29 @@
 """The unit of work: one transaction, with the repositories that work inside it.
 
-`write()` commits when its block ends and rolls back on any error; a unique constraint that
-refuses the write (two requests raced for one share, tag or name) becomes errors.Duplicate, a
-409 at the API, so callers never see SQLAlchemy. `read()` is a read-only snapshot (on SQLite
-it does not queue behind writers: see db/engine.py).
+`write()` commits when its block ends and rolls back on any error; `read()` is a read-only
+snapshot (on SQLite it does not queue behind writers: see db/engine.py). Database errors are
+translated here, so callers never see SQLAlchemy:
+- a unique constraint that refuses the write (two requests raced for one share, tag or name):
+  errors.Duplicate (a 409 at the API);
+- a value the database cannot hold or compare (PostgreSQL: a NUL in text): errors.BadRequest,
+  it is the caller's input;
+- anything else from the driver (connection lost, lock timeout): errors.ServiceUnavailable.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from attachfs.db.engine import Database
 from attachfs.db.repositories import SqlActions, SqlAttachments, SqlServers, SqlShares
-from attachfs.errors import Duplicate
+from attachfs.errors import BadRequest, Duplicate, ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class SqlRepositories:
@@ -47,13 +54,24 @@ class SqlUnitOfWork:
 
     @contextmanager
     def write(self) -> Iterator[SqlRepositories]:
-        try:
-            with self.db.session() as s:
-                yield SqlRepositories(s)
-        except IntegrityError as exc:
-            raise Duplicate(duplicate_message(exc)) from exc
+        with translated_errors(), self.db.session() as s:
+            yield SqlRepositories(s)
 
     @contextmanager
     def read(self) -> Iterator[SqlRepositories]:
-        with self.db.read() as s:
+        with translated_errors(), self.db.read() as s:
             yield SqlRepositories(s)
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    try:
+        yield
+    except IntegrityError as exc:
+        raise Duplicate(duplicate_message(exc)) from exc
+    except DataError as exc:
+        raise BadRequest("Invalid input: a value contains characters the database cannot "
+                         "store (such as NUL)") from exc
+    except DBAPIError as exc:
+        log.error("database error: %s", exc)
+        raise ServiceUnavailable("The database is busy; retry the request") from exc
