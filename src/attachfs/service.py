@@ -11,6 +11,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from attachfs.agent.attachments import Attachments
+from attachfs.agent.executor import crash_point
 from attachfs.agent.reconciler import Reconciler
 from attachfs.agent.runner import Agent
 from attachfs.api.app import ApiState, create_app
@@ -71,7 +72,8 @@ def build_agent(parts: Parts) -> Agent:
                         MetadataLimits.from_config(config.metadata)),
         make_notifier(config),
     )
-    return Agent(Reconciler(config, parts.db, attachments, lambda: load_images(config.images_dir)))
+    return Agent(Reconciler(config, parts.db, attachments, lambda: load_images(config.images_dir),
+                            crash_after=crash_point()))
 
 
 def configure_logging(config: Config) -> None:

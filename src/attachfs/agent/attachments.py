@@ -1,14 +1,15 @@
-"""The agent's steps for one attachment: grant, host mount, device in/out, revoke.
+"""The agent's hands for one attachment: its row (status, fault, attempts), its notifications,
+its host mount path, and the storage calls (grant, mount, revoke).
 
-Every step is idempotent (a crash anywhere is repaired by running the same step again), and a
-multi-step change registers its undo on an ExitStack so a failure leaves nothing half-done.
+The reconciler's executor (agent/executor.py) uses these to run a plan's steps. `attach` and
+`detach` are one-shot helpers for a *stopped* server (tools, the notification test); the agent
+itself never calls them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from attachfs.metadata.sockets import MetadataSockets
 from attachfs.notify.base import Notifier
 from attachfs.notify.payloads import fault_payload, instance_action_payload
 from attachfs.paths import under_root
-from attachfs.storage.base import HostConnector, RequestContext, ShareProvider
+from attachfs.storage.base import HostConnector, MountTable, RequestContext, ShareProvider
+from attachfs.storage.mountinfo import KernelMounts
 from attachfs.virt.base import GuestShare, PowerState, VirtDriver
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,12 @@ def requester(m: ShareMapping) -> RequestContext:
 class Attachments:
     def __init__(self, config: Config, db: Database, provider: ShareProvider,
                  connectors: dict[str, HostConnector], virt: VirtDriver,
-                 metadata: MetadataSockets, notifier: Notifier) -> None:
+                 metadata: MetadataSockets, notifier: Notifier,
+                 mounts: MountTable | None = None) -> None:
         self.config, self.db, self.provider = config, db, provider
         self.connectors, self.virt, self.metadata = connectors, virt, metadata
         self.notifier = notifier
+        self.mounts: MountTable = mounts if mounts is not None else KernelMounts()
         self.host = config.agent.host
 
     # ---- rows --------------------------------------------------------------------------------
@@ -60,6 +64,7 @@ class Attachments:
                 s.delete(row)
                 return
             row.status, row.fault_message = status, fault
+            row.attempts, row.last_error = 0, fault
             row.requester_token = None  # used for this step; never kept longer
             if status == AttachmentStatus.ERROR:
                 finish_action(s, row.request_id, "Error", fault)
@@ -95,6 +100,24 @@ class Attachments:
         # (virtio-fs alone does not enforce it, and libvirt refuses <readonly/> for virtiofs).
         connector.mount(m.export_location, path, read_only=m.read_only)
         return path
+
+    def record_retry(self, mapping_id: int, step: str, exc: Exception, retry_in: float) -> int:
+        """A temporary failure: count it and show it (status unchanged). Returns the count."""
+        with self.db.session() as s:
+            row = s.get(ShareMapping, mapping_id)
+            if row is None:
+                return 0
+            row.attempts = (row.attempts or 0) + 1
+            row.last_error = f"{step} failed: {exc}"
+            row.fault_message = (f"{row.last_error} (attempt {row.attempts}; retrying in "
+                                 f"{retry_in:.0f}s)")
+            return row.attempts
+
+    def clear_retry(self, mapping_id: int) -> None:
+        with self.db.session() as s:
+            row = s.get(ShareMapping, mapping_id)
+            if row is not None and row.status != AttachmentStatus.ERROR:
+                row.attempts, row.last_error, row.fault_message = 0, None, None
 
     def mount_needed(self, m: ShareMapping) -> bool:
         """Does a running guest of this host, other than m's, still use m's host mount?"""
@@ -160,18 +183,11 @@ class Attachments:
 
     # ---- detach ------------------------------------------------------------------------------
     def detach(self, server: Server, m: ShareMapping, running: bool) -> bool:
-        """detaching -> row gone. On a running guest: the metadata no longer lists the share,
-        the guest agent unmounts it, then the device goes; a guest that does not let go within
-        agent.detach_timeout has the device removed anyway, and the action records that."""
+        """detaching -> row gone, in one go (a running guest loses the device at once; the
+        agent's own hot detach waits for the guest without blocking, see core/planner.py)."""
         self._notify(server, m, "share_detach.start")
-        note = None
         try:
-            if running and m.tag in self.virt.guest_share_tags(server.uuid):
-                if not self._guest_released(server.uuid, m.tag):
-                    note = (f"the guest did not unmount '{m.tag}' within "
-                            f"{self.config.agent.detach_timeout:g}s; the device was removed "
-                            "anyway (the guest sees its mount fail)")
-                    log.warning("server %s share %s: %s", server.uuid, m.share_id, note)
+            if running:
                 self.virt.detach_share(server.uuid, m.tag, 30.0)
             self.release_mount(m)
             self.release_access(m)
@@ -179,17 +195,6 @@ class Attachments:
             self.fail(server, m, "detaching", exc, event="share_detach")
             return False
         self._notify(server, m, "share_detach.end")
-        self.set_status(m.id, None, note=note)
+        self.set_status(m.id, None)
         log.info("server %s share %s: detached", m.instance_uuid, m.share_id)
         return True
-
-    def _guest_released(self, uuid: str, tag: str) -> bool:
-        """Wait until the guest reports (after now) that `tag` is no longer mounted."""
-        start = time.monotonic()
-        deadline = start + self.config.agent.detach_timeout
-        while time.monotonic() < deadline:
-            report = self.metadata.reports.mounted(uuid)
-            if report is not None and report[0] > start and tag not in report[1]:
-                return True
-            time.sleep(0.1)
-        return False

@@ -1,13 +1,14 @@
-"""Drive one server on this host from its desired state (database) to its actual state (host).
+"""One pass for one server: desired (rows) + actual (drivers) -> plan -> execute -> result.
 
-Level-triggered: `reconcile(uuid)` names the server, never the event. It reads the rows, looks
-at what the host really has, and does only the missing steps, each idempotent, so running it
-again after a crash (kill -9 anywhere) converges to the same place.
+Level-triggered, as controller-runtime's reconcile: `reconcile(uuid)` names the server, never
+the event, and returns what the runner should do next (`PassResult`): nothing (done), look
+again after a delay (waiting for the guest or a device), or retry with backoff (a temporary
+error). Nothing here sleeps on the outside world.
 """
 
 from __future__ import annotations
 
-import contextlib
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,259 +16,156 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from attachfs.agent.attachments import HELD, Attachments
+from attachfs.agent.attachments import Attachments
+from attachfs.agent.executor import Executor, backoff
+from attachfs.agent.server import ServerSteps
+from attachfs.agent.state import PassMemory, Snapshot, desired_of, observe, read_snapshot
 from attachfs.config import Config
-from attachfs.core.model import (
-    AttachmentStatus,
-    PowerIntent,
-    TaskState,
-    VmState,
-    status_after_power,
-)
+from attachfs.core.model import AttachmentStatus, VmState
+from attachfs.core.planner import Actual, Desired, Phase, Plan, Power, host_plan, phase_of, plan
+from attachfs.core.steps import Op
 from attachfs.db.engine import Database
-from attachfs.db.tables import InstanceAction, Server, ShareMapping, utcnow
+from attachfs.db.tables import Server, ShareMapping
 from attachfs.errors import BackendError
-from attachfs.metadata.app import config_drive_files
-from attachfs.notify.payloads import instance_action_payload
-from attachfs.paths import under_root
-from attachfs.virt.base import BootImage, GuestShare, GuestSpec, PowerState
-from attachfs.virt.configdrive import build_config_drive
+from attachfs.virt.base import BootImage
 
 log = logging.getLogger(__name__)
+CONFIRM_STOPPED = 5.0  # s a guest must stay away before its server is recorded as stopped
 
 
-@dataclass
-class Snapshot:
-    """The rows as read at the start of a step (detached copies; the session is closed)."""
+class Next(enum.StrEnum):
+    DONE = "done"
+    REQUEUE = "requeue"  # look again after `after` s: waiting on the guest or a device
+    RETRY = "retry"  # a temporary error: again after `after` s (the runner backs off)
 
-    server: Server
-    mappings: list[ShareMapping]
+
+@dataclass(frozen=True)
+class PassResult:
+    next: Next
+    after: float = 0.0
+    why: str = ""
+
+    @classmethod
+    def done(cls) -> PassResult:
+        return cls(Next.DONE)
 
 
 class Reconciler:
     def __init__(self, config: Config, db: Database, attachments: Attachments,
-                 images: Callable[[], list[BootImage]]) -> None:
+                 images: Callable[[], list[BootImage]], crash_after: str | None = None) -> None:
         self.config, self.db, self.a, self.images = config, db, attachments, images
         self.virt, self.metadata, self.host = attachments.virt, attachments.metadata, config.agent.host
+        self.memory = PassMemory(release_started={}, rebooted={}, unplugging={},
+                                 missing_since={})
+        self.server_steps = ServerSteps(config, db, attachments, images, self.memory)
+        self.executor = Executor(attachments, self.server_steps, crash_after)
+
+    def mount_path(self, share_id: str, read_only: bool) -> str:
+        return str(self.a.mount_path(share_id, read_only))
 
     def snapshot(self, uuid: str) -> Snapshot | None:
         with self.db.read() as s:
-            server = s.get(Server, uuid)
-            if server is None:
-                return None
-            mappings = list(s.scalars(select(ShareMapping)
-                                      .where(ShareMapping.instance_uuid == uuid)
-                                      .order_by(ShareMapping.id)))
-            return Snapshot(server, mappings)
+            return read_snapshot(s, uuid)
 
-    # ---- the pass --------------------------------------------------------------------------
-    def reconcile(self, uuid: str) -> None:
-        snap = self.snapshot(uuid)
-        if snap is None or snap.server.vm_state == VmState.DELETED:
-            if self.virt.guest_state(uuid) != PowerState.MISSING:
-                log.warning("repair: guest %s has no server row; destroying it", uuid)
-                self.virt.stop_guest(uuid, 0)
-            self.metadata.remove(uuid)
-            return
-        server = snap.server
-        if server.task_state == TaskState.DELETING:
-            self._delete(snap)
-            return
-        running = self.virt.guest_state(uuid) == PowerState.RUNNING
-        changed = False
-        for m in snap.mappings:
-            if m.status == AttachmentStatus.ATTACHING:
-                changed |= self.a.attach(server, m, running)
-            elif m.status == AttachmentStatus.DETACHING:
-                changed |= self.a.detach(server, m, running)
-        snap = self.snapshot(uuid)
-        assert snap is not None
-        if changed and snap.server.config_drive:
-            self._refresh_config_drive(snap, running)
-        if snap.server.vm_state == VmState.ERROR and snap.server.task_state is None:
-            return  # a failed server waits for the user (stop, reboot --hard, delete)
-        if snap.server.task_state in (TaskState.REBOOTING, TaskState.REBOOTING_HARD):
-            hard = snap.server.task_state == TaskState.REBOOTING_HARD
-            self.virt.stop_guest(uuid, 0 if hard else self.config.agent.stop_timeout)
-        if snap.server.power_intent == PowerIntent.ON:
-            self._power_on(snap)
-        else:
-            self._power_off(snap)
-
-    # ---- config drive ----------------------------------------------------------------------
-    def config_drive_path(self, uuid: str) -> Path:
-        return under_root(self.config.config_drive_dir, f"{uuid}.iso")
-
-    def _refresh_config_drive(self, snap: Snapshot, running: bool) -> Path:
-        """Rebuild the ISO from the rows; a running guest gets the new media live."""
-        path = self.config_drive_path(snap.server.uuid)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        build_config_drive(path, config_drive_files(snap.server, snap.mappings))
-        if running:
-            try:
-                self.virt.set_config_drive(snap.server.uuid, path)
-            except BackendError as exc:
-                log.error("server %s: config drive media change failed: %s",
-                          snap.server.uuid, exc)
-        return path
-
-    # ---- power -------------------------------------------------------------------------------
-    def _power_notify(self, snap: Snapshot, event: str) -> None:
-        """instance.power_on/power_off, naming the user whose request it was."""
+    def plan_for(self, uuid: str) -> tuple[Plan, Snapshot | None, object]:
+        """Desired and actual, and the plan between them (also what `attachfs` tools show)."""
         with self.db.read() as s:
-            action = s.scalar(select(InstanceAction).where(
-                InstanceAction.instance_uuid == snap.server.uuid,
-                InstanceAction.finish_time.is_(None)).order_by(InstanceAction.id.desc()).limit(1))
-        shares = snap.mappings if self.config.notifications.include_share_mapping else None
-        payload = instance_action_payload(
-            snap.server, user_id=action.user_id if action else snap.server.user_id,
-            project_id=action.project_id if action else snap.server.project_id,
-            request_id=action.request_id if action else None, fault=None, shares=shares)
-        self.a.notifier.notify(f"instance.{event}", payload)
+            snap = read_snapshot(s, uuid)
+            desired = desired_of(s, snap, uuid, self.mount_path, self.memory,
+                                 self.config.agent.detach_timeout)
+        actual = observe(uuid, self.virt, self.metadata, self.a.mounts, self.config.mount_root,
+                         self.memory)
+        return plan(desired, actual), snap, desired
 
-    def _power_on(self, snap: Snapshot) -> None:
-        server, uuid = snap.server, snap.server.uuid
-        wanted = [m for m in snap.mappings if m.status in HELD]
-        booted = self.virt.guest_state(uuid) != PowerState.RUNNING
-        if booted:
-            if not self._boot(snap, wanted):
-                return
-        else:
-            self.metadata.ensure(uuid)
-        self._plug_missing(snap, wanted)
-        if booted and (after := self.snapshot(uuid)) is not None:
-            self._power_notify(after, "power_on.end")  # with the shares now active
-        self._server_done(server, VmState.ACTIVE, None)
+    def reconcile(self, uuid: str) -> PassResult:
+        with self.db.read() as s:
+            snap = read_snapshot(s, uuid)
+            desired = desired_of(s, snap, uuid, self.mount_path, self.memory,
+                                 self.config.agent.detach_timeout)
+        actual = observe(uuid, self.virt, self.metadata, self.a.mounts, self.config.mount_root,
+                         self.memory)
+        if self._unconfirmed_stop(desired, actual):
+            return PassResult(Next.REQUEUE, CONFIRM_STOPPED / 2, "confirming the guest stopped")
+        the_plan = plan(desired, actual)
+        if the_plan.steps:
+            log.info("server %s: %s", uuid, ", ".join(map(str, the_plan.steps)))
+        out = self.executor.run(the_plan, desired, snap)
+        self._forget_released(snap)
+        for step in out.done:
+            if step.op == Op.RECORD and step.status is None and step.attachment is not None:
+                self.memory.release_started.pop(step.attachment, None)
+        if out.temporary is not None:
+            after = out.retry_after or backoff((snap.server.attempts if snap else 0) + 1)
+            if out.server_failed and snap is not None:
+                self.server_steps.record_attempt(uuid, out.temporary)
+            return PassResult(Next.RETRY, after, out.temporary)
+        if the_plan.wait is not None:
+            return PassResult(Next.REQUEUE, the_plan.wait, the_plan.waiting_for)
+        return PassResult.done()
 
-    def _boot(self, snap: Snapshot, wanted: list[ShareMapping]) -> bool:
-        server, uuid = snap.server, snap.server.uuid
-        image = next((i for i in self.images() if i.id == server.image_id), None)
-        if image is None:
-            self._server_done(server, VmState.ERROR, f"image {server.image_id} is not on host "
-                              f"{self.host}")
+    def _unconfirmed_stop(self, desired: Desired, actual: Actual) -> bool:
+        """A guest of an ACTIVE server not seen running is recorded as stopped by itself only
+        when it stays away CONFIRM_STOPPED s: a hypervisor that is restarting may not list it
+        for a moment, and recording a running guest as stopped would stop it."""
+        suspect = (desired.settled and desired.vm_state == VmState.ACTIVE
+                   and desired.power == Power.ON and actual.power != "running")
+        if not suspect:
+            self.memory.missing_since.pop(desired.uuid, None)
             return False
-        self._power_notify(snap, "power_on.start")
-        shares: list[GuestShare] = []
-        for m in wanted:
-            try:
-                shares.append(GuestShare(tag=m.tag, host_path=self.a.mount(m),
-                                         read_only=m.read_only))
-            except BackendError as exc:
-                self.a.fail(server, m, "mounting on the host", exc)
-        drive = self._refresh_config_drive(snap, running=False) if server.config_drive else None
-        spec = GuestSpec(uuid=uuid, name=server.name, vcpus=server.vcpus,
-                         memory_mib=server.memory_mib, image=image,
-                         console_log=self.console_log(uuid),
-                         metadata_socket=self.metadata.ensure(uuid), shares=tuple(shares),
-                         config_drive=drive)
-        try:
-            self.virt.start_guest(spec)
-        except BackendError as exc:
-            self._server_done(server, VmState.ERROR, f"starting the guest failed: {exc}")
-            return False
-        slots = len(shares) + self.virt.free_share_slots(uuid)
-        with self.db.session() as s:
-            row = s.get(Server, uuid)
-            if row is not None:
-                row.share_slots = slots
-        log.info("server %s: guest started with %d share(s), %d slot(s)", uuid, len(shares),
-                 slots)
-        return True
+        since = self.memory.missing_since.setdefault(desired.uuid, actual.now)
+        return actual.now - since < CONFIRM_STOPPED
 
-    def _plug_missing(self, snap: Snapshot, wanted: list[ShareMapping]) -> None:
-        """Every held attachment of a running guest must have its device: add what is missing
-        (hot plug) and mark them active."""
-        present = self.virt.guest_share_tags(snap.server.uuid)
-        for m in wanted:
-            if m.tag not in present:
-                try:
-                    with contextlib.ExitStack() as undo:
-                        self.a.plug(snap.server.uuid, m, undo)
-                        undo.pop_all()
-                except BackendError as exc:
-                    self.a.fail(snap.server, m, "adding the device", exc)
-                    continue
-            if (status := status_after_power(m.status, power_on=True)) != m.status:
-                self.a.set_status(m.id, status)
-
-    def _power_off(self, snap: Snapshot) -> None:
-        uuid = snap.server.uuid
-        if self.virt.guest_state(uuid) == PowerState.RUNNING:
-            self._power_notify(snap, "power_off.start")
-            self.virt.stop_guest(uuid, self.config.agent.stop_timeout)
-            log.info("server %s: guest stopped", uuid)
-            self._power_notify(snap, "power_off.end")
-        for m in snap.mappings:
-            if (status := status_after_power(m.status, power_on=False)) != m.status:
-                self.a.set_status(m.id, status)
-        for m in snap.mappings:
-            if m.status in HELD:
-                try:
-                    self.a.release_mount(m)
-                except BackendError as exc:
-                    self.a.fail(snap.server, m, "unmounting on the host", exc)
-        keep_error = snap.server.vm_state == VmState.ERROR and not snap.server.task_state
-        self._server_done(snap.server, VmState.ERROR if keep_error else VmState.STOPPED, None)
-
-    def _delete(self, snap: Snapshot) -> None:
-        uuid = snap.server.uuid
-        self.virt.stop_guest(uuid, self.config.agent.stop_timeout)
-        self.metadata.remove(uuid)
-        failures = []
-        for m in snap.mappings:
-            try:
-                self.a.release_mount(m)
-                self.a.release_access(m)
-            except BackendError as exc:
-                self.a.fail(snap.server, m, "detaching on delete", exc)
-                failures.append(f"share {m.share_id}: {exc}")
-                continue
-            self.a.set_status(m.id, None)
-        if failures:  # keep the server and the failed attachments visible: nothing is lost
-            self._server_done(snap.server, VmState.ERROR,
-                              "delete could not detach " + "; ".join(failures))
+    def _forget_released(self, snap: Snapshot | None) -> None:
+        """This server's attachments that are no longer detaching (or gone) need no clock."""
+        if snap is None:
             return
-        self.console_log(uuid).unlink(missing_ok=True)
-        self.config_drive_path(uuid).unlink(missing_ok=True)
-        self._server_done(snap.server, VmState.DELETED, None)
-        log.info("server %s: deleted", uuid)
+        for m in snap.mappings:
+            if phase_of(m.status) != Phase.RELEASE:
+                self.memory.release_started.pop(m.id, None)
 
-    def _server_done(self, server: Server, vm_state: str, fault: str | None) -> None:
-        """Record the outcome, unless the API changed desired state meanwhile (then run again)."""
-        with self.db.session() as s:
-            row = s.get(Server, server.uuid, with_for_update=True)
-            if row is None:
-                return
-            row.fault_message = fault
-            if row.generation != server.generation and vm_state != VmState.DELETED:
-                return  # a newer request arrived; the next pass handles it
-            row.vm_state, row.task_state = vm_state, None
-            row.observed_generation = server.generation
-            if vm_state != VmState.ACTIVE:
-                row.share_slots = None
-            if vm_state == VmState.ACTIVE and row.launched_at is None:
-                row.launched_at = utcnow()
-            result, message = ("Error", fault) if fault else ("Success", None)
-            for action in s.scalars(select(InstanceAction).where(
-                    InstanceAction.instance_uuid == server.uuid,
-                    InstanceAction.finish_time.is_(None),
-                    InstanceAction.action.in_(("create", "start", "stop", "reboot", "delete")))):
-                action.result, action.finish_time = result, utcnow()
-                if message:
-                    action.message = message
+    def note_stalled(self, uuid: str, error: str, attempts: int, retry_in: float) -> None:
+        """Passes of this server keep failing: say so on the server and on its attachments in
+        flight (they would otherwise sit in `attaching` without a word)."""
+        message = (f"the agent cannot make progress: {error} (attempt {attempts}; retrying in "
+                   f"{retry_in:.0f}s)")
+        try:
+            with self.db.session() as s:
+                row = s.get(Server, uuid)
+                if row is None:
+                    return
+                row.attempts, row.last_error = attempts, error
+                for m in s.scalars(select(ShareMapping).where(
+                        ShareMapping.instance_uuid == uuid,
+                        ShareMapping.status.in_((AttachmentStatus.ATTACHING,
+                                                 AttachmentStatus.DETACHING)))):
+                    m.attempts, m.last_error, m.fault_message = attempts, error, message
+        except Exception as exc:  # noqa: BLE001 - the database may be what is failing
+            log.debug("cannot record the stall of %s: %s", uuid, exc)
 
-    def note_guest_stopped(self, uuid: str) -> None:
-        """The guest powered itself off (or crashed): record it as the compute API does,
-        SHUTOFF with power intent off, rather than booting it again behind the user's back."""
-        with self.db.session() as s:
-            row = s.get(Server, uuid, with_for_update=True)
-            if row is None or row.vm_state != VmState.ACTIVE or row.task_state is not None:
-                return
-            row.power_intent = PowerIntent.OFF
-            row.generation += 1
-        log.warning("repair: guest %s is not running although its server is ACTIVE; "
-                    "recording it as stopped", uuid)
-        self.reconcile(uuid)
+    # ---- the host as a whole -------------------------------------------------------------------
+    def needed_mounts(self) -> set[str]:
+        """Host mounts some server of this host may use now (its guest runs or is to run)."""
+        with self.db.read() as s:
+            rows = s.execute(select(ShareMapping.share_id, ShareMapping.read_only).join(
+                Server, Server.uuid == ShareMapping.instance_uuid).where(
+                Server.host == self.host, ShareMapping.status != AttachmentStatus.ERROR,
+                Server.vm_state.in_((VmState.ACTIVE, VmState.BUILDING, VmState.ERROR))))
+            return {self.mount_path(share_id, ro) for share_id, ro in rows}
 
-    def console_log(self, uuid: str) -> Path:
-        return under_root(self.config.console_dir, f"{uuid}.log")
+    def reconcile_host(self) -> PassResult:
+        """Host mounts under the mount root that no server of this host uses are removed."""
+        root = Path(self.config.mount_root)
+        mounted = [str(p) for p in self.a.mounts.table(root) if p.parent == root]
+        in_use = self.needed_mounts()
+        for uuid, state in self.virt.list_guests().items():
+            if state == "running":
+                in_use |= {str(p) for p in self.virt.guest_devices(uuid).values()}
+        failed = None
+        for step in host_plan(in_use, mounted).steps:
+            log.warning("repair: unmounting %s, no server uses it", step.path)
+            try:
+                self.a.mounts.unmount(Path(step.path))
+            except BackendError as exc:
+                log.error("repair: cannot unmount %s: %s", step.path, exc)
+                failed = str(exc)
+        return PassResult(Next.RETRY, 30.0, failed) if failed else PassResult.done()

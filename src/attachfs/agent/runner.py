@@ -1,38 +1,58 @@
-"""The agent loop: find servers of this host whose desired state is not yet their actual state,
-reconcile each on a worker (one pass per server at a time), and on start and periodically
-compare the host with the database to repair drift (guests, mounts, virtiofsd, sockets)."""
+"""The supervised agent loop: one serial queue per server, passes on a worker pool.
+
+- A server is never reconciled by two workers at once; a request for it while a pass runs is
+  remembered and run right after.
+- Each pass returns what to do next (agent/reconciler.py): done, look again after a delay, or
+  retry with capped exponential backoff. An exception from a pass (the database or libvirt
+  gone) is caught, logged once per streak with its context, counted in the health record and
+  retried with backoff: nothing ends the loop.
+- Repair only enqueues: at start and every resync interval every server of this host, every
+  guest without a server and the host itself (mounts nothing uses, virtiofsd orphans) get a
+  pass.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
-from attachfs.agent.reconciler import Reconciler
+from attachfs.agent.health import AgentHealth, register
+from attachfs.agent.orphans import kill_orphaned_virtiofsd
+from attachfs.agent.reconciler import Next, PassResult, Reconciler
 from attachfs.core.model import AttachmentStatus, VmState
 from attachfs.db.tables import Server, ShareMapping
-from attachfs.storage import mountinfo
-from attachfs.virt.base import PowerState
+from attachfs.errors import BackendError
 
 log = logging.getLogger(__name__)
-ORPHAN_GRACE = 60.0  # seconds
+HOST = "host"  # the queue key of host-wide repair (mounts and daemons no server claims)
 TRANSITIONAL = (AttachmentStatus.ATTACHING, AttachmentStatus.DETACHING)
+PASS_BACKOFF_BASE, PASS_BACKOFF_CAP = 0.5, 15.0
+
+
+def pass_backoff(failures: int) -> float:
+    return min(PASS_BACKOFF_CAP, PASS_BACKOFF_BASE * 2 ** max(failures - 1, 0))
 
 
 class Agent:
     def __init__(self, reconciler: Reconciler) -> None:
         self.r = reconciler
         self.config = reconciler.config
+        self.health = AgentHealth(reconciler.host)
+        register(self.health)
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._inflight: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
+        self._due: dict[str, float] = {}  # queue key -> monotonic time its pass is due
+        self._seen: dict[str, tuple[object, ...]] = {}  # what the rows said when last queued
+        self._failures: dict[str, int] = {}  # failed passes in a row, per key
+        self._retrying: set[str] = set()  # keys whose due time is a backoff: kept unless urgent
+        self._inflight: set[str] = set()
+        self._again: set[str] = set()  # asked for while in flight
         self._pool = ThreadPoolExecutor(self.config.agent.workers, thread_name_prefix="reconcile")
 
     def wake(self) -> None:
@@ -42,155 +62,174 @@ class Agent:
         self._stop.set()
         self._wake.set()
 
-    # ---- what needs work ---------------------------------------------------------------------
-    def dirty_servers(self) -> list[str]:
+    # ---- the queue -----------------------------------------------------------------------------
+    def enqueue(self, key: str, after: float = 0.0, *, urgent: bool = False,
+                exact: bool = False) -> None:
+        """Run `key`'s pass in `after` s. A key already due sooner keeps its time; one backing
+        off keeps its later time unless `urgent` (the rows changed: a new request). `exact`:
+        this time and no other (what a pass asked for)."""
+        due = time.monotonic() + after
+        with self._lock:
+            if key in self._inflight:
+                if urgent:
+                    self._again.add(key)
+                return
+            current = self._due.get(key)
+            if exact or current is None or due < current and (
+                    urgent or key not in self._retrying):
+                self._due[key] = due
+            self.health.queued = len(self._due)
+
+    def _take_due(self) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            ready = [k for k, t in self._due.items() if t <= now and k not in self._inflight]
+            for key in ready:
+                del self._due[key]
+                self._inflight.add(key)
+            return ready
+
+    def _next_due(self) -> float:
+        with self._lock:
+            return min(self._due.values(), default=float("inf"))
+
+    # ---- what needs work -----------------------------------------------------------------------
+    def dirty_servers(self) -> dict[str, tuple[object, ...]]:
+        """Servers whose desired state is not yet their actual state, with what their rows say
+        (a change of it is a new request)."""
         with self.r.db.read() as s:
             busy = select(ShareMapping.instance_uuid).where(ShareMapping.status.in_(TRANSITIONAL))
-            rows = s.scalars(select(Server.uuid).where(
-                Server.host == self.r.host, Server.vm_state != VmState.DELETED,
-                or_(Server.generation != Server.observed_generation,
-                    Server.task_state.is_not(None), Server.uuid.in_(busy))))
-            return list(rows)
+            servers = list(s.execute(select(Server.uuid, Server.generation, Server.task_state)
+                                     .where(Server.host == self.r.host,
+                                            Server.vm_state != VmState.DELETED,
+                                            (Server.generation != Server.observed_generation)
+                                            | Server.task_state.is_not(None)
+                                            | Server.uuid.in_(busy))))
+            rows = s.execute(select(ShareMapping.instance_uuid, ShareMapping.id,
+                                    ShareMapping.status)
+                             .where(ShareMapping.instance_uuid.in_([u for u, _, _ in servers])))
+            statuses: dict[str, list[tuple[int, str]]] = {}
+            for uuid, mapping_id, status in rows:
+                statuses.setdefault(uuid, []).append((mapping_id, status))
+        return {uuid: (generation, task, tuple(sorted(statuses.get(uuid, []))))
+                for uuid, generation, task in servers}
 
-    def host_servers(self) -> dict[str, Server]:
+    def host_servers(self) -> set[str]:
         with self.r.db.read() as s:
-            rows = s.scalars(select(Server).where(Server.host == self.r.host,
-                                                  Server.vm_state != VmState.DELETED))
-            return {row.uuid: row for row in rows}
+            return set(s.scalars(select(Server.uuid).where(Server.host == self.r.host,
+                                                            Server.vm_state != VmState.DELETED)))
 
-    def submit(self, uuid: str) -> None:
-        running = self._inflight.get(uuid)
-        if running is not None and not running.done():
-            return
-        self._inflight[uuid] = self._pool.submit(self._reconcile_safely, uuid)
-
-    def _reconcile_safely(self, uuid: str) -> None:
+    def _poll(self) -> None:
         try:
-            self.r.reconcile(uuid)
-        except Exception:  # one server's surprise must not stop the agent
-            log.exception("reconcile of server %s failed; will retry", uuid)
-        finally:
-            # A request that arrived during this pass was skipped by submit(): look again now
-            # rather than at the next poll tick.
-            self._wake.set()
+            dirty = self.dirty_servers()
+        except SQLAlchemyError as exc:
+            self._dependency_failed("database", "polling for work", exc)
+            return
+        self.health.database.succeeded()
+        for uuid, seen in dirty.items():
+            changed = self._seen.get(uuid) != seen
+            self._seen[uuid] = seen
+            if changed:
+                self._failures.pop(uuid, None)
+                self._retrying.discard(uuid)
+            self.enqueue(uuid, urgent=changed)
 
-    # ---- drift -----------------------------------------------------------------------------
     def repair(self) -> None:
-        """Compare host and database; fix and log every difference."""
-        servers = self.host_servers()
-        guests = self.r.virt.list_guests()
-        for uuid, state in guests.items():
-            if uuid not in servers and state == PowerState.RUNNING:
-                log.warning("repair: destroying guest %s that has no server", uuid)
-                self.r.virt.stop_guest(uuid, 0)
-        for uuid, server in servers.items():
-            guest = guests.get(uuid, PowerState.MISSING)
-            if server.vm_state == VmState.STOPPED and server.task_state is None \
-                    and guest == PowerState.RUNNING:
-                log.warning("repair: guest %s runs although its server is SHUTOFF", uuid)
-                self.submit(uuid)
-            elif server.vm_state == VmState.ACTIVE and server.task_state is None \
-                    and guest != PowerState.RUNNING:
-                self.r.note_guest_stopped(uuid)
-        self.r.metadata.sync(set(servers))
-        self._repair_devices(servers, guests)
-        self._repair_mounts()
-        self._repair_virtiofsd()
+        """Enqueue every server of this host, every guest that has none, and the host."""
+        try:
+            servers = self.host_servers()
+            self.health.database.succeeded()
+        except SQLAlchemyError as exc:
+            self._dependency_failed("database", "listing servers for repair", exc)
+            servers = set()
+        try:
+            guests = set(self.r.virt.list_guests())
+            self.health.hypervisor.succeeded()
+        except Exception as exc:  # noqa: BLE001 - an outage; the next resync tries again
+            self._dependency_failed("hypervisor", "listing guests for repair", exc)
+            guests = set()
+        for key in sorted(servers | guests):
+            self.enqueue(key)
+        self.enqueue(HOST)
 
-    def _repair_devices(self, servers: dict[str, Server],
-                        guests: dict[str, PowerState]) -> None:
-        """No device without a row: a running guest's share device that no attachment of its
-        server claims is removed (a crash between adding it and recording it leaves one)."""
-        for uuid, state in guests.items():
-            if state != PowerState.RUNNING or uuid not in servers:
-                continue
-            snap = self.r.snapshot(uuid)
-            if snap is None or snap.server.task_state is not None:
-                continue
-            claimed = {m.tag for m in snap.mappings}
-            for tag in self.r.virt.guest_share_tags(uuid) - claimed:
-                log.warning("repair: removing device %s from guest %s: no attachment has it",
-                            tag, uuid)
-                try:
-                    self.r.virt.detach_share(uuid, tag, 30.0)
-                except Exception as exc:  # noqa: BLE001 - logged; the next repair retries
-                    log.error("repair: cannot remove device %s from %s: %s", tag, uuid, exc)
+    # ---- one pass ------------------------------------------------------------------------------
+    def _run_one(self, key: str) -> None:
+        try:
+            result = self._pass(key)
+        except Exception as exc:  # noqa: BLE001 - supervised: no exception ends the agent
+            result = self._pass_failed(key, exc)
+        finally:
+            with self._lock:
+                self._inflight.discard(key)
+                again = key in self._again
+                self._again.discard(key)
+        self._schedule(key, result, again)
+        self._wake.set()
 
-    def _needed_mounts(self) -> set[Path]:
-        with self.r.db.read() as s:
-            rows = s.execute(select(ShareMapping.share_id, ShareMapping.read_only).join(
-                Server, Server.uuid == ShareMapping.instance_uuid).where(
-                Server.host == self.r.host, ShareMapping.status.in_(
-                    (AttachmentStatus.ACTIVE, AttachmentStatus.INACTIVE,
-                     AttachmentStatus.ATTACHING, AttachmentStatus.DETACHING)),
-                Server.vm_state.in_((VmState.ACTIVE, VmState.BUILDING))))
-            return {self.r.a.mount_path(share_id, ro) for share_id, ro in rows}
+    def _pass(self, key: str) -> PassResult:
+        if key == HOST:
+            result = self.r.reconcile_host()
+            servers = self.host_servers()
+            self.r.metadata.sync(servers)
+            kill_orphaned_virtiofsd(self.r)
+        else:
+            result = self.r.reconcile(key)
+        self.health.database.succeeded()
+        self.health.hypervisor.succeeded()
+        self.health.pass_done(key, result.why if result.next == Next.RETRY else None)
+        return result
 
-    def _repair_mounts(self) -> None:
-        root = self.config.mount_root
-        needed = self._needed_mounts()
-        for point in mountinfo.mount_points(root):
-            if point.parent == root and point not in needed:
-                log.warning("repair: unmounting %s, no running guest uses it", point)
-                try:
-                    mountinfo.unmount(point)
-                except Exception as exc:  # noqa: BLE001 - logged; next repair retries
-                    log.error("repair: cannot unmount %s: %s", point, exc)
+    def _pass_failed(self, key: str, exc: Exception) -> PassResult:
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = pass_backoff(failures)
+        what = "database" if isinstance(exc, SQLAlchemyError) else \
+            "hypervisor" if isinstance(exc, BackendError) else "agent"
+        context = f"pass of {'the host' if key == HOST else 'server ' + key}"
+        if what != "agent":  # an unexpected exception is a bug: logged, not an outage
+            getattr(self.health, what).failed(f"{type(exc).__name__}: {exc}")
+        self.health.pass_done(key, f"{type(exc).__name__}: {exc}")
+        if failures == 1:
+            log.error("%s failed (%s; retrying with backoff, logged once per streak)", context,
+                      what, exc_info=exc)
+        elif failures % 20 == 0:
+            log.error("%s still failing after %d attempts: %s", context, failures, exc)
+        if key != HOST and what != "database":
+            self.r.note_stalled(key, f"{type(exc).__name__}: {exc}", failures, delay)
+        return PassResult(Next.RETRY, delay, str(exc))
 
-    def _repair_virtiofsd(self) -> None:
-        """A virtiofsd serving one of our mounts that no running guest uses is an orphan.
-        Young ones are spared: libvirt starts virtiofsd just before the guest it serves."""
-        root = str(self.config.mount_root)
-        running = [u for u, st in self.r.virt.list_guests().items() if st == PowerState.RUNNING]
-        with self.r.db.read() as s:
-            in_use = {str(self.r.a.mount_path(share_id, ro)) for share_id, ro in s.execute(
-                select(ShareMapping.share_id, ShareMapping.read_only)
-                .where(ShareMapping.instance_uuid.in_(running)))}
-        for pid, argv in _processes():
-            args = " ".join(argv)
-            if not argv or not argv[0].endswith("virtiofsd") or root not in args:
-                continue
-            if any(path in args for path in in_use) or _age(pid) < ORPHAN_GRACE:
-                continue
-            log.warning("repair: killing orphaned virtiofsd %d (%s)", pid, args)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+    def _schedule(self, key: str, result: PassResult, again: bool) -> None:
+        if result.next != Next.RETRY:
+            self._failures.pop(key, None)
+            self._retrying.discard(key)
+        else:
+            self._retrying.add(key)
+        if again:
+            self.enqueue(key, urgent=True)
+        elif result.next != Next.DONE:
+            self.enqueue(key, result.after, exact=True)
 
-    # ---- loop --------------------------------------------------------------------------------
+    def _dependency_failed(self, what: str, doing: str, exc: Exception) -> None:
+        dependency = getattr(self.health, what)
+        if dependency.ok:
+            log.error("%s unavailable while %s: %s (retrying)", what, doing, exc)
+        dependency.failed(f"{type(exc).__name__}: {exc}")
+
+    # ---- loop ----------------------------------------------------------------------------------
     def run(self) -> None:
         log.info("agent for host %s starting", self.r.host)
         self.repair()
         last_repair = time.monotonic()
         while not self._stop.is_set():
-            for uuid in self.dirty_servers():
-                self.submit(uuid)
+            self._poll()
             if time.monotonic() - last_repair > self.config.agent.resync_interval:
                 self.repair()
                 last_repair = time.monotonic()
-            self._wake.wait(self.config.agent.poll_interval)
+            for key in self._take_due():
+                self._pool.submit(self._run_one, key)
+            timeout = min(self.config.agent.poll_interval,
+                          max(self._next_due() - time.monotonic(), 0.01))
+            self._wake.wait(timeout)
             self._wake.clear()
         self._pool.shutdown(wait=True)
         log.info("agent stopped")
-
-
-def _processes() -> list[tuple[int, list[str]]]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        out.append((int(entry), [a.decode(errors="replace") for a in raw.split(b"\0") if a]))
-    return out
-
-
-def _age(pid: int) -> float:
-    """Seconds since the process started (0 if it is gone)."""
-    try:
-        started_ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return uptime - started_ticks / os.sysconf("SC_CLK_TCK")

@@ -6,6 +6,7 @@ from attachfs import shareservice
 from attachfs.api import (
     catalog,
     filesystems,
+    health,
     instance_actions,
     server_shares,
     servers,
@@ -18,4 +19,5 @@ ROUTERS: list[APIRouter] = [
     filesystems.router,
     instance_actions.router,
     *shareservice.ROUTERS,  # the shared-file-system API for the built-in shares, at /share
+    health.router,  # the agent's own view of its health (admin, read-only)
 ]

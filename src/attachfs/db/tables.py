@@ -61,6 +61,10 @@ class Server(Base):
     # it converged, so "dirty" is derivable and a restart simply reconciles again.
     generation: Mapped[int] = mapped_column(Integer, default=1)
     observed_generation: Mapped[int] = mapped_column(Integer, default=0)
+    # The agent's failed passes in a row for this server and the last one's error (migration
+    # 0006): a server whose request does not progress says why.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Share(Base):
@@ -133,6 +137,10 @@ class ShareMapping(Base):
     # The requester's token, kept only until the agent has used it for the share service
     # (grant or revoke), then cleared. None with noauth or once used.
     requester_token: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Temporary failures of the current step in a row, and the last error (migration 0006);
+    # while retrying, fault_message also says so.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 

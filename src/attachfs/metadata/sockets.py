@@ -209,6 +209,15 @@ class MetadataSockets:
         path.chmod(0o600)
         return path
 
+    def serving(self, server_uuid: str) -> bool:
+        """Is the server's socket served now (observed: a listener thread that died is not)?"""
+        if not self.enabled:
+            return True
+        with self._lock:
+            listener = self._listeners.get(server_uuid)
+        return listener is not None and listener.thread.is_alive() \
+            and self.socket_path(server_uuid).exists()
+
     def remove(self, server_uuid: str) -> None:
         with self._lock:
             listener = self._listeners.pop(server_uuid, None)

@@ -77,3 +77,17 @@ class HostConnector(Protocol):
 
     def unmount(self, target: Path) -> None:
         """Unmount `target` (idempotent)."""
+
+
+class MountTable(Protocol):
+    """The host's mounts as the agent observes and fixes them (storage/mountinfo.py: the
+    kernel's; tests/fakes: in memory)."""
+
+    def table(self, under: Path) -> dict[Path, frozenset[str]]:
+        """Mount points below `under` with their per-mount options."""
+
+    def set_options(self, target: Path, options: str) -> None:
+        """Give the mount at `target` exactly these flags among ro, nosuid, nodev."""
+
+    def unmount(self, target: Path) -> None:
+        """Unmount every layer at `target` and remove the directory (idempotent)."""

@@ -35,6 +35,19 @@ def mount_options(path: Path) -> frozenset[str] | None:
     return found
 
 
+def mount_table(under: Path) -> dict[Path, frozenset[str]]:
+    """Every mount point below `under` with its per-mount options (the topmost mount's, when
+    several are stacked): what the agent observes in one read of /proc/self/mountinfo."""
+    table: dict[Path, frozenset[str]] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = Path(_unescape(fields[4]))
+            if under in point.parents:
+                table[point] = frozenset(fields[5].split(","))
+    return table
+
+
 def mount_points(under: Path | None = None) -> list[Path]:
     """Mount points currently on this host, optionally only those below `under`."""
     points: list[Path] = []
@@ -125,3 +138,33 @@ def bind(source: Path, target: Path, options: str) -> None:
         raise PermanentError(f"cannot bind {source} at {target} ({options}): {exc}") from exc
     finally:
         os.close(fd)
+
+
+def set_options(target: Path, options: str) -> None:
+    """Make the existing mount at `target` carry exactly the flags in `options` among ro,
+    nosuid, nodev (added or cleared in place, without unmounting): how a mount found with the
+    wrong flags is fixed."""
+    wanted = {o for o in options.split(",") if o}
+    attr = _MountAttr(attr_set=sum(_MOUNT_ATTR[o] for o in wanted),
+                      attr_clr=sum(_MOUNT_ATTR[o] for o in {"ro", "nosuid", "nodev"} - wanted))
+    try:
+        _syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, os.fsencode(target), 0, ctypes.byref(attr),
+                 ctypes.sizeof(attr))
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            raise PermanentError(f"cannot set {options} on {target}: {exc}") from exc
+        flags = ",".join(sorted(wanted | ({"rw"} if "ro" not in wanted else set())))
+        run(["mount", "-o", f"remount,bind,{flags}", str(target)])
+
+
+class KernelMounts:
+    """The MountTable of this host's kernel."""
+
+    def table(self, under: Path) -> dict[Path, frozenset[str]]:
+        return mount_table(under)
+
+    def set_options(self, target: Path, options: str) -> None:
+        set_options(target, options)
+
+    def unmount(self, target: Path) -> None:
+        unmount(target)

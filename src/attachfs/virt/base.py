@@ -76,6 +76,10 @@ class VirtDriver(Protocol):
     def guest_share_tags(self, uuid: str) -> set[str]:
         """Tags of the filesystem devices the running guest has (empty if not running)."""
 
+    def guest_devices(self, uuid: str) -> dict[str, Path]:
+        """The running guest's filesystem devices: tag -> host source path (empty if not
+        running). What the reconciler observes: a device on the wrong source is fixed."""
+
     # ---- hot plug (running guests) ----------------------------------------------------------
     def attach_share(self, uuid: str, share: GuestShare) -> None:
         """Add a filesystem device to the running guest. Idempotent: a device with that tag
@@ -84,6 +88,10 @@ class VirtDriver(Protocol):
     def detach_share(self, uuid: str, tag: str, timeout: float) -> None:
         """Remove the device with `tag` from the running guest and wait (up to `timeout`) until
         it is gone. Idempotent: no such device (or no guest) is fine. Other devices untouched."""
+
+    def request_detach(self, uuid: str, tag: str) -> None:
+        """Ask the running guest to give the device with `tag` back, without waiting: the
+        reconciler looks again later (`guest_devices`). Idempotent; no device is fine."""
 
     def free_share_slots(self, uuid: str) -> int:
         """How many more filesystem devices the running guest can take by hot plug."""

@@ -267,6 +267,12 @@ class LibvirtDriver:
         xml = self._live_xml(uuid)
         return set(lx.live_shares(xml)) if xml is not None else set()
 
+    def guest_devices(self, uuid: str) -> dict[str, Path]:
+        xml = self._live_xml(uuid)
+        if xml is None:
+            return {}
+        return {tag: Path(share.source) for tag, share in lx.live_shares(xml).items()}
+
     # -- hot plug -------------------------------------------------------------------------------
     def _live_xml(self, uuid: str, dom: libvirt.virDomain | None = None) -> str | None:
         """The running guest's live XML; None when it is not ours or not running."""
@@ -332,6 +338,15 @@ class LibvirtDriver:
                 self._unplug(dom, uuid, share)
                 resend = time.monotonic() + _RESEND
             time.sleep(_POLL)
+
+    def request_detach(self, uuid: str, tag: str) -> None:
+        """One unplug request by alias; libvirt removes the device on QEMU's DEVICE_DELETED
+        (and stops its virtiofsd) once the guest lets the slot go."""
+        dom = self._lookup(uuid)
+        xml = self._live_xml(uuid, dom) if dom is not None else None
+        share = lx.live_shares(xml).get(tag) if xml is not None else None
+        if dom is not None and share is not None:
+            self._unplug(dom, uuid, share)
 
     def _unplug(self, dom: libvirt.virDomain, uuid: str, share: lx.LiveShare) -> None:
         try:

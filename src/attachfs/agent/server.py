@@ -1,0 +1,214 @@
+"""Server-level steps: the guest (start, stop), its metadata socket and config drive, host
+mounts and devices no attachment claims, and the server row's outcome (`finish`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import select
+
+from attachfs.agent.attachments import Attachments
+from attachfs.agent.executor import Outcome
+from attachfs.agent.state import PassMemory, Snapshot, read_snapshot
+from attachfs.config import Config
+from attachfs.core.model import PowerIntent, VmState
+from attachfs.core.planner import Desired, Phase
+from attachfs.core.steps import Op, Operation, Step
+from attachfs.db.engine import Database
+from attachfs.db.tables import InstanceAction, Server, utcnow
+from attachfs.errors import BackendError, PermanentError
+from attachfs.metadata.app import config_drive_files
+from attachfs.notify.payloads import instance_action_payload
+from attachfs.paths import under_root
+from attachfs.virt.base import BootImage, GuestShare, GuestSpec
+from attachfs.virt.configdrive import build_config_drive
+
+log = logging.getLogger(__name__)
+
+
+class ServerSteps:
+    def __init__(self, config: Config, db: Database, attachments: Attachments,
+                 images: Callable[[], list[BootImage]], memory: PassMemory) -> None:
+        self.config, self.db, self.a, self.images = config, db, attachments, images
+        self.virt, self.metadata = attachments.virt, attachments.metadata
+        self.memory = memory
+
+    def run(self, step: Step, desired: Desired, snap: Snapshot | None, out: Outcome) -> None:
+        uuid = desired.uuid
+        match step.op:
+            case Op.METADATA:
+                self.metadata.ensure(uuid)
+            case Op.REMOVE_METADATA:
+                self.metadata.remove(uuid)
+            case Op.CONFIG_DRIVE:
+                self._refresh_config_drive(uuid, live=True)
+            case Op.START_GUEST:
+                assert snap is not None
+                self._start(desired, snap, out)
+            case Op.STOP_GUEST:
+                self._stop(step, desired, snap)
+            case Op.UNMOUNT:
+                self.a.mounts.unmount(under_root(self.config.mount_root, Path(step.path).name))
+            case Op.UNPLUG:
+                log.warning("server %s: removing device %s: no attachment claims it", uuid,
+                            step.tag)
+                self.virt.request_detach(uuid, step.tag)
+                self.unplug_asked(uuid, step.tag)
+            case Op.FINISH:
+                self._finish(step, desired, snap, out)
+            case _:
+                raise PermanentError(f"step {step.name} needs an attachment")
+
+    # ---- guest -------------------------------------------------------------------------------
+    def _start(self, desired: Desired, snap: Snapshot, out: Outcome) -> None:
+        server, uuid = snap.server, desired.uuid
+        image = next((i for i in self.images() if i.id == server.image_id), None)
+        if image is None:
+            raise PermanentError(f"image {server.image_id} is not on host {self.a.host}")
+        self._power_notify(snap, "power_on.start")
+        shares = tuple(GuestShare(tag=s.tag, host_path=Path(s.path), read_only=s.read_only)
+                       for s in desired.shares
+                       if s.phase in (Phase.REQUESTED, Phase.HELD) and s.id not in out.failed)
+        drive = self._refresh_config_drive(uuid, live=False) if server.config_drive else None
+        spec = GuestSpec(uuid=uuid, name=server.name, vcpus=server.vcpus,
+                         memory_mib=server.memory_mib, image=image,
+                         console_log=self.console_log(uuid),
+                         metadata_socket=self.metadata.ensure(uuid), shares=shares,
+                         config_drive=drive)
+        self.virt.start_guest(spec)
+        slots = len(shares) + self.virt.free_share_slots(uuid)
+        with self.db.session() as s:
+            row = s.get(Server, uuid)
+            if row is not None:
+                row.share_slots = slots
+        log.info("server %s: guest started with %d share(s), %d slot(s)", uuid, len(shares),
+                 slots)
+
+    def _stop(self, step: Step, desired: Desired, snap: Snapshot | None) -> None:
+        uuid = desired.uuid
+        notify = step.operation == Operation.POWER_OFF and snap is not None
+        if notify:
+            self._power_notify(snap, "power_off.start")  # type: ignore[arg-type]
+        self.virt.stop_guest(uuid, 0 if step.force else self.config.agent.stop_timeout)
+        log.info("server %s: guest stopped (%s)", uuid, step.operation)
+        if step.operation == Operation.REBOOT and snap is not None:
+            self.memory.rebooted[uuid] = snap.server.generation
+        if notify:
+            self._power_notify(snap, "power_off.end")  # type: ignore[arg-type]
+
+    def unplug_asked(self, uuid: str, tag: str) -> None:
+        self.memory.unplugging[(uuid, tag)] = time.monotonic()
+
+    def fail(self, snap: Snapshot | None, fault: str) -> None:
+        if snap is not None:
+            self._record_server(snap.server, VmState.ERROR, fault)
+
+    # ---- outcome -----------------------------------------------------------------------------
+    def _finish(self, step: Step, desired: Desired, snap: Snapshot | None, out: Outcome) -> None:
+        if snap is None:
+            return
+        uuid = desired.uuid
+        if step.vm_state == VmState.DELETED:
+            if out.delete_failures:  # keep the server and the failed attachments visible
+                self._record_server(snap.server, VmState.ERROR,
+                                    "delete could not detach " + "; ".join(out.delete_failures))
+                return
+            self.console_log(uuid).unlink(missing_ok=True)
+            self.config_drive_path(uuid).unlink(missing_ok=True)
+            self.memory.rebooted.pop(uuid, None)
+            log.info("server %s: deleted", uuid)
+        elif step.force:
+            log.warning("server %s: its guest is not running although the server is ACTIVE; "
+                        "recording it as stopped", uuid)
+        self._record_server(snap.server, step.vm_state, None, stopped_itself=step.force)
+        if any(st.op == Op.START_GUEST for st in out.done):
+            after = self._snapshot(uuid)
+            if after is not None:
+                self._power_notify(after, "power_on.end")  # with the shares now active
+
+    def _record_server(self, server: Server, vm_state: str, fault: str | None,
+                       stopped_itself: bool = False) -> None:
+        """Record the outcome, unless the API changed desired state meanwhile (then run again)."""
+        with self.db.session() as s:
+            row = s.get(Server, server.uuid, with_for_update=True)
+            if row is None:
+                return
+            row.fault_message = fault
+            if row.generation != server.generation and vm_state != VmState.DELETED:
+                return  # a newer request arrived; the next pass handles it
+            if stopped_itself:
+                row.power_intent = PowerIntent.OFF
+            row.vm_state, row.task_state = vm_state, None
+            row.observed_generation = server.generation
+            row.attempts, row.last_error = 0, None
+            if vm_state != VmState.ACTIVE:
+                row.share_slots = None
+            elif row.share_slots is None:  # a crash between boot and here lost the count
+                devices = len(self.virt.guest_devices(server.uuid))
+                row.share_slots = devices + self.virt.free_share_slots(server.uuid)
+            if vm_state == VmState.ACTIVE and row.launched_at is None:
+                row.launched_at = utcnow()
+            self._finish_actions(s, server.uuid, fault)
+
+    @staticmethod
+    def _finish_actions(s: object, uuid: str, fault: str | None) -> None:
+        from sqlalchemy.orm import Session
+
+        assert isinstance(s, Session)
+        result = "Error" if fault else "Success"
+        for action in s.scalars(select(InstanceAction).where(
+                InstanceAction.instance_uuid == uuid, InstanceAction.finish_time.is_(None),
+                InstanceAction.action.in_(("create", "start", "stop", "reboot", "delete")))):
+            action.result, action.finish_time = result, utcnow()
+            if fault:
+                action.message = fault
+
+    def record_attempt(self, uuid: str, error: str) -> None:
+        """A pass of this server failed: count it and keep why, on the server row."""
+        with self.db.session() as s:
+            row = s.get(Server, uuid)
+            if row is not None:
+                row.attempts = (row.attempts or 0) + 1
+                row.last_error = error
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _snapshot(self, uuid: str) -> Snapshot | None:
+        with self.db.read() as s:
+            return read_snapshot(s, uuid)
+
+    def _power_notify(self, snap: Snapshot, event: str) -> None:
+        """instance.power_on/power_off, naming the user whose request it was."""
+        with self.db.read() as s:
+            action = s.scalar(select(InstanceAction).where(
+                InstanceAction.instance_uuid == snap.server.uuid,
+                InstanceAction.finish_time.is_(None)).order_by(InstanceAction.id.desc()).limit(1))
+        shares = snap.mappings if self.config.notifications.include_share_mapping else None
+        payload = instance_action_payload(
+            snap.server, user_id=action.user_id if action else snap.server.user_id,
+            project_id=action.project_id if action else snap.server.project_id,
+            request_id=action.request_id if action else None, fault=None, shares=shares)
+        self.a.notifier.notify(f"instance.{event}", payload)
+
+    def config_drive_path(self, uuid: str) -> Path:
+        return under_root(self.config.config_drive_dir, f"{uuid}.iso")
+
+    def console_log(self, uuid: str) -> Path:
+        return under_root(self.config.console_dir, f"{uuid}.log")
+
+    def _refresh_config_drive(self, uuid: str, live: bool) -> Path | None:
+        """Rebuild the ISO from the rows; a running guest gets the new media live."""
+        snap = self._snapshot(uuid)
+        if snap is None or not snap.server.config_drive:
+            return None
+        path = self.config_drive_path(uuid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_config_drive(path, config_drive_files(snap.server, snap.mappings))
+        if live and self.virt.guest_state(uuid) == "running":
+            try:
+                self.virt.set_config_drive(uuid, path)
+            except BackendError as exc:
+                log.error("server %s: config drive media change failed: %s", uuid, exc)
+        return path

@@ -1,0 +1,117 @@
+"""The two inputs of a pass: desired state from the rows, actual state from the drivers.
+
+Both are turned into the planner's plain dataclasses (core/planner.py); the rows themselves
+(`Snapshot`) travel along for the executor, which needs the requester and export details.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from attachfs.core.model import AttachmentStatus, PowerIntent, TaskState, VmState
+from attachfs.core.planner import Actual, Desired, DesiredShare, Phase, Power, phase_of
+from attachfs.db.tables import Server, ShareMapping
+from attachfs.metadata.sockets import MetadataSockets
+from attachfs.storage.base import MountTable
+from attachfs.virt.base import PowerState, VirtDriver
+
+# Statuses of another server's attachment whose host mount that server may use right now.
+_USING = (AttachmentStatus.ACTIVE, AttachmentStatus.ATTACHING, AttachmentStatus.DETACHING)
+
+
+MountPath = Callable[[str, bool], str]  # (share id, read-only) -> the host mount's path
+
+
+@dataclass
+class Snapshot:
+    """The rows as read at the start of a pass (detached copies; the session is closed)."""
+
+    server: Server
+    mappings: list[ShareMapping]
+
+    def mapping(self, mapping_id: int | None) -> ShareMapping | None:
+        return next((m for m in self.mappings if m.id == mapping_id), None)
+
+
+@dataclass
+class PassMemory:
+    """What the agent remembers between passes of one server (lost on restart, harmlessly:
+    a restarted agent waits for the guest again, or reboots once more)."""
+
+    release_started: dict[int, float]  # attachment id -> monotonic time `detaching` was seen
+    rebooted: dict[str, int]  # server uuid -> generation whose reboot already stopped the guest
+    unplugging: dict[tuple[str, str], float]  # (server, tag) -> monotonic time unplug was asked
+    missing_since: dict[str, float]  # server -> since when its guest is not seen running
+
+
+def read_snapshot(s: Session, uuid: str) -> Snapshot | None:
+    server = s.get(Server, uuid)
+    if server is None:
+        return None
+    mappings = list(s.scalars(select(ShareMapping).where(ShareMapping.instance_uuid == uuid)
+                              .order_by(ShareMapping.id)))
+    return Snapshot(server, mappings)
+
+
+def _elsewhere(s: Session, server: Server, mount_path: MountPath) -> tuple[frozenset[str],
+                                                                             frozenset[str]]:
+    """(host mounts other running servers of this host use, shares other attachments on this
+    host hold a rule for)."""
+    mine = select(ShareMapping.share_id).where(ShareMapping.instance_uuid == server.uuid)
+    rows = s.execute(select(ShareMapping.share_id, ShareMapping.read_only, ShareMapping.status,
+                            Server.vm_state, Server.power_intent)
+                     .join(Server, Server.uuid == ShareMapping.instance_uuid)
+                     .where(Server.host == server.host, Server.uuid != server.uuid,
+                            ShareMapping.share_id.in_(mine)))
+    paths, shares = set(), set()
+    for share_id, read_only, status, vm_state, intent in rows:
+        shares.add(share_id)
+        up = vm_state in (VmState.ACTIVE, VmState.BUILDING) or intent == PowerIntent.ON
+        if status in _USING and up and vm_state != VmState.DELETED:
+            paths.add(mount_path(share_id, read_only))
+    return frozenset(paths), frozenset(shares)
+
+
+def desired_of(s: Session, snap: Snapshot | None, uuid: str, mount_path: MountPath,
+               memory: PassMemory, detach_timeout: float) -> Desired:
+    if snap is None or snap.server.vm_state == VmState.DELETED:
+        return Desired(uuid=uuid, power=Power.GONE, vm_state=VmState.DELETED)
+    server, now = snap.server, time.monotonic()
+    shares = []
+    for m in snap.mappings:
+        if phase_of(m.status) == Phase.RELEASE:
+            memory.release_started.setdefault(m.id, now)
+        shares.append(DesiredShare(
+            id=m.id, share_id=m.share_id, tag=m.tag, path=mount_path(m.share_id, m.read_only),
+            read_only=m.read_only, status=m.status, protocol=m.share_proto,
+            export=m.export_location, release_started=memory.release_started.get(m.id)))
+    paths, access = _elsewhere(s, server, mount_path) if shares else (frozenset(), frozenset())
+    power = Power.GONE if server.task_state == TaskState.DELETING else Power(server.power_intent)
+    return Desired(
+        uuid=uuid, power=power, vm_state=server.vm_state, task=server.task_state,
+        settled=server.generation == server.observed_generation and server.task_state is None,
+        shares=tuple(shares), config_drive=server.config_drive,
+        reboot_done=memory.rebooted.get(uuid) == server.generation,
+        paths_used_elsewhere=paths, access_used_elsewhere=access, detach_timeout=detach_timeout)
+
+
+def observe(uuid: str, virt: VirtDriver, metadata: MetadataSockets, mounts: MountTable,
+            mount_root: Path, memory: PassMemory) -> Actual:
+    """What is there now, through the drivers: the guest and its devices, the host's mounts
+    under the mount root with their options, the metadata socket, the guest's last report."""
+    power = virt.guest_state(uuid)
+    devices = {tag: str(path) for tag, path in virt.guest_devices(uuid).items()} \
+        if power == PowerState.RUNNING else {}
+    table = {str(p): opts for p, opts in mounts.table(mount_root).items()}
+    for key in [k for k in memory.unplugging if k[0] == uuid and k[1] not in devices]:
+        del memory.unplugging[key]  # gone: the request was honoured
+    unplugging = {tag: t for (server, tag), t in memory.unplugging.items() if server == uuid}
+    return Actual(power=str(power), devices=devices, mounts=table,
+                  metadata=metadata.serving(uuid), guest_report=metadata.reports.mounted(uuid),
+                  unplugging=unplugging, now=time.monotonic())

@@ -1,0 +1,345 @@
+"""The pure planner: (desired, actual) of one server -> the ordered steps that close the gap.
+
+No I/O, no database session: plain frozen dataclasses in and out, so every case is a table row
+in tests/unit/test_planner.py. The agent builds `Desired` from the rows and `Actual` from what
+the drivers observe, runs `plan()`, and executes the steps in order (agent/executor.py).
+
+Desired vs observed. An attachment row's `status` is what the agent last *observed* (attaching =
+not yet confirmed, active/inactive = converged, error = failed). What is *desired* is derived,
+not queued: a row that exists and is not `detaching` wants its share reachable (access rule;
+host mount and device while the server should run); `detaching` (like a deletion timestamp)
+wants it gone. The server's desired power is its `power_intent`, its `generation` the version
+of that desire. So a pass never asks "which command is pending" but "what differs", both ways:
+missing things are made, extra things removed, wrong things (a writable mount that should be
+read-only, a device on the wrong source) fixed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from attachfs.core.steps import Op, Operation, Step
+
+RUNNING, SHUTOFF, MISSING = "running", "shutoff", "missing"  # virt.base.PowerState values
+ACTIVE, INACTIVE = "active", "inactive"  # attachment statuses this module records
+GUEST_SAFE = frozenset({"nosuid", "nodev"})
+POLL_DEVICE = 1.0  # s between looks while libvirt removes a device
+POLL_GUEST = 0.5  # s between looks while waiting for the guest to unmount
+RESEND_UNPLUG = 5.0  # s before an unplug request the guest has not acted on is sent again
+
+
+class Phase(enum.StrEnum):
+    """What an attachment row asks of the host (from its status)."""
+
+    REQUESTED = "requested"  # attaching: a user's request, not yet confirmed
+    HELD = "held"  # active / inactive: keep it reachable
+    FAILED = "failed"  # error: hold nothing in the guest; keep the row for the user
+    RELEASE = "release"  # detaching: device, host mount and access go, then the row
+
+
+_PHASE = {"attaching": Phase.REQUESTED, "active": Phase.HELD, "inactive": Phase.HELD,
+          "error": Phase.FAILED, "detaching": Phase.RELEASE}
+
+
+def phase_of(status: str) -> Phase:
+    return _PHASE[status]
+
+
+class Power(enum.StrEnum):
+    ON = "on"
+    OFF = "off"
+    GONE = "gone"  # being deleted, or no row at all
+
+
+@dataclass(frozen=True)
+class DesiredShare:
+    id: int
+    share_id: str
+    tag: str
+    path: str  # the host mount this attachment uses (one per share and access mode)
+    read_only: bool = False
+    status: str = INACTIVE  # as the row says now
+    protocol: str = "LOCAL"
+    export: str = ""
+    release_started: float | None = None  # monotonic: when the agent first saw `detaching`
+
+    @property
+    def phase(self) -> Phase:
+        return phase_of(self.status)
+
+
+@dataclass(frozen=True)
+class Desired:
+    uuid: str
+    power: Power
+    vm_state: str = "active"
+    task: str | None = None
+    settled: bool = True  # generation == observed_generation and no task
+    shares: tuple[DesiredShare, ...] = ()
+    config_drive: bool = False
+    reboot_done: bool = False  # this reboot request already stopped the guest
+    paths_used_elsewhere: frozenset[str] = frozenset()  # host mounts other servers need
+    access_used_elsewhere: frozenset[str] = frozenset()  # shares other attachments hold
+    detach_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Actual:
+    power: str = MISSING
+    devices: Mapping[str, str] = field(default_factory=dict)  # tag -> host source path
+    mounts: Mapping[str, frozenset[str]] = field(default_factory=dict)  # path -> options
+    metadata: bool = False
+    guest_report: tuple[float, frozenset[str]] | None = None  # (when, tags it has mounted)
+    access: frozenset[str] | None = None  # shares with a rule for this host; None: unknown
+    unplugging: Mapping[str, float] = field(default_factory=dict)  # tag -> when asked (now's clock)
+    now: float = 0.0  # monotonic, same clock as guest_report and release_started
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+    wait: float | None = None  # look again after this many seconds (waiting on the outside)
+    waiting_for: str = ""
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+
+def mount_is_safe(options: frozenset[str], read_only: bool) -> bool:
+    """nosuid,nodev always; ro exactly when the attachment is read-only."""
+    return options >= GUEST_SAFE and (("ro" in options) == read_only)
+
+
+class _Builder:
+    def __init__(self, d: Desired, a: Actual) -> None:
+        self.d, self.a = d, a
+        self.steps: list[Step] = []
+        self.waits: list[tuple[float, str]] = []
+        self._unmounted: set[str] = set()
+        self.devices: Mapping[str, str] = a.devices  # as they will be once a stop is done
+        self.leaving: set[str] = set()  # tags this plan asks the guest to give back
+
+    def add(self, operation: Operation, op: Op, s: DesiredShare | None = None,
+            **extra: object) -> None:
+        fields: dict[str, object] = {}
+        if s is not None:
+            fields = {"attachment": s.id, "share_id": s.share_id, "tag": s.tag, "path": s.path,
+                      "read_only": s.read_only, "protocol": s.protocol, "export": s.export}
+        fields.update(extra)
+        self.steps.append(Step(operation, op, **fields))  # type: ignore[arg-type]
+
+    def wait(self, delay: float, why: str) -> None:
+        self.waits.append((max(delay, 0.0), why))
+
+    def unplug(self, operation: Operation, s: DesiredShare | None, tag: str, why: str) -> None:
+        """Ask the guest for the device (again only after RESEND_UNPLUG), then look again."""
+        self.leaving.add(tag)
+        asked = self.a.unplugging.get(tag)
+        if asked is None or self.a.now - asked >= RESEND_UNPLUG:
+            if s is not None:
+                self.add(operation, Op.UNPLUG, s)
+            else:
+                self.add(operation, Op.UNPLUG, tag=tag)
+        self.wait(POLL_DEVICE, why)
+
+    def unmount(self, operation: Operation, path: str, needed: set[str]) -> None:
+        """Unmount `path` when it is mounted and nothing (here or elsewhere) still uses it."""
+        if (path in self.a.mounts and path not in needed and path not in self._unmounted
+                and path not in self.d.paths_used_elsewhere
+                and path not in self.devices.values()):
+            self._unmounted.add(path)
+            self.add(operation, Op.UNMOUNT, path=path)
+
+    def result(self) -> Plan:
+        if not self.waits:
+            return Plan(tuple(self.steps))
+        delay, why = min(self.waits)
+        return Plan(tuple(self.steps), delay, why)
+
+
+def plan(d: Desired, a: Actual) -> Plan:
+    b = _Builder(d, a)
+    if d.power == Power.GONE:
+        _plan_delete(b)
+        return b.result()
+    running = a.power == RUNNING
+    idle_error = d.vm_state == "error" and d.task is None  # waits for the user: power as is
+    stopped_itself = d.settled and d.vm_state == ACTIVE and d.power == Power.ON and not running
+    want_on = d.power == Power.ON and not idle_error and not stopped_itself
+    if d.task in ("rebooting", "rebooting_hard") and not d.reboot_done and running:
+        b.add(Operation.REBOOT, Op.STOP_GUEST, force=d.task == "rebooting_hard")
+        running, b.devices = False, {}
+    elif running and not want_on and not idle_error:
+        b.add(Operation.POWER_OFF, Op.STOP_GUEST)
+        running, b.devices = False, {}
+    keep = [s for s in d.shares if s.phase in (Phase.REQUESTED, Phase.HELD)]
+    booting = want_on and not running
+    _plan_access(b, keep, running, booting)
+    needed = {s.path for s in keep} if (running or want_on) else set()
+    _plan_mounts(b, keep, needed, running, booting)
+    if booting:
+        _plan_boot(b, keep)
+    elif running:
+        _plan_running(b, keep)
+    else:
+        _plan_stopped(b, keep, stopped_itself)
+    for s in d.shares:
+        if s.phase == Phase.RELEASE:
+            _plan_release(b, s, running, needed)
+        elif s.phase == Phase.FAILED:
+            if running and s.tag in a.devices:
+                b.unplug(Operation.REPAIR, s, s.tag, f"device {s.tag} to leave the guest")
+            b.unmount(Operation.REPAIR, s.path, needed)
+    for s in d.shares:  # this server's mounts it no longer needs (powered off, failed)
+        powering_off = d.power == Power.OFF or stopped_itself
+        b.unmount(Operation.POWER_OFF if powering_off else Operation.REPAIR, s.path, needed)
+    if d.config_drive and any(st.op == Op.RECORD and (st.status is None or st.operation in (
+            Operation.HOT_ATTACH, Operation.COLD_ATTACH)) for st in b.steps):
+        b.add(Operation.REPAIR, Op.CONFIG_DRIVE)  # the drive lists what the guest should mount
+    _plan_finish(b, running or booting, stopped_itself)
+    return b.result()
+
+
+def _attach_operation(running: bool, booting: bool) -> Operation:
+    if booting:
+        return Operation.POWER_ON
+    return Operation.HOT_ATTACH if running else Operation.COLD_ATTACH
+
+
+def _plan_access(b: _Builder, keep: list[DesiredShare], running: bool, booting: bool) -> None:
+    """A requested attachment gets its rule (idempotent); a held one whose rule is observed
+    missing gets it back."""
+    for s in keep:
+        lost = b.a.access is not None and s.share_id not in b.a.access
+        if s.phase == Phase.REQUESTED:
+            b.add(_attach_operation(running, booting), Op.GRANT_ACCESS, s)
+        elif lost:
+            b.add(Operation.REPAIR, Op.GRANT_ACCESS, s)
+
+
+def _plan_mounts(b: _Builder, keep: list[DesiredShare], needed: set[str], running: bool,
+                 booting: bool) -> None:
+    seen: set[str] = set()
+    for s in keep:
+        if s.path not in needed or s.path in seen:
+            continue
+        seen.add(s.path)
+        options = b.a.mounts.get(s.path)
+        operation = _attach_operation(running, booting) if s.phase == Phase.REQUESTED \
+            else (Operation.POWER_ON if booting else Operation.REPAIR)
+        if options is None:
+            b.add(operation, Op.MOUNT, s)
+            if running and s.tag in b.a.devices:  # its device serves a mount no longer there
+                b.unplug(Operation.REPAIR, s, s.tag, f"device {s.tag} to be replaced")
+        elif not mount_is_safe(options, s.read_only):
+            b.add(Operation.REPAIR, Op.FIX_MOUNT, s)
+            if running and s.tag in b.a.devices:  # its daemon kept the old view: replace it
+                b.unplug(Operation.REPAIR, s, s.tag, f"device {s.tag} to be replaced")
+
+
+def _plan_boot(b: _Builder, keep: list[DesiredShare]) -> None:
+    operation = Operation.REBOOT if b.d.task in ("rebooting", "rebooting_hard") \
+        else Operation.POWER_ON
+    b.add(operation, Op.METADATA)
+    b.add(operation, Op.START_GUEST)
+    for s in keep:
+        b.add(operation, Op.RECORD, s, status=ACTIVE)
+
+
+def _plan_running(b: _Builder, keep: list[DesiredShare]) -> None:
+    a = b.a
+    if not a.metadata:
+        b.add(Operation.REPAIR, Op.METADATA)
+    for s in keep:
+        source = a.devices.get(s.tag)
+        if s.tag in b.leaving:
+            continue
+        if source is None:
+            operation = Operation.HOT_ATTACH if s.phase == Phase.REQUESTED else Operation.REPAIR
+            b.add(operation, Op.PLUG, s)
+        elif source != s.path:
+            b.unplug(Operation.REPAIR, s, s.tag,
+                     f"device {s.tag} (wrong source {source}) to be replaced")
+            continue
+        if s.status != ACTIVE:
+            operation = Operation.HOT_ATTACH if s.phase == Phase.REQUESTED else Operation.REPAIR
+            b.add(operation, Op.RECORD, s, status=ACTIVE)
+    claimed = {s.tag for s in b.d.shares}  # failed ones are unplugged by their own rule
+    for tag in sorted(set(a.devices) - claimed):
+        b.unplug(Operation.REPAIR, None, tag, f"unclaimed device {tag} to leave the guest")
+
+
+def _plan_stopped(b: _Builder, keep: list[DesiredShare], stopped_itself: bool) -> None:
+    for s in keep:
+        if s.status != INACTIVE:
+            operation = Operation.COLD_ATTACH if s.phase == Phase.REQUESTED \
+                else Operation.POWER_OFF
+            b.add(operation, Op.RECORD, s, status=INACTIVE)
+
+
+def _plan_release(b: _Builder, s: DesiredShare, running: bool, needed: set[str]) -> None:
+    a, operation = b.a, Operation.HOT_DETACH if running else Operation.DETACH
+    report = a.guest_report
+    started = s.release_started if s.release_started is not None else a.now
+    let_go = report is not None and report[0] > started and s.tag not in report[1]
+    if running and s.tag in a.devices:
+        deadline = started + b.d.detach_timeout
+        if let_go or a.now >= deadline:
+            b.unplug(operation, s, s.tag, f"device {s.tag} to leave the guest")
+        else:
+            b.wait(min(POLL_GUEST, deadline - a.now), f"the guest to unmount {s.tag}")
+        return
+    b.unmount(operation, s.path, needed)
+    if s.share_id not in b.d.access_used_elsewhere:
+        b.add(operation, Op.REVOKE_ACCESS, s)
+    note = None
+    if operation == Operation.HOT_DETACH and not let_go and s.release_started is not None:
+        note = (f"the guest did not unmount '{s.tag}' within {b.d.detach_timeout:g}s; the "
+                "device was removed anyway (the guest sees its mount fail)")
+    b.add(operation, Op.RECORD, s, status=None, note=note)
+
+
+def _plan_finish(b: _Builder, up: bool, stopped_itself: bool) -> None:
+    d = b.d
+    if d.settled and not stopped_itself:
+        return
+    if d.vm_state == "error" and d.task is None:
+        return  # a failed server waits for the user (stop, reboot --hard, delete)
+    if b.waits:
+        return  # not there yet: the pass that converges records it
+    if up:
+        vm_state, operation = ACTIVE, Operation.POWER_ON
+        if d.task in ("rebooting", "rebooting_hard"):
+            operation = Operation.REBOOT
+    else:
+        vm_state, operation = "stopped", Operation.POWER_OFF
+        if d.vm_state == "error" and d.task is None:
+            vm_state = "error"
+    b.add(operation, Op.FINISH, vm_state=vm_state, force=stopped_itself)
+
+
+def _plan_delete(b: _Builder) -> None:
+    d, a = b.d, b.a
+    if a.power != MISSING:
+        b.add(Operation.DELETE, Op.STOP_GUEST)
+    b.devices = {}
+    if a.metadata or a.guest_report is not None:
+        b.add(Operation.DELETE, Op.REMOVE_METADATA)
+    if d.vm_state == "deleted":
+        return  # no row left (or already deleted): only the host side is cleaned
+    for s in d.shares:
+        b.unmount(Operation.DELETE, s.path, set())
+        if s.share_id not in d.access_used_elsewhere:
+            b.add(Operation.DELETE, Op.REVOKE_ACCESS, s)
+        b.add(Operation.DELETE, Op.RECORD, s, status=None)
+    b.add(Operation.DELETE, Op.FINISH, vm_state="deleted")
+
+
+def host_plan(needed_paths: Iterable[str], mounted: Iterable[str]) -> Plan:
+    """Host-wide: a mount under the mount root that no server of this host uses goes."""
+    needed = set(needed_paths)
+    return Plan(tuple(Step(Operation.REPAIR, Op.UNMOUNT, path=p)
+                      for p in sorted(set(mounted) - needed)))

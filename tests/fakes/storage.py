@@ -1,0 +1,67 @@
+"""An in-memory host: its mounts (path -> options, the MountTable), a connector that mounts
+exports there, and a share provider that keeps access rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attachfs.errors import NotFound, PermanentError
+from attachfs.storage.base import RequestContext, ShareInfo
+from tests.fakes.faults import Faults
+
+SAFE = frozenset({"rw", "nosuid", "nodev"})
+
+
+@dataclass
+class FakeHost:
+    """MountTable + HostConnector (protocol LOCAL) over one dict."""
+
+    mounts: dict[Path, frozenset[str]] = field(default_factory=dict)
+    sources: dict[Path, str] = field(default_factory=dict)
+    faults: Faults = field(default_factory=Faults)
+    protocol: str = "LOCAL"
+
+    def table(self, under: Path) -> dict[Path, frozenset[str]]:
+        self.faults.check("table")
+        return {p: o for p, o in self.mounts.items() if under in p.parents}
+
+    def set_options(self, target: Path, options: str) -> None:
+        self.faults.check("set_options")
+        wanted = {o for o in options.split(",") if o}
+        self.mounts[target] = frozenset(wanted | ({"rw"} if "ro" not in wanted else set()))
+
+    def mount(self, export_location: str, target: Path, read_only: bool) -> None:
+        self.faults.check("mount")
+        if export_location.endswith("/missing"):
+            raise PermanentError(f"share directory {export_location} does not exist")
+        if target in self.mounts:
+            return
+        self.mounts[target] = SAFE - {"rw"} | {"ro"} if read_only else SAFE
+        self.sources[target] = export_location
+
+    def unmount(self, target: Path) -> None:
+        self.faults.check("unmount")
+        self.mounts.pop(target, None)
+        self.sources.pop(target, None)
+
+
+@dataclass
+class FakeProvider:
+    """Shares and the access rules of hosts on them."""
+
+    name: str = "fake"
+    rules: dict[tuple[str, str], str] = field(default_factory=dict)  # (share, host) -> level
+    faults: Faults = field(default_factory=Faults)
+
+    def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
+        raise NotFound(f"share {share_id}")
+
+    def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
+                     requester: RequestContext) -> None:
+        self.faults.check("grant_access")
+        self.rules[(share_id, host)] = access_level
+
+    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
+        self.faults.check("revoke_access")
+        self.rules.pop((share_id, host), None)

@@ -1,0 +1,111 @@
+"""An in-memory virt driver: guests with power state and filesystem devices (tag -> source),
+a fixed number of hot-plug slots, unplug that completes after `unplug_delay` observations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attachfs.errors import NoFreeSlot
+from attachfs.virt.base import GuestShare, GuestSpec, PowerState, VirtCapabilities
+from tests.fakes.faults import Faults
+
+
+@dataclass
+class FakeGuest:
+    spec: GuestSpec | None
+    running: bool = True
+    devices: dict[str, Path] = field(default_factory=dict)
+    read_only: dict[str, bool] = field(default_factory=dict)
+    unplugging: dict[str, int] = field(default_factory=dict)  # tag -> looks left until gone
+    boots: int = 0
+    config_drive: Path | None = None
+
+
+class FakeVirt:
+    capabilities = VirtCapabilities(hot_plug=True)
+
+    def __init__(self, slots: int = 8, unplug_delay: int = 0) -> None:
+        self.guests: dict[str, FakeGuest] = {}
+        self.slots = slots
+        self.unplug_delay = unplug_delay
+        self.faults = Faults()
+
+    def start_guest(self, spec: GuestSpec) -> None:
+        self.faults.check("start_guest")
+        guest = self.guests.get(spec.uuid)
+        if guest is not None and guest.running:
+            return
+        self.guests[spec.uuid] = FakeGuest(
+            spec, True, {s.tag: s.host_path for s in spec.shares},
+            {s.tag: s.read_only for s in spec.shares},
+            boots=(guest.boots if guest else 0) + 1, config_drive=spec.config_drive)
+
+    def stop_guest(self, uuid: str, timeout: float) -> None:
+        self.faults.check("stop_guest")
+        guest = self.guests.pop(uuid, None)  # transient domains: stopped is gone
+        del guest
+
+    def guest_state(self, uuid: str) -> PowerState:
+        self.faults.check("guest_state")
+        guest = self.guests.get(uuid)
+        if guest is None:
+            return PowerState.MISSING
+        return PowerState.RUNNING if guest.running else PowerState.SHUTOFF
+
+    def list_guests(self) -> dict[str, PowerState]:
+        self.faults.check("list_guests")
+        return {u: PowerState.RUNNING if g.running else PowerState.SHUTOFF
+                for u, g in self.guests.items()}
+
+    def guest_share_tags(self, uuid: str) -> set[str]:
+        return set(self.guest_devices(uuid))
+
+    def guest_devices(self, uuid: str) -> dict[str, Path]:
+        self.faults.check("guest_devices")
+        guest = self.guests.get(uuid)
+        if guest is None or not guest.running:
+            return {}
+        for tag in list(guest.unplugging):
+            guest.unplugging[tag] -= 1
+            if guest.unplugging[tag] < 0:
+                del guest.unplugging[tag]
+                guest.devices.pop(tag, None)
+        return dict(guest.devices)
+
+    def attach_share(self, uuid: str, share: GuestShare) -> None:
+        self.faults.check("attach_share")
+        guest = self._running(uuid)
+        if share.tag in guest.devices:
+            return
+        if len(guest.devices) >= self.slots:
+            raise NoFreeSlot(f"guest {uuid} has no free hot-plug slot")
+        guest.devices[share.tag] = share.host_path
+        guest.read_only[share.tag] = share.read_only
+
+    def detach_share(self, uuid: str, tag: str, timeout: float) -> None:
+        self.faults.check("detach_share")
+        guest = self.guests.get(uuid)
+        if guest is not None:
+            guest.devices.pop(tag, None)
+
+    def request_detach(self, uuid: str, tag: str) -> None:
+        self.faults.check("request_detach")
+        guest = self.guests.get(uuid)
+        if guest is not None and tag in guest.devices:
+            guest.unplugging.setdefault(tag, self.unplug_delay)
+
+    def free_share_slots(self, uuid: str) -> int:
+        guest = self.guests.get(uuid)
+        return self.slots - len(guest.devices) if guest is not None else 0
+
+    def set_config_drive(self, uuid: str, iso: Path) -> None:
+        self._running(uuid).config_drive = iso
+
+    def _running(self, uuid: str) -> FakeGuest:
+        from attachfs.virt.libvirt_xml import VirtError
+
+        guest = self.guests.get(uuid)
+        if guest is None or not guest.running:
+            raise VirtError(f"guest {uuid} is not running")
+        return guest
