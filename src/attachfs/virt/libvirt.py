@@ -342,17 +342,20 @@ class LibvirtDriver:
     def request_detach(self, uuid: str, tag: str) -> None:
         """One unplug request by alias; libvirt removes the device on QEMU's DEVICE_DELETED
         (and stops its virtiofsd) once the guest lets the slot go."""
-        dom = self._lookup(uuid)
-        xml = self._live_xml(uuid, dom) if dom is not None else None
-        share = lx.live_shares(xml).get(tag) if xml is not None else None
-        if dom is not None and share is not None:
-            self._unplug(dom, uuid, share)
+        try:
+            dom = self._lookup(uuid)
+            xml = self._live_xml(uuid, dom) if dom is not None else None
+            share = lx.live_shares(xml).get(tag) if xml is not None else None
+            if dom is not None and share is not None:
+                self._unplug(dom, uuid, share)
+        except libvirt.libvirtError as e:  # e.g. the domain's job is busy with another unplug
+            raise VirtError(f"asking guest {uuid} to give device {tag} back: {_msg(e)}") from e
 
     def _unplug(self, dom: libvirt.virDomain, uuid: str, share: lx.LiveShare) -> None:
         try:
             dom.detachDeviceAlias(share.alias, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as e:
-            if _gone(e) or e.get_error_code() == libvirt.VIR_ERR_OPERATION_IN_PROGRESS:
+            if _gone(e) or e.get_error_code() in _UNPLUG_UNDER_WAY:
                 return  # guest gone (next read says so) or an unplug already under way
             xml = self._live_xml(uuid, dom)
             if xml is not None and share.tag in lx.live_shares(xml):
@@ -375,6 +378,11 @@ class LibvirtDriver:
             dom.updateDeviceFlags(new, flags)
         except libvirt.libvirtError as e:
             raise VirtError(f"{doing}: {_msg(e)}") from e
+
+
+# An unplug already under way (this binding may not name the code), or the device already gone.
+_UNPLUG_UNDER_WAY = {code for code in (getattr(libvirt, "VIR_ERR_OPERATION_IN_PROGRESS", None),
+                                        getattr(libvirt, "VIR_ERR_NO_DEVICE", None)) if code}
 
 
 def _msg(e: libvirt.libvirtError) -> str:
