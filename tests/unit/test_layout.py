@@ -88,10 +88,7 @@ def test_runtime_does_not_import_the_tooling() -> None:
 def test_no_import_cycles() -> None:
     mods = _modules()
     graph = {name: (_imported(path) & mods.keys()) - {name} for name, path in mods.items()}
-    cycles = _cycles(graph)
-    # api/ is being reworked separately (issue 8, item 6): a cycle only inside it is its own.
-    outside_api = [c for c in cycles if not all(m.startswith("attachfs.api.") for m in c)]
-    assert outside_api == []
+    assert _cycles(graph) == []
 
 
 def test_cycle_finder_finds_cycles() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from typing import Protocol
 
 # The tag rule lives in core/rules.py; these names stay importable from here.
 from attachfs.core.rules import TAG_MAX_BYTES as TAG_MAX_BYTES
@@ -68,6 +69,25 @@ class ShareScope(enum.StrEnum):
     INSTANCE = "instance"
     PROJECT = "project"
     GLOBAL = "global"
+
+
+class _ScopedShare(Protocol):
+    @property
+    def scope(self) -> str: ...
+    @property
+    def project_id(self) -> str: ...
+
+
+class _Caller(Protocol):
+    @property
+    def project_id(self) -> str: ...
+    @property
+    def is_admin(self) -> bool: ...
+
+
+def share_visible(share: _ScopedShare, ctx: _Caller) -> bool:
+    """Who may see a built-in share: an admin, anyone for a global one, else its project."""
+    return ctx.is_admin or share.scope == ShareScope.GLOBAL or share.project_id == ctx.project_id
 
 
 def validate_uuid(value: str, field: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import threading
 import time
 from typing import Any
@@ -25,6 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from attachfs.core.model import AttachmentStatus, VmState
+from attachfs.core.rules import TAG_PATTERN
 from attachfs.db.engine import Database
 from attachfs.db.tables import Server, ShareMapping
 
@@ -78,7 +78,6 @@ class GuestReports:
 
 MAX_REPORT = 64 * 1024
 MAX_REPORT_LINES = 1024
-_REPORTED_TAG = re.compile(r"[a-zA-Z0-9-]{1,255}")  # core.model's tag rule
 
 
 def config_drive_files(server: Server, mappings: list[ShareMapping]) -> dict[str, bytes]:
@@ -157,7 +156,7 @@ def make_app(db: Database, server_uuid: str, reports: GuestReports | None = None
         except UnicodeDecodeError:
             return PlainTextResponse("400 Bad Request: not ASCII", status_code=400)
         lines = [line for line in lines if line]
-        if len(lines) > MAX_REPORT_LINES or not all(_REPORTED_TAG.fullmatch(t) for t in lines):
+        if len(lines) > MAX_REPORT_LINES or not all(TAG_PATTERN.fullmatch(t) for t in lines):
             return PlainTextResponse("400 Bad Request: one tag per line", status_code=400)
         # Tags this server does not have are dropped: they can mean nothing to the host.
         reports.record(server_uuid, frozenset(lines) & server_tags())

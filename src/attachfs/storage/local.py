@@ -14,6 +14,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from attachfs.core.model import share_visible
+from attachfs.core.rules import BUILTIN_PROTOCOL
 from attachfs.db.engine import Database
 from attachfs.db.tables import Share, ShareAccess
 from attachfs.errors import BadRequest, NotFound, PermanentError
@@ -27,16 +29,12 @@ def export_location(storage_root: Path, share_id: str) -> str:
     return EXPORT_PREFIX + str(storage_root / share_id)
 
 
-def share_visible(share: Share, context: RequestContext) -> bool:
-    return context.is_admin or share.scope == "global" or share.project_id == context.project_id
-
-
 def share_info(share: Share, storage_root: Path) -> ShareInfo:
     return ShareInfo(
         id=share.uuid,
         name=share.name,
         status=share.status,
-        protocol="LOCAL",
+        protocol=BUILTIN_PROTOCOL,
         export_locations=(export_location(storage_root, share.uuid),),
         project_id=share.project_id,
         size_gib=share.size_gib,

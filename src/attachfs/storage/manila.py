@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from attachfs.config import Config, ManilaConfig
+from attachfs.core.rules import ShareProtocol
 from attachfs.db.engine import Database
 from attachfs.db.tables import ShareServiceLock, utcnow
 from attachfs.errors import (
@@ -48,7 +49,7 @@ from attachfs.errors import (
 from attachfs.storage.base import RequestContext, ShareInfo
 
 SERVICE = "share service (Manila)"
-RULE_TYPES = {"NFS": "ip", "CEPHFS": "cephx"}
+RULE_TYPES = {ShareProtocol.NFS: "ip", ShareProtocol.CEPHFS: "cephx"}
 HOST_KEY = "attachfs_host"  # access rule metadata: which compute host the rule is for
 HTTP_TIMEOUT = 10.0  # per request; rule changes hold a database lock meanwhile
 GONE = object()
@@ -268,7 +269,7 @@ class ManilaShareProvider:
 
     # ---- rules -------------------------------------------------------------------------------
     def _access_for(self, proto: str, host: str) -> tuple[str, str]:
-        if proto == "NFS":
+        if proto == ShareProtocol.NFS:
             return "ip", self.cfg.host_address
         return "cephx", self.cfg.cephx_access_to or f"attachfs-{host}"
 

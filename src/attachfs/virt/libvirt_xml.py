@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from attachfs.core.rules import TAG_CHARS, TAG_MAX_BYTES, is_valid_tag
 from attachfs.errors import BackendError
 from attachfs.virt.base import GuestShare, GuestSpec
 
@@ -56,8 +57,8 @@ def check_abs(what: str, path: Path) -> str:
 
 
 def check_tag(tag: str) -> str:
-    if not tag or len(tag.encode()) > 36 or "\0" in tag:
-        raise VirtError(f"share tag {tag!r}: virtio-fs tags are 1-36 bytes")
+    if not is_valid_tag(tag):
+        raise VirtError(f"share tag {tag!r}: a virtio-fs tag is 1-{TAG_MAX_BYTES} of [{TAG_CHARS}]")
     return tag
 
 

@@ -8,15 +8,11 @@ import uuid as uuidlib
 from attachfs.core.commands import CreateShare, DeleteShare, ShareRef
 from attachfs.core.context import RequestContext
 from attachfs.core.handlers.common import new_attachment, touch
-from attachfs.core.model import ShareScope
+from attachfs.core.model import ShareScope, share_visible
 from attachfs.core.ports import BuiltinShareRecord, Env, Repositories, UnitOfWork
 from attachfs.errors import Conflict, Duplicate, Forbidden, NotFound
 
 RULE = "attachfs:os-filesystem:%s"
-
-
-def share_visible(share: BuiltinShareRecord, ctx: RequestContext) -> bool:
-    return ctx.is_admin or share.scope == ShareScope.GLOBAL or share.project_id == ctx.project_id
 
 
 def policy_target(share: BuiltinShareRecord, ctx: RequestContext) -> str:
