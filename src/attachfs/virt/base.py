@@ -30,7 +30,7 @@ class GuestShare:
 
 @dataclass(frozen=True)
 class BootImage:
-    """A direct-kernel-boot guest image (kernel + initramfs), see virt/image.py."""
+    """A direct-kernel-boot guest image (kernel + initramfs), see virt/images.py."""
 
     id: str
     name: str
