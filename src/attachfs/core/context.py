@@ -1,8 +1,41 @@
 """Who is asking (`RequestContext`) and what a share looks like to the core (`ShareInfo`).
 
-Both are defined with the storage interfaces today (storage/base.py: providers take them);
-the core names them from here so nothing in core/ depends on where they are defined.
+Defined here, in the core, and used by every layer: the API builds them, handlers decide with
+them, storage providers take them (storage/base.py names them for its interfaces).
 """
 
-from attachfs.storage.base import RequestContext as RequestContext
-from attachfs.storage.base import ShareInfo as ShareInfo
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ShareInfo:
+    id: str
+    name: str
+    status: str  # "available" when it can be attached
+    protocol: str  # LOCAL, NFS, CEPHFS
+    export_locations: tuple[str, ...]
+    project_id: str
+    size_gib: int
+    scope: str = "instance"  # instance | project | global (built-in provider)
+    mount_point: str | None = None  # where the guest should mount it, when the share says
+
+    @property
+    def preferred_export(self) -> str:
+        return self.export_locations[0] if self.export_locations else ""
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who is asking: forwarded to providers so the share service's records name the user."""
+
+    user_id: str
+    project_id: str
+    roles: tuple[str, ...] = ()
+    auth_token: str | None = None
+    request_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles

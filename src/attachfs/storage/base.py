@@ -12,37 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-
-@dataclass(frozen=True)
-class ShareInfo:
-    id: str
-    name: str
-    status: str  # "available" when it can be attached
-    protocol: str  # LOCAL, NFS, CEPHFS
-    export_locations: tuple[str, ...]
-    project_id: str
-    size_gib: int
-    scope: str = "instance"  # instance | project | global (built-in provider)
-    mount_point: str | None = None  # where the guest should mount it, when the share says
-
-    @property
-    def preferred_export(self) -> str:
-        return self.export_locations[0] if self.export_locations else ""
-
-
-@dataclass(frozen=True)
-class RequestContext:
-    """Who is asking: forwarded to providers so the share service's records name the user."""
-
-    user_id: str
-    project_id: str
-    roles: tuple[str, ...] = ()
-    auth_token: str | None = None
-    request_id: str | None = None
-
-    @property
-    def is_admin(self) -> bool:
-        return "admin" in self.roles
+# Who asks and what a share looks like are the core's words; providers take them.
+from attachfs.core.context import RequestContext as RequestContext
+from attachfs.core.context import ShareInfo as ShareInfo
 
 
 class ShareProvider(Protocol):
