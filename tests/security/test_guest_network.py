@@ -19,14 +19,9 @@ import pytest
 
 from attachfs.virt.metadata_net import MAX_ADDRESS_SPACE, MAX_OPEN_FILES
 from tests.security import guest_probe as gp
-from tests.vm.harness import IMAGES_DIR, Serve, serving, wait_for
+from tests.vm.harness import GUEST_TEST, Serve, serving, wait_for
 
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.skipif(os.geteuid() != 0, reason="libvirt guests need root"),
-    pytest.mark.skipif(not (IMAGES_DIR / "debian-busybox" / "image.json").exists(),
-                       reason="guest image missing: run `make setup`"),
-]
+pytestmark = GUEST_TEST
 
 FLOOD = 300
 CAP = 16  # metadata.max_connections default

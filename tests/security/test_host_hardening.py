@@ -20,14 +20,9 @@ from pathlib import Path
 import pytest
 
 from attachfs.storage import mountinfo
-from tests.vm.harness import IMAGES_DIR, Serve, serving
+from tests.vm.harness import GUEST_TEST, Serve, serving
 
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.skipif(os.geteuid() != 0, reason="libvirt guests and host mounts need root"),
-    pytest.mark.skipif(not (IMAGES_DIR / "debian-busybox" / "image.json").exists(),
-                       reason="guest image missing: run `make setup`"),
-]
+pytestmark = GUEST_TEST
 
 NOBODY = 65534
 GIB = 1 << 30

@@ -3,17 +3,28 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from harness.process import free_port, wait_for
 from harness.serve import IMAGES_DIR, Serve
 
-__all__ = ["IMAGES_DIR", "TEST_STATE", "Serve", "free_port", "serving", "wait_for"]
+__all__ = ["GUEST_TEST", "IMAGES_DIR", "TEST_STATE", "Serve", "free_port", "serving", "wait_for"]
 
 TEST_STATE = Path("/var/lib/attachfs/test-state")
+# The marks of a test that boots a real guest (a module's `pytestmark`): under CI=true a
+# missing capability fails instead of skipping (tests/conftest.py).
+GUEST_TEST = [
+    pytest.mark.vm,
+    pytest.mark.skipif(os.geteuid() != 0, reason="libvirt guests and host mounts need root"),
+    pytest.mark.skipif(not (IMAGES_DIR / "debian-busybox" / "image.json").exists(),
+                       reason="guest image missing: run `make setup`"),
+]
 
 
 @contextmanager

@@ -5,19 +5,13 @@ running is mounted after the drive's media is changed live."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.vm.harness import IMAGES_DIR, Serve, serving, wait_for
+from tests.vm.harness import GUEST_TEST, Serve, serving, wait_for
 
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.skipif(os.geteuid() != 0, reason="libvirt guests and host mounts need root"),
-    pytest.mark.skipif(not (IMAGES_DIR / "debian-busybox" / "image.json").exists(),
-                       reason="guest image missing: run `make setup`"),
-]
+pytestmark = GUEST_TEST
 
 
 @pytest.fixture

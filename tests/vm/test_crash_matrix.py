@@ -28,14 +28,9 @@ import pytest
 from attachfs.storage import mountinfo
 from attachfs.virt.libvirt import LibvirtDriver
 from harness import host
-from tests.vm.harness import IMAGES_DIR, Serve, serving, wait_for
+from tests.vm.harness import GUEST_TEST, Serve, serving, wait_for
 
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.skipif(os.geteuid() != 0, reason="libvirt guests and host mounts need root"),
-    pytest.mark.skipif(not (IMAGES_DIR / "debian-busybox" / "image.json").exists(),
-                       reason="guest image missing: run `make setup`"),
-]
+pytestmark = GUEST_TEST
 EXT = {"OpenStack-API-Version": "compute 2.97, attachfs 1.1"}
 CONVERGE = 120.0  # s: the bound for convergence after the restart (a boot included)
 # The guest answers a `check` file in any mounted share by trying to write next to it.

@@ -4,7 +4,6 @@ the metadata service and the guest agent; checked from inside the guest (its con
 from __future__ import annotations
 
 import base64
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,14 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from attachfs.virt.libvirt import LibvirtDriver
-from tests.vm.harness import IMAGES_DIR, Serve, serving, wait_for
+from tests.vm.harness import GUEST_TEST, Serve, serving, wait_for
 
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.skipif(os.geteuid() != 0, reason="libvirt guests and host mounts need root"),
-    pytest.mark.skipif(not (IMAGES_DIR / "debian-busybox" / "image.json").exists(),
-                       reason="guest image missing: run `make setup`"),
-]
+pytestmark = GUEST_TEST
 
 GUEST_SCRIPT = """#!/bin/sh
 if [ -f /mnt/data/hello.txt ]; then

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import stat
 import uuid
 from collections.abc import Iterator
@@ -20,14 +19,9 @@ import pytest
 
 from attachfs.storage import mountinfo
 from attachfs.virt.libvirt import LibvirtDriver
-from tests.vm.harness import IMAGES_DIR, Serve, serving, wait_for
+from tests.vm.harness import GUEST_TEST, Serve, serving, wait_for
 
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.skipif(os.geteuid() != 0, reason="libvirt guests and host mounts need root"),
-    pytest.mark.skipif(not (IMAGES_DIR / "debian-busybox" / "image.json").exists(),
-                       reason="guest image missing: run `make setup`"),
-]
+pytestmark = GUEST_TEST
 
 SLOTS = 3
 EXT = {"OpenStack-API-Version": "compute 2.97, attachfs 1.1"}
