@@ -64,8 +64,8 @@ def build_agent(parts: Parts) -> Agent:
         private_dir(path)
     attachments = Attachments(
         config, parts.db, parts.provider,
-        {"LOCAL": BindConnector(config.storage_root, config.mount_root),
-         "NFS": NfsConnector(config.mount_root)},
+        {c.protocol: c for c in (BindConnector(config.storage_root, config.mount_root),
+                                 NfsConnector(config.mount_root))},
         LibvirtDriver(config.libvirt.uri, spare_root_ports=config.libvirt.spare_root_ports,
                       owner=f"{config.agent.host}:{config.state_path}"),
         MetadataSockets(parts.db, config.metadata_socket_dir, config.metadata.enabled,

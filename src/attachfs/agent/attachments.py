@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from attachfs.config import Config
 from attachfs.core.model import AttachmentStatus
+from attachfs.core.rules import host_mount_name
 from attachfs.core.services import finish_action
 from attachfs.db.engine import Database
 from attachfs.db.tables import Server, ShareMapping
@@ -89,7 +90,7 @@ class Attachments:
 
     # ---- host mounts: one per (share, read-only) on this host, shared by its guests ------------
     def mount_path(self, share_id: str, read_only: bool = False) -> Path:
-        return under_root(self.config.mount_root, share_id + ("-ro" if read_only else ""))
+        return under_root(self.config.mount_root, host_mount_name(share_id, read_only))
 
     def mount(self, m: ShareMapping) -> Path:
         connector = self.connectors.get(m.share_proto)

@@ -20,6 +20,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from attachfs.core.rules import BUILTIN_PROTOCOL
 from attachfs.core.steps import Op, Operation, Step
 
 RUNNING, SHUTOFF, MISSING = "running", "shutoff", "missing"  # virt.base.PowerState values
@@ -61,7 +62,7 @@ class DesiredShare:
     path: str  # the host mount this attachment uses (one per share and access mode)
     read_only: bool = False
     status: str = INACTIVE  # as the row says now
-    protocol: str = "LOCAL"
+    protocol: str = BUILTIN_PROTOCOL
     export: str = ""
     release_started: float | None = None  # monotonic: when the agent first saw `detaching`
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from attachfs.core.rules import BUILTIN_PROTOCOL
 from attachfs.errors import PermanentError
 from attachfs.paths import check_under
 from attachfs.storage import mountinfo
@@ -18,7 +19,7 @@ from attachfs.storage.volumes import ShareVolumes
 
 
 class BindConnector:
-    protocol = "LOCAL"
+    protocol: str = BUILTIN_PROTOCOL
 
     def __init__(self, storage_root: Path, mount_root: Path) -> None:
         self.storage_root = storage_root

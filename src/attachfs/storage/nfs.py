@@ -12,6 +12,7 @@ import contextlib
 import re
 from pathlib import Path
 
+from attachfs.core.rules import ShareProtocol
 from attachfs.errors import PermanentError
 from attachfs.paths import check_under
 from attachfs.storage import mountinfo
@@ -32,7 +33,7 @@ def kernel_has_nfs4(proc_filesystems: Path = PROC_FILESYSTEMS) -> bool:
 
 
 class NfsConnector:
-    protocol = "NFS"
+    protocol: str = ShareProtocol.NFS
 
     def __init__(self, mount_root: Path, proc_filesystems: Path = PROC_FILESYSTEMS) -> None:
         self.mount_root = mount_root
