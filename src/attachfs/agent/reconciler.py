@@ -67,23 +67,23 @@ class Reconciler:
         with self.db.read() as s:
             return read_snapshot(s, uuid)
 
-    def plan_for(self, uuid: str) -> tuple[Plan, Snapshot | None, object]:
-        """Desired and actual, and the plan between them (also what `attachfs` tools show)."""
+    def _desired_and_actual(self, uuid: str) -> tuple[Snapshot | None, Desired, Actual]:
+        """The rows (desired) and what the host has (actual) for one server."""
         with self.db.read() as s:
             snap = read_snapshot(s, uuid)
             desired = desired_of(s, snap, uuid, self.mount_path, self.memory,
                                  self.config.agent.detach_timeout)
         actual = observe(uuid, self.virt, self.metadata, self.a.mounts, self.config.mount_root,
                          self.memory)
+        return snap, desired, actual
+
+    def plan_for(self, uuid: str) -> tuple[Plan, Snapshot | None, object]:
+        """Desired and actual, and the plan between them (also what `attachfs` tools show)."""
+        snap, desired, actual = self._desired_and_actual(uuid)
         return plan(desired, actual), snap, desired
 
     def reconcile(self, uuid: str) -> PassResult:
-        with self.db.read() as s:
-            snap = read_snapshot(s, uuid)
-            desired = desired_of(s, snap, uuid, self.mount_path, self.memory,
-                                 self.config.agent.detach_timeout)
-        actual = observe(uuid, self.virt, self.metadata, self.a.mounts, self.config.mount_root,
-                         self.memory)
+        snap, desired, actual = self._desired_and_actual(uuid)
         if self._unconfirmed_stop(desired, actual):
             return PassResult(Next.REQUEUE, CONFIRM_STOPPED / 2, "confirming the guest stopped")
         the_plan = plan(desired, actual)
