@@ -7,9 +7,9 @@
 #     libvirt's default QEMU seccomp sandbox (spawn=deny, ...) stays on: QEMU spawns nothing (the
 #     guest's metadata network runs in a helper of attachfs, not in QEMU), so an older setup's
 #     `seccomp_sandbox = 0` is removed.
-#   - starts virtlogd and libvirtd (daemon mode) when not running;
-#   - waits until `virsh -c qemu:///system version` answers.
-# Packages needed (apt): qemu-system-x86 qemu-system-common libvirt-daemon-system libslirp0.
+#   - starts virtlogd (daemon mode) and libvirtd (under a subreaper, start-libvirtd.sh) when not
+#     running, and waits until `virsh -c qemu:///system version` answers.
+# Packages needed (apt): qemu-system-x86 qemu-system-common libvirt-daemon-system libslirp0 tini.
 set -euo pipefail
 
 CONF=/etc/libvirt/qemu.conf
@@ -56,8 +56,16 @@ unset_conf seccomp_sandbox
 
 running() { pgrep -x "$1" >/dev/null 2>&1; }
 
-if [[ $changed -eq 1 ]] && running libvirtd; then
-    echo "setup-libvirt: $CONF changed, restarting libvirtd"
+# A libvirtd not under a subreaper (an older setup's `libvirtd -d`) is restarted under one:
+# see start-libvirtd.sh for why. Running guests keep running across a libvirtd restart.
+under_reaper() {
+    local pid ppid
+    pid=$(pgrep -x libvirtd | head -n1)
+    ppid=$(ps -o ppid= -p "$pid" | tr -d ' ')
+    [[ $(ps -o comm= -p "$ppid") == tini ]]
+}
+if running libvirtd && { [[ $changed -eq 1 ]] || ! under_reaper; }; then
+    echo "setup-libvirt: restarting libvirtd (configuration changed or not under tini)"
     pid=$(pgrep -x libvirtd | head -n1)
     kill "$pid"
     for _ in $(seq 1 50); do
@@ -69,16 +77,5 @@ fi
 if ! running virtlogd; then
     virtlogd -d
 fi
-if ! running libvirtd; then
-    libvirtd -d
-fi
-
-for _ in $(seq 1 150); do
-    if virsh -c "$URI" version >/dev/null 2>&1; then
-        echo "setup-libvirt: libvirt ready ($URI)"
-        exit 0
-    fi
-    sleep 0.2
-done
-echo "setup-libvirt: libvirtd did not answer on $URI within 30 s" >&2
-exit 1
+bash "$(dirname "$0")/start-libvirtd.sh"
+echo "setup-libvirt: libvirt ready ($URI)"

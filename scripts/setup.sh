@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-system-common qemu-utils libvirt-daemon-system libvirt-clients
-          libvirt-dev pkg-config busybox-static kmod cpio libslirp0 genisoimage iproute2 procps)
+          libvirt-dev pkg-config busybox-static kmod cpio libslirp0 genisoimage iproute2 procps tini)
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "setup: run as root (installs packages, configures libvirt)" >&2

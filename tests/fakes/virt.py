@@ -3,6 +3,7 @@ a fixed number of hot-plug slots, unplug that completes after `unplug_delay` obs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,15 @@ class FakeVirt:
         self.slots = slots
         self.unplug_delay = unplug_delay
         self.faults = Faults()
+        self.watchers: list[Callable[[str | None], None]] = []
+
+    def watch(self, changed: Callable[[str | None], None]) -> None:
+        self.watchers.append(changed)
+
+    def emit(self, uuid: str | None) -> None:
+        """What libvirt's events do: tell the watchers that `uuid` changed by itself."""
+        for changed in self.watchers:
+            changed(uuid)
 
     def start_guest(self, spec: GuestSpec) -> None:
         self.faults.check("start_guest")

@@ -281,3 +281,20 @@ def test_ten_thousand_servers(tmp_path: Path) -> None:
     assert all(world.mapping(mid).status == "inactive"  # type: ignore[union-attr]
                for mid in attached.values())
     assert len(world.provider.rules) == 1000
+
+
+def test_a_hypervisor_event_puts_that_server_first(world: World) -> None:
+    """A device that leaves the guest (libvirt's DEVICE_REMOVED) is acted on at once, not at the
+    server's next requeue; a missed-events signal makes the loop repair everything."""
+    agent = world.agent
+    sid, _ = running_server(world)
+    agent.r.virt.watch(agent.guest_changed)
+    agent._schedule(sid, agent._pass(sid), again=False)
+    agent.enqueue(sid, 30.0, exact=True)  # as if the pass had asked to look again in 30 s
+    world.virt.emit(sid)
+    assert agent._due[sid] <= time.monotonic()
+    agent._inflight.add(sid)
+    world.virt.emit(sid)  # while its pass runs: run again right after it
+    assert sid in agent._again
+    world.virt.emit(None)
+    assert agent._repair_now.is_set()

@@ -11,6 +11,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from tests.vm.harness import GUEST_TEST, Serve, serving, wait_for
 pytestmark = GUEST_TEST
 ADMIN = {"X-Auth-Token": "admin:admin"}
 PG_CLUSTER = ("15", "main")
+START_LIBVIRTD = Path(__file__).parents[2] / "scripts" / "start-libvirtd.sh"
 
 
 def _admin_url() -> str:
@@ -107,11 +109,11 @@ def test_seven_detaches_within_twice_one(serve: Serve, sid: str) -> None:
     assert passes, "the seven unplug requests did not go out together"
     assert serve.host_mounts() == []
     wait_for("virtiofsd gone", lambda: serve.virtiofsd_pids() == [] or None, 30)
-    if t_seven > 2 * t_one:
-        # Measured: libvirt removes the devices one after the other (~1 s each under TCG,
-        # DEVICE_DELETED handling and the device's virtiofsd stop), after the requests went
-        # out together. Not yet met; kept visible rather than hidden.
-        pytest.xfail(f"7 detaches {t_seven:.1f}s > 2 x 1 detach {t_one:.1f}s")
+    # Measured here: 1 share 1.6 s, 7 shares 2.6-3.0 s (1.66-1.88x). What remains of the gap is
+    # libvirt's: it removes devices one at a time, ~0.2 s each (it signals the device's
+    # virtiofsd, then polls for its exit every 200 ms), after QEMU's DEVICE_DELETED for all
+    # seven arrived together. Before libvirtd ran under a subreaper it was 2 s per device.
+    assert t_seven <= 2 * t_one, f"7 detaches {t_seven:.1f}s > 2 x 1 detach {t_one:.1f}s"
 
 
 def _pg(action: str) -> None:
@@ -160,12 +162,8 @@ def _stop_libvirtd() -> None:
 
 
 def _start_libvirtd() -> None:
-    if _libvirtd_pids():
-        return
-    subprocess.run(["libvirtd", "-d"], check=True, timeout=30)
-    wait_for("libvirtd answers", lambda: subprocess.run(
-        ["virsh", "-c", "qemu:///system", "version"], capture_output=True,
-        check=False).returncode == 0, 30)
+    """The one way libvirtd is started (under its subreaper, until it answers)."""
+    subprocess.run(["bash", str(START_LIBVIRTD)], check=True, timeout=60)
 
 
 def test_libvirtd_restarted_during_attaches(serve: Serve, sid: str) -> None:

@@ -46,6 +46,7 @@ class Agent:
         register(self.health)
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._repair_now = threading.Event()  # hypervisor events may have been missed
         self._lock = threading.Lock()
         self._due: dict[str, float] = {}  # queue key -> monotonic time its pass is due
         self._seen: dict[str, tuple[object, ...]] = {}  # what the rows said when last queued
@@ -56,6 +57,15 @@ class Agent:
         self._pool = ThreadPoolExecutor(self.config.agent.workers, thread_name_prefix="reconcile")
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def guest_changed(self, uuid: str | None) -> None:
+        """A hypervisor event (a device left a guest, a guest stopped): look at that server
+        now rather than at its next requeue; None: events were missed, look at everything."""
+        if uuid is None:
+            self._repair_now.set()
+        else:
+            self.enqueue(uuid, urgent=True)
         self._wake.set()
 
     def stop(self) -> None:
@@ -218,11 +228,14 @@ class Agent:
     # ---- loop ----------------------------------------------------------------------------------
     def run(self) -> None:
         log.info("agent for host %s starting", self.r.host)
+        self.r.virt.watch(self.guest_changed)
         self.repair()
         last_repair = time.monotonic()
         while not self._stop.is_set():
             self._poll()
-            if time.monotonic() - last_repair > self.config.agent.resync_interval:
+            if (self._repair_now.is_set()
+                    or time.monotonic() - last_repair > self.config.agent.resync_interval):
+                self._repair_now.clear()
                 self.repair()
                 last_repair = time.monotonic()
             for key in self._take_due():

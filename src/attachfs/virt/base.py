@@ -8,6 +8,7 @@ hypervisor (`list_guests`, `guest_state`), so a restarted agent sees exactly wha
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -69,6 +70,11 @@ class VirtDriver(Protocol):
         """Ask the guest to power off; force it off after `timeout` seconds. Missing guest: no-op."""
 
     def guest_state(self, uuid: str) -> PowerState: ...
+
+    def watch(self, changed: Callable[[str | None], None]) -> None:
+        """From now on call `changed(uuid)` when a guest's actual state changes by itself (a
+        device left, the guest stopped), and `changed(None)` when changes may have been missed.
+        A driver without events does nothing: the agent's polling still finds every change."""
 
     def list_guests(self) -> dict[str, PowerState]:
         """Every guest this driver manages on the host (by server uuid), running or not."""

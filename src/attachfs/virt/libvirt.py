@@ -55,6 +55,7 @@ import functools
 import os
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import libvirt
@@ -62,6 +63,7 @@ import libvirt
 from attachfs.errors import NoFreeSlot
 from attachfs.virt import libvirt_xml as lx
 from attachfs.virt.base import GuestShare, GuestSpec, PowerState, VirtCapabilities
+from attachfs.virt.libvirt_events import DomainEvents
 from attachfs.virt.libvirt_xml import NAME_PREFIX, OWNER_NS, VirtError, domain_name
 from attachfs.virt.metadata_net_supervisor import MetadataNetworks, stream_socket_path
 
@@ -125,6 +127,7 @@ class LibvirtDriver:
         self.networks = networks if networks is not None else MetadataNetworks()
         self.virtiofsd = virtiofsd
         self._conn: libvirt.virConnect | None = None
+        self._events: DomainEvents | None = None
         self.capabilities = VirtCapabilities(
             hot_plug=True, read_only_enforced_by_hypervisor=False, share_transports=("virtiofs",)
         )
@@ -145,7 +148,20 @@ class LibvirtDriver:
             raise VirtError(f"cannot connect to libvirt at {self.uri}: {_msg(e)}") from e
         return self._conn
 
+    def watch(self, changed: Callable[[str | None], None]) -> None:
+        """Call `changed(uuid)` when one of this driver's guests changes (a device removed, a
+        power change), `changed(None)` when events may have been missed (libvirt_events)."""
+        if self._events is None:
+            self._events = DomainEvents(self.uri, self._ours, changed)
+            self._events.start()
+
+    def _ours(self, dom: libvirt.virDomain) -> bool:
+        return str(dom.name()).startswith(NAME_PREFIX) and self._owned(dom)
+
     def close(self) -> None:
+        if self._events is not None:
+            self._events.stop()
+            self._events = None
         if self._conn is not None:
             with contextlib.suppress(libvirt.libvirtError):
                 self._conn.close()
