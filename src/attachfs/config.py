@@ -77,6 +77,14 @@ class AgentConfig(_Section):
     # Hot detach: how long the guest gets to unmount a share (it learns of the detach from the
     # metadata service or config drive) before the device is removed anyway.
     detach_timeout: float = Field(default=10.0, ge=0)
+    # How often a server's access rules are looked up in the share provider (a rule removed
+    # behind attachfs's back is granted again); each look is one call per share.
+    access_check_interval: float = Field(default=60.0, gt=0)
+    # A step that fails temporarily is retried after retry_base * 2^(n-1) s, at most
+    # retry_cap s, and after retry_attempts failures the attachment (or server) is `error`.
+    retry_base: float = Field(default=1.0, gt=0)
+    retry_cap: float = Field(default=60.0, gt=0)
+    retry_attempts: int = Field(default=8, ge=1, le=100)
 
 
 class LibvirtConfig(_Section):

@@ -65,3 +65,7 @@ class FakeProvider:
     def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
         self.faults.check("revoke_access")
         self.rules.pop((share_id, host), None)
+
+    def access_of(self, share_id: str, host: str) -> str | None:
+        self.faults.check("access_of")
+        return self.rules.get((share_id, host))

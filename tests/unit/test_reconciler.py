@@ -177,7 +177,7 @@ def test_temporary_errors_become_permanent_after_max_attempts(world: World) -> N
     sid, _ = running_server(world)
     mid = world.attach(sid, 3)
     world.virt.faults.down("attach_share", TemporaryError("never"))
-    for _ in range(executor_module.MAX_ATTEMPTS):
+    for _ in range(world.config.agent.retry_attempts):
         world.reconcile(sid)
     m = world.mapping(mid)
     assert m is not None and m.status == "error" and "never" in (m.fault_message or "")
@@ -298,3 +298,25 @@ def test_a_hypervisor_event_puts_that_server_first(world: World) -> None:
     assert sid in agent._again
     world.virt.emit(None)
     assert agent._repair_now.is_set()
+
+
+def test_a_rule_removed_behind_our_back_is_granted_again(world: World) -> None:
+    """Access rules are observed through the provider (every `access_check_interval` per
+    server): one dropped by someone else comes back; between looks the provider is not asked;
+    a provider that cannot answer is "unknown", not "no rule"."""
+    sid, (mid,) = running_server(world, 1)
+    world.provider.rules.clear()  # an operator removed the rule in the share service
+    world.converge(sid)
+    assert world.provider.rules == {}  # looked up on the first pass; not due again yet
+    world.reconciler.memory.access_checked.clear()  # the interval has passed
+    world.converge(sid)
+    assert world.provider.rules == {("sh1", HOST): "rw"}
+    assert world.mapping(mid).status == "active"  # type: ignore[union-attr]
+    calls = world.provider.faults.calls.count("access_of")
+    world.converge(sid)
+    assert world.provider.faults.calls.count("access_of") == calls  # not asked in between
+    world.provider.rules.clear()
+    world.provider.faults.down("access_of", TemporaryError("share service unreachable"))
+    world.reconciler.memory.access_checked.clear()
+    world.converge(sid)
+    assert world.provider.rules == {} and world.mapping(mid).status == "active"  # type: ignore[union-attr]

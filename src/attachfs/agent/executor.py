@@ -3,7 +3,7 @@
 A step of one attachment that fails takes only that attachment's later steps with it; a server
 step (start, stop) that fails ends the pass. Permanent errors move the attachment (or server)
 to `error` with the reason; temporary ones are counted on the row and retried by the runner
-with backoff, and after MAX_ATTEMPTS they are permanent too. A grant that fails for a
+with backoff, and after `[agent] retry_attempts` they are permanent too. A grant that fails for a
 *requested* attachment ends that request in `error` at once (the share service's answer is the
 request's answer, as in 2.97: the user attaches again).
 
@@ -22,6 +22,7 @@ from typing import Protocol
 
 from attachfs.agent.attachments import Attachments, requester
 from attachfs.agent.state import Snapshot
+from attachfs.config import AgentConfig
 from attachfs.core.model import AttachmentStatus
 from attachfs.core.planner import Desired, Phase, Plan, phase_of
 from attachfs.core.steps import Op, Operation, Step
@@ -32,14 +33,12 @@ from attachfs.storage.mountinfo import GUEST_SAFE
 from attachfs.virt.base import GuestShare
 
 log = logging.getLogger(__name__)
-MAX_ATTEMPTS = 8  # temporary failures of one attachment's step before it is an error
-BACKOFF_BASE, BACKOFF_CAP = 1.0, 60.0
 CRASH_EXIT = 137
 
 
-def backoff(attempt: int) -> float:
-    """Capped exponential: 1, 2, 4 ... 60 s."""
-    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(attempt - 1, 0))
+def backoff(attempt: int, retry: AgentConfig) -> float:
+    """Capped exponential: 1, 2, 4 ... 60 s with the defaults."""
+    return min(retry.retry_cap, retry.retry_base * 2 ** max(attempt - 1, 0))
 
 
 def crash_point() -> str | None:
@@ -205,7 +204,7 @@ class Executor:
         m = snap.mapping(step.attachment) if snap is not None else None
         if m is None or snap is None:  # a server step
             attempts = (snap.server.attempts or 0) + 1 if snap is not None else 1
-            gives_up = isinstance(exc, PermanentError) or attempts >= MAX_ATTEMPTS
+            gives_up = isinstance(exc, PermanentError) or attempts >= self.a.config.agent.retry_attempts
             if step.op == Op.START_GUEST and gives_up:
                 out.server_failed = True
                 self.server_steps.fail(snap, f"starting the guest failed: {exc}")
@@ -225,10 +224,10 @@ class Executor:
             self.a.fail(snap.server, m, what, exc, event=event)
             return
         attempts = (m.attempts or 0) + 1
-        if attempts >= MAX_ATTEMPTS:
+        if attempts >= self.a.config.agent.retry_attempts:
             self.a.fail(snap.server, m, what, exc, event=event)
             return
-        delay = backoff(attempts)
+        delay = backoff(attempts, self.a.config.agent)
         self.a.record_retry(m.id, step.name, exc, delay)
         log.warning("server %s share %s: %s failed (attempt %d, retry in %.0fs): %s",
                     snap.server.uuid, m.share_id, step.name, attempts, delay, exc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy import select
@@ -19,7 +19,15 @@ from sqlalchemy import select
 from attachfs.agent.attachments import Attachments
 from attachfs.agent.executor import Executor, backoff
 from attachfs.agent.server import ServerSteps
-from attachfs.agent.state import PassMemory, Snapshot, desired_of, observe, read_snapshot
+from attachfs.agent.state import (
+    PassMemory,
+    Snapshot,
+    access_due,
+    desired_of,
+    observe,
+    observe_access,
+    read_snapshot,
+)
 from attachfs.config import Config
 from attachfs.core.model import AttachmentStatus, VmState
 from attachfs.core.planner import Actual, Desired, Phase, Plan, Power, host_plan, phase_of, plan
@@ -75,6 +83,9 @@ class Reconciler:
                                  self.config.agent.detach_timeout)
         actual = observe(uuid, self.virt, self.metadata, self.a.mounts, self.config.mount_root,
                          self.memory)
+        if access_due(desired, self.memory, self.config.agent.access_check_interval,
+                      actual.now):
+            actual = replace(actual, access=observe_access(self.a.provider, self.host, desired))
         return snap, desired, actual
 
     def plan_for(self, uuid: str) -> tuple[Plan, Snapshot | None, object]:
@@ -84,6 +95,9 @@ class Reconciler:
 
     def reconcile(self, uuid: str) -> PassResult:
         snap, desired, actual = self._desired_and_actual(uuid)
+        if access_due(desired, self.memory, self.config.agent.access_check_interval,
+                      actual.now):
+            self.memory.access_checked[uuid] = actual.now  # looked (or failed to): not again
         if self._unconfirmed_stop(desired, actual):
             return PassResult(Next.REQUEUE, CONFIRM_STOPPED / 2, "confirming the guest stopped")
         the_plan = plan(desired, actual)
@@ -95,7 +109,8 @@ class Reconciler:
             if step.op == Op.RECORD and step.status is None and step.attachment is not None:
                 self.memory.release_started.pop(step.attachment, None)
         if out.temporary is not None:
-            after = out.retry_after or backoff((snap.server.attempts if snap else 0) + 1)
+            after = out.retry_after or backoff((snap.server.attempts if snap else 0) + 1,
+                                                self.config.agent)
             if out.server_failed and snap is not None:
                 self.server_steps.record_attempt(uuid, out.temporary)
             return PassResult(Next.RETRY, after, out.temporary)

@@ -6,9 +6,10 @@ Both are turned into the planner's plain dataclasses (core/planner.py); the rows
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
@@ -17,9 +18,12 @@ from sqlalchemy.orm import Session
 from attachfs.core.model import AttachmentStatus, PowerIntent, TaskState, VmState
 from attachfs.core.planner import Actual, Desired, DesiredShare, Phase, Power, phase_of
 from attachfs.db.tables import Server, ShareMapping
+from attachfs.errors import BackendError
 from attachfs.metadata.sockets import MetadataSockets
-from attachfs.storage.base import MountTable
+from attachfs.storage.base import MountTable, ShareProvider
 from attachfs.virt.base import PowerState, VirtDriver
+
+log = logging.getLogger(__name__)
 
 # Statuses of another server's attachment whose host mount that server may use right now.
 _USING = (AttachmentStatus.ACTIVE, AttachmentStatus.ATTACHING, AttachmentStatus.DETACHING)
@@ -48,6 +52,7 @@ class PassMemory:
     rebooted: dict[str, int]  # server uuid -> generation whose reboot already stopped the guest
     unplugging: dict[tuple[str, str], float]  # (server, tag) -> monotonic time unplug was asked
     missing_since: dict[str, float]  # server -> since when its guest is not seen running
+    access_checked: dict[str, float] = field(default_factory=dict)  # server -> last look
 
 
 def read_snapshot(s: Session, uuid: str) -> Snapshot | None:
@@ -115,3 +120,22 @@ def observe(uuid: str, virt: VirtDriver, metadata: MetadataSockets, mounts: Moun
     return Actual(power=str(power), devices=devices, mounts=table,
                   metadata=metadata.serving(uuid), guest_report=metadata.reports.mounted(uuid),
                   unplugging=unplugging, now=time.monotonic())
+
+
+def access_due(desired: Desired, memory: PassMemory, interval: float, now: float) -> bool:
+    """Whether this server's access rules are to be looked up: it holds attachments and its
+    last look (memory.access_checked, set by the pass that ran it) is `interval` s old."""
+    last = memory.access_checked.get(desired.uuid)
+    return any(s.phase == Phase.HELD for s in desired.shares) and (
+        last is None or now - last >= interval)
+
+
+def observe_access(provider: ShareProvider, host: str, desired: Desired) -> frozenset[str] | None:
+    """The shares of this server's held attachments that have a rule for this host, as the
+    provider has them (a call per share); None, "unknown", when the provider cannot answer."""
+    held = sorted({s.share_id for s in desired.shares if s.phase == Phase.HELD})
+    try:
+        return frozenset(share for share in held if provider.access_of(share, host) is not None)
+    except BackendError as exc:
+        log.warning("server %s: cannot look up access rules: %s", desired.uuid, exc)
+        return None

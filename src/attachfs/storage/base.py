@@ -31,6 +31,12 @@ class ShareProvider(Protocol):
     def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
         """Unlock and remove the rule for `host`. Idempotent (no rule: nothing to do)."""
 
+    def access_of(self, share_id: str, host: str) -> str | None:
+        """The level ("rw" or "ro") of `host`'s rule on the share as the provider has it now;
+        None when there is none (or it failed, or is being removed). What the reconciler
+        observes: a rule dropped behind its back is granted again. Raises BackendError when
+        the provider cannot tell."""
+
 
 @dataclass(frozen=True)
 class HostMount:

@@ -108,6 +108,11 @@ class LocalShareProvider:
                                   locked=True,
                                   lock_reason=f"{reason} (requested by {requester.user_id})"))
 
+    def access_of(self, share_id: str, host: str) -> str | None:
+        with self.db.read() as s:
+            rule = s.get(ShareAccess, (share_id, host))
+            return None if rule is None else str(rule.access_level)
+
     def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
         with self.db.session() as s:
             rule = s.get(ShareAccess, (share_id, host))

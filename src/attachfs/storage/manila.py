@@ -267,6 +267,22 @@ class ManilaShareProvider:
                 self._deny(api, share_id, rule, retry)
         self._wait(api, share_id, rule["id"], "gone", retry)
 
+    def access_of(self, share_id: str, host: str) -> str | None:
+        """This host's rule as the service has it (with the service's own credentials)."""
+        retry = "the agent looks again later"
+        api = self._api(None, retry)
+        share = self._call(api, "GET", f"/shares/{share_id}", retry)
+        if share is GONE:
+            return None
+        proto = (share["share"].get("share_proto") or "").upper()
+        if proto not in RULE_TYPES:
+            return None
+        access_type, access_to = self._access_for(proto, host)
+        rule = self._find_rule(api, share_id, host, access_type, access_to, retry)
+        if rule is None or rule["state"] in ("error", "queued_to_deny", "denying"):
+            return None
+        return str(rule["access_level"])
+
     # ---- rules -------------------------------------------------------------------------------
     def _access_for(self, proto: str, host: str) -> tuple[str, str]:
         if proto == ShareProtocol.NFS:

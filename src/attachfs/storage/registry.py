@@ -29,6 +29,9 @@ class ProviderChain:
     def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
         self._for(share_id).revoke_access(share_id, host, requester)
 
+    def access_of(self, share_id: str, host: str) -> str | None:
+        return self._for(share_id).access_of(share_id, host)
+
 
 def make_provider(config: Config, builtin: LocalShareProvider) -> ProviderChain:
     external: ShareProvider | None = None
