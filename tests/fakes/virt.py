@@ -18,6 +18,7 @@ class FakeGuest:
     running: bool = True
     devices: dict[str, Path] = field(default_factory=dict)
     read_only: dict[str, bool] = field(default_factory=dict)
+    writable: set[str] = field(default_factory=set)  # devices whose daemon's view is rw
     unplugging: dict[str, int] = field(default_factory=dict)  # tag -> looks left until gone
     boots: int = 0
     config_drive: Path | None = None
@@ -26,8 +27,12 @@ class FakeGuest:
 class FakeVirt:
     capabilities = VirtCapabilities(hot_plug=True)
 
-    def __init__(self, slots: int = 8, unplug_delay: int = 0) -> None:
+    def __init__(self, slots: int = 8, unplug_delay: int = 0,
+                 mounts: dict[Path, frozenset[str]] | None = None) -> None:
+        """mounts: the host's mount table (FakeHost.mounts): a device's view of its share is
+        the flags its host mount had when the device was plugged, as with virtiofsd."""
         self.guests: dict[str, FakeGuest] = {}
+        self.mounts = mounts if mounts is not None else {}
         self.slots = slots
         self.unplug_delay = unplug_delay
         self.faults = Faults()
@@ -49,6 +54,7 @@ class FakeVirt:
         self.guests[spec.uuid] = FakeGuest(
             spec, True, {s.tag: s.host_path for s in spec.shares},
             {s.tag: s.read_only for s in spec.shares},
+            writable={s.tag for s in spec.shares if self._view_writable(s.host_path)},
             boots=(guest.boots if guest else 0) + 1, config_drive=spec.config_drive)
 
     def stop_guest(self, uuid: str, timeout: float) -> None:
@@ -92,7 +98,18 @@ class FakeVirt:
             raise NoFreeSlot(f"guest {uuid} has no free hot-plug slot")
         guest.devices[share.tag] = share.host_path
         guest.read_only[share.tag] = share.read_only
+        guest.writable.discard(share.tag)
+        if self._view_writable(share.host_path):
+            guest.writable.add(share.tag)
 
+    def _view_writable(self, path: Path) -> bool:
+        return "ro" not in self.mounts.get(path, frozenset())
+
+    def writable_devices(self, uuid: str) -> set[str]:
+        guest = self.guests.get(uuid)
+        if guest is None or not guest.running:
+            return set()
+        return guest.writable & set(guest.devices)
     def detach_share(self, uuid: str, tag: str, timeout: float) -> None:
         self.faults.check("detach_share")
         guest = self.guests.get(uuid)

@@ -117,7 +117,8 @@ def make_world(tmp: Path, slots: int = 8, unplug_delay: int = 0) -> World:
                                 "agent.detach_timeout": 5.0})
     migrate(config.db_url)
     db = Database(config.db_url)
-    virt, host, provider = FakeVirt(slots, unplug_delay), FakeHost(), FakeProvider()
+    host, provider = FakeHost(), FakeProvider()
+    virt = FakeVirt(slots, unplug_delay, mounts=host.mounts)
     metadata = FakeMetadata()
     attachments = Attachments(config, db, provider, {"LOCAL": host}, virt,  # type: ignore[arg-type]
                               metadata, NoopNotifier(), mounts=host)  # type: ignore[arg-type]

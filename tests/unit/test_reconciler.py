@@ -320,3 +320,28 @@ def test_a_rule_removed_behind_our_back_is_granted_again(world: World) -> None:
     world.reconciler.memory.access_checked.clear()
     world.converge(sid)
     assert world.provider.rules == {} and world.mapping(mid).status == "active"  # type: ignore[union-attr]
+
+
+def test_a_shared_read_only_mount_fixed_by_one_server_is_replaced_in_every_guest(
+        world: World) -> None:
+    """Two guests hold one read-only share through one host mount, found writable (as after a
+    crash before the remount): every device plugged meanwhile serves the writable view until
+    it is replaced. The server whose pass fixes the mount replaces its own device; the other
+    server's pass observes its device's view (not a memory of the fix) and replaces it too."""
+    a, _ = running_server(world)
+    b, _ = running_server(world)
+    world.attach(a, 3, ro=True)
+    world.attach(b, 3, ro=True)
+    world.converge(a)
+    world.converge(b)
+    path = world.mount_path(3, True)
+    world.host.mounts[path] = RW_SAFE  # as if the remount never happened ...
+    for server in (a, b):  # ... and both devices were plugged meanwhile
+        world.virt.guests[server].writable.add("t3")
+    world.converge(a)  # fixes the mount, replaces a's device
+    assert world.host.mounts[path] == RO_SAFE
+    assert world.virt.writable_devices(a) == set()
+    assert world.virt.writable_devices(b) == {"t3"}  # b's daemon still has the old view
+    world.converge(b)
+    assert world.virt.writable_devices(b) == set()
+    assert world.virt.guests[b].devices == {"t3": path}

@@ -61,6 +61,7 @@ def _wait_for(log: Path, text: str, timeout: float) -> float:
 def test_boot_guest_with_share_and_stop() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: libvirt qemu:///system, virtiofsd, /var/lib/attachfs")
+    from attachfs.storage import mountinfo
     from attachfs.virt.base import GuestShare, GuestSpec, PowerState
     from attachfs.virt.libvirt import LibvirtDriver
     from tools.build_image import build_image
@@ -75,6 +76,8 @@ def test_boot_guest_with_share_and_stop() -> None:
     work = Path(tempfile.mkdtemp(prefix="vm-", dir=RUN))
     console = work / "console.log"
     (share_dir / "from-host.txt").write_text("hello from the host\n")
+    ro_view = Path(tempfile.mkdtemp(prefix="ro-", dir=SHARES))
+    mountinfo.bind(share_dir, ro_view, "ro,nosuid,nodev")
     tag = "testshare"
     user_data = (
         "#!/bin/sh\n"
@@ -87,7 +90,8 @@ def test_boot_guest_with_share_and_stop() -> None:
     spec = GuestSpec(
         uuid=server_uuid, name="test-vm", vcpus=1, memory_mib=256, image=image,
         console_log=console, metadata_socket=sock,
-        shares=(GuestShare(tag=tag, host_path=share_dir),),
+        shares=(GuestShare(tag=tag, host_path=share_dir),
+                GuestShare(tag="ro", host_path=ro_view, read_only=True)),
     )
     try:
         started = time.monotonic()
@@ -95,7 +99,9 @@ def test_boot_guest_with_share_and_stop() -> None:
         driver.start_guest(spec)  # idempotent
         assert driver.list_guests().get(server_uuid) == PowerState.RUNNING
         assert driver.guest_state(server_uuid) == PowerState.RUNNING
-        assert driver.guest_share_tags(server_uuid) == {tag}
+        assert driver.guest_share_tags(server_uuid) == {tag, "ro"}
+        # what each device's virtiofsd serves, observed in its own mount namespace
+        assert driver.writable_devices(server_uuid) == {tag}
         # another agent on the same libvirtd neither sees nor touches this guest
         assert server_uuid not in stranger.list_guests()
         stranger.stop_guest(server_uuid, 0)
@@ -123,6 +129,8 @@ def test_boot_guest_with_share_and_stop() -> None:
         driver.close()
         stranger.close()
         metadata.close()
+        mountinfo.unmount(ro_view)
+        shutil.rmtree(ro_view, ignore_errors=True)
         shutil.rmtree(share_dir, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 

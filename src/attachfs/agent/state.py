@@ -111,15 +111,17 @@ def observe(uuid: str, virt: VirtDriver, metadata: MetadataSockets, mounts: Moun
     """What is there now, through the drivers: the guest and its devices, the host's mounts
     under the mount root with their options, the metadata socket, the guest's last report."""
     power = virt.guest_state(uuid)
+    running = power == PowerState.RUNNING
     devices = {tag: str(path) for tag, path in virt.guest_devices(uuid).items()} \
-        if power == PowerState.RUNNING else {}
+        if running else {}
+    writable = frozenset(virt.writable_devices(uuid)) if running else frozenset()
     table = {str(p): opts for p, opts in mounts.table(mount_root).items()}
     for key in [k for k in memory.unplugging if k[0] == uuid and k[1] not in devices]:
         del memory.unplugging[key]  # gone: the request was honoured
     unplugging = {tag: t for (server, tag), t in memory.unplugging.items() if server == uuid}
     return Actual(power=str(power), devices=devices, mounts=table,
                   metadata=metadata.serving(uuid), guest_report=metadata.reports.mounted(uuid),
-                  unplugging=unplugging, now=time.monotonic())
+                  unplugging=unplugging, writable_devices=writable, now=time.monotonic())
 
 
 def access_due(desired: Desired, memory: PassMemory, interval: float, now: float) -> bool:

@@ -95,6 +95,7 @@ class Actual:
     guest_report: tuple[float, frozenset[str]] | None = None  # (when, tags it has mounted)
     access: frozenset[str] | None = None  # shares with a rule for this host; None: unknown
     unplugging: Mapping[str, float] = field(default_factory=dict)  # tag -> when asked (now's clock)
+    writable_devices: frozenset[str] = frozenset()  # devices whose daemon serves read-write
     now: float = 0.0  # monotonic, same clock as guest_report and release_started
 
 
@@ -264,6 +265,10 @@ def _plan_running(b: _Builder, keep: list[DesiredShare]) -> None:
         elif source != s.path:
             b.unplug(Operation.REPAIR, s, s.tag,
                      f"device {s.tag} (wrong source {source}) to be replaced")
+            continue
+        elif s.read_only and s.tag in a.writable_devices:  # plugged while the mount was rw
+            b.unplug(Operation.REPAIR, s, s.tag,
+                     f"device {s.tag} (a writable view of a read-only share) to be replaced")
             continue
         if s.status != ACTIVE:
             operation = Operation.HOT_ATTACH if s.phase == Phase.REQUESTED else Operation.REPAIR

@@ -86,6 +86,11 @@ class VirtDriver(Protocol):
         """The running guest's filesystem devices: tag -> host source path (empty if not
         running). What the reconciler observes: a device on the wrong source is fixed."""
 
+    def writable_devices(self, uuid: str) -> set[str]:
+        """Tags of the running guest's devices whose file server sees its share writable now
+        (virtiofs_view). A read-only share's device in this set was plugged while its host
+        mount was writable, and is replaced. Devices that cannot be told are left out."""
+
     # ---- hot plug (running guests) ----------------------------------------------------------
     def attach_share(self, uuid: str, share: GuestShare) -> None:
         """Add a filesystem device to the running guest. Idempotent: a device with that tag

@@ -66,6 +66,7 @@ from attachfs.virt.base import GuestShare, GuestSpec, PowerState, VirtCapabiliti
 from attachfs.virt.libvirt_events import DomainEvents
 from attachfs.virt.libvirt_xml import NAME_PREFIX, OWNER_NS, VirtError, domain_name
 from attachfs.virt.metadata_net_supervisor import MetadataNetworks, stream_socket_path
+from attachfs.virt.virtiofs_view import pid_of, root_writable
 
 __all__ = ["NAME_PREFIX", "LibvirtDriver", "VirtError", "domain_name", "kvm_usable"]
 
@@ -73,6 +74,7 @@ _KVM_GET_API_VERSION = 0xAE00
 _POLL = 0.1  # seconds between live-XML reads while waiting for a device to go
 _RESEND = 5.0  # seconds before an unplug request the guest has not acted on is sent again
 VIRTIOFSD = Path(__file__).with_name("virtiofsd_sandboxed.py")
+LIBVIRT_RUN = Path("/run/libvirt/qemu")
 
 
 def _quiet(_ctx: object, _err: object) -> None:
@@ -289,6 +291,15 @@ class LibvirtDriver:
             return {}
         return {tag: Path(share.source) for tag, share in lx.live_shares(xml).items()}
 
+    def writable_devices(self, uuid: str) -> set[str]:
+        dom = self._lookup(uuid)
+        xml = self._live_xml(uuid, dom) if dom is not None else None
+        if dom is None or xml is None:
+            return set()
+        return {tag for tag, share in lx.live_shares(xml).items()
+                if (pid := pid_of(virtiofsd_pidfile(dom, share.alias))) is not None
+                and root_writable(pid)}
+
     # -- hot plug -------------------------------------------------------------------------------
     def _live_xml(self, uuid: str, dom: libvirt.virDomain | None = None) -> str | None:
         """The running guest's live XML; None when it is not ours or not running."""
@@ -399,6 +410,12 @@ class LibvirtDriver:
 # An unplug already under way (this binding may not name the code), or the device already gone.
 _UNPLUG_UNDER_WAY = {code for code in (getattr(libvirt, "VIR_ERR_OPERATION_IN_PROGRESS", None),
                                         getattr(libvirt, "VIR_ERR_NO_DEVICE", None)) if code}
+
+
+def virtiofsd_pidfile(dom: libvirt.virDomain, alias: str) -> Path:
+    """Where libvirt keeps the pid of a device's virtiofsd: its run directory, named after the
+    domain's short name (`<id>-<first 20 characters of the name>`) and the device alias."""
+    return LIBVIRT_RUN / f"{dom.ID()}-{str(dom.name())[:20]}-{alias}-fs.pid"
 
 
 def _msg(e: libvirt.libvirtError) -> str:
