@@ -62,6 +62,11 @@ class FakeVirt:
         guest = self.guests.pop(uuid, None)  # transient domains: stopped is gone
         del guest
 
+    def request_shutdown(self, uuid: str) -> None:
+        """The guest powers off when asked (transient: stopped is gone)."""
+        self.faults.check("request_shutdown")
+        self.guests.pop(uuid, None)
+
     def guest_state(self, uuid: str) -> PowerState:
         self.faults.check("guest_state")
         guest = self.guests.get(uuid)

@@ -147,6 +147,7 @@ def test_delete_failure_keeps_server_and_attachment(world: World) -> None:
     sid, (mid,) = running_server(world, 1)
     world.provider.faults.fail("revoke_access", PermanentError("share service says no"))
     world.set(sid, task_state="deleting")
+    world.reconcile(sid)  # the power button: the guest powers off
     world.reconcile(sid)
     row = world.row(sid)
     assert row.vm_state == "error" and "delete could not detach" in (row.fault_message or "")

@@ -48,6 +48,8 @@ class ServerSteps:
             case Op.START_GUEST:
                 assert snap is not None
                 self._start(desired, snap, out)
+                if step.operation == Operation.REBOOT:  # stopped and started: not again
+                    self.memory.rebooted[uuid] = snap.server.generation
             case Op.STOP_GUEST:
                 self._stop(step, desired, snap)
             case Op.UNMOUNT:
@@ -88,16 +90,22 @@ class ServerSteps:
                  slots)
 
     def _stop(self, step: Step, desired: Desired, snap: Snapshot | None) -> None:
+        """Press the power button and return (the planner looks again), or, forced, stop the
+        guest now. power_off.start goes out once; power_off.end when the stop is recorded."""
         uuid = desired.uuid
-        notify = step.operation == Operation.POWER_OFF and snap is not None
-        if notify:
-            self._power_notify(snap, "power_off.start")  # type: ignore[arg-type]
-        self.virt.stop_guest(uuid, 0 if step.force else self.config.agent.stop_timeout)
-        log.info("server %s: guest stopped (%s)", uuid, step.operation)
-        if step.operation == Operation.REBOOT and snap is not None:
-            self.memory.rebooted[uuid] = snap.server.generation
-        if notify:
-            self._power_notify(snap, "power_off.end")  # type: ignore[arg-type]
+        if step.operation == Operation.POWER_OFF and snap is not None \
+                and uuid not in self.memory.power_off_notified:
+            self.memory.power_off_notified.add(uuid)
+            self._power_notify(snap, "power_off.start")
+        if step.force:
+            self.virt.stop_guest(uuid, 0)
+            log.info("server %s: guest stopped (%s)", uuid, step.operation)
+            return
+        now = time.monotonic()
+        first = self.memory.shutdown_asked.get(uuid, (now, now))[0]
+        self.memory.shutdown_asked[uuid] = (first, now)
+        self.virt.request_shutdown(uuid)
+        log.info("server %s: power button pressed (%s)", uuid, step.operation)
 
     def unplug_asked(self, uuid: str, tag: str) -> None:
         self.memory.unplugging[(uuid, tag)] = time.monotonic()
@@ -124,6 +132,9 @@ class ServerSteps:
             log.warning("server %s: its guest is not running although the server is ACTIVE; "
                         "recording it as stopped", uuid)
         self._record_server(snap.server, step.vm_state, None, stopped_itself=step.force)
+        if uuid in self.memory.power_off_notified and step.vm_state == VmState.STOPPED:
+            self.memory.power_off_notified.discard(uuid)
+            self._power_notify(snap, "power_off.end")
         if any(st.op == Op.START_GUEST for st in out.done):
             after = self._snapshot(uuid)
             if after is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from attachfs.config import AgentConfig
 from attachfs.core.model import AttachmentStatus, PowerIntent, TaskState, VmState
 from attachfs.core.planner import Actual, Desired, DesiredShare, Phase, Power, phase_of
 from attachfs.db.tables import Server, ShareMapping
@@ -53,6 +54,9 @@ class PassMemory:
     unplugging: dict[tuple[str, str], float]  # (server, tag) -> monotonic time unplug was asked
     missing_since: dict[str, float]  # server -> since when its guest is not seen running
     access_checked: dict[str, float] = field(default_factory=dict)  # server -> last look
+    # server -> (first, last) press of its guest's power button, while the guest runs
+    shutdown_asked: dict[str, tuple[float, float]] = field(default_factory=dict)
+    power_off_notified: set[str] = field(default_factory=set)  # power_off.start went out
 
 
 def read_snapshot(s: Session, uuid: str) -> Snapshot | None:
@@ -84,9 +88,10 @@ def _elsewhere(s: Session, server: Server, mount_path: MountPath) -> tuple[froze
 
 
 def desired_of(s: Session, snap: Snapshot | None, uuid: str, mount_path: MountPath,
-               memory: PassMemory, detach_timeout: float) -> Desired:
+               memory: PassMemory, agent: AgentConfig) -> Desired:
     if snap is None or snap.server.vm_state == VmState.DELETED:
-        return Desired(uuid=uuid, power=Power.GONE, vm_state=VmState.DELETED)
+        return Desired(uuid=uuid, power=Power.GONE, vm_state=VmState.DELETED,
+                       stop_timeout=agent.stop_timeout)
     server, now = snap.server, time.monotonic()
     shares = []
     for m in snap.mappings:
@@ -103,7 +108,8 @@ def desired_of(s: Session, snap: Snapshot | None, uuid: str, mount_path: MountPa
         settled=server.generation == server.observed_generation and server.task_state is None,
         shares=tuple(shares), config_drive=server.config_drive,
         reboot_done=memory.rebooted.get(uuid) == server.generation,
-        paths_used_elsewhere=paths, access_used_elsewhere=access, detach_timeout=detach_timeout)
+        paths_used_elsewhere=paths, access_used_elsewhere=access,
+        detach_timeout=agent.detach_timeout, stop_timeout=agent.stop_timeout)
 
 
 def observe(uuid: str, virt: VirtDriver, metadata: MetadataSockets, mounts: MountTable,
@@ -115,13 +121,16 @@ def observe(uuid: str, virt: VirtDriver, metadata: MetadataSockets, mounts: Moun
     devices = {tag: str(path) for tag, path in virt.guest_devices(uuid).items()} \
         if running else {}
     writable = frozenset(virt.writable_devices(uuid)) if running else frozenset()
+    if not running:
+        memory.shutdown_asked.pop(uuid, None)  # it stopped: a later stop starts afresh
     table = {str(p): opts for p, opts in mounts.table(mount_root).items()}
     for key in [k for k in memory.unplugging if k[0] == uuid and k[1] not in devices]:
         del memory.unplugging[key]  # gone: the request was honoured
     unplugging = {tag: t for (server, tag), t in memory.unplugging.items() if server == uuid}
     return Actual(power=str(power), devices=devices, mounts=table,
                   metadata=metadata.serving(uuid), guest_report=metadata.reports.mounted(uuid),
-                  unplugging=unplugging, writable_devices=writable, now=time.monotonic())
+                  unplugging=unplugging, writable_devices=writable,
+                  shutdown_asked=memory.shutdown_asked.get(uuid), now=time.monotonic())
 
 
 def access_due(desired: Desired, memory: PassMemory, interval: float, now: float) -> bool:

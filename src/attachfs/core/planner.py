@@ -29,6 +29,7 @@ GUEST_SAFE = frozenset({"nosuid", "nodev"})
 POLL_DEVICE = 1.0  # s between looks while libvirt removes a device
 POLL_GUEST = 0.5  # s between looks while waiting for the guest to unmount
 RESEND_UNPLUG = 5.0  # s before an unplug request the guest has not acted on is sent again
+RESEND_SHUTDOWN = 5.0  # s between presses of the power button (one before acpid runs is lost)
 
 
 class Phase(enum.StrEnum):
@@ -84,6 +85,7 @@ class Desired:
     paths_used_elsewhere: frozenset[str] = frozenset()  # host mounts other servers need
     access_used_elsewhere: frozenset[str] = frozenset()  # shares other attachments hold
     detach_timeout: float = 10.0
+    stop_timeout: float = 10.0  # s a guest gets to power off by itself before it is stopped
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class Actual:
     access: frozenset[str] | None = None  # shares with a rule for this host; None: unknown
     unplugging: Mapping[str, float] = field(default_factory=dict)  # tag -> when asked (now's clock)
     writable_devices: frozenset[str] = frozenset()  # devices whose daemon serves read-write
+    shutdown_asked: tuple[float, float] | None = None  # (first, last) power button press
     now: float = 0.0  # monotonic, same clock as guest_report and release_started
 
 
@@ -136,6 +139,20 @@ class _Builder:
     def wait(self, delay: float, why: str) -> None:
         self.waits.append((max(delay, 0.0), why))
 
+    def stop(self, operation: Operation, force: bool = False) -> bool:
+        """Stop the running guest without waiting for it: press its power button (again every
+        RESEND_SHUTDOWN s) and look again; once it had `stop_timeout` s since the first press
+        (or with `force`), stop it now. True when it is stopped by this plan."""
+        asked = self.a.shutdown_asked
+        if force or (asked is not None and self.a.now - asked[0] >= self.d.stop_timeout):
+            self.add(operation, Op.STOP_GUEST, force=True)
+            self.devices = {}
+            return True
+        if asked is None or self.a.now - asked[1] >= RESEND_SHUTDOWN:
+            self.add(operation, Op.STOP_GUEST)
+        self.wait(POLL_GUEST, "the guest to power off")
+        return False
+
     def unplug(self, operation: Operation, s: DesiredShare | None, tag: str, why: str) -> None:
         """Ask the guest for the device (again only after RESEND_UNPLUG), then look again."""
         self.leaving.add(tag)
@@ -172,11 +189,13 @@ def plan(d: Desired, a: Actual) -> Plan:
     stopped_itself = d.settled and d.vm_state == ACTIVE and d.power == Power.ON and not running
     want_on = d.power == Power.ON and not idle_error and not stopped_itself
     if d.task in ("rebooting", "rebooting_hard") and not d.reboot_done and running:
-        b.add(Operation.REBOOT, Op.STOP_GUEST, force=d.task == "rebooting_hard")
-        running, b.devices = False, {}
+        if not b.stop(Operation.REBOOT, force=d.task == "rebooting_hard"):
+            return b.result()
+        running = False
     elif running and not want_on and not idle_error:
-        b.add(Operation.POWER_OFF, Op.STOP_GUEST)
-        running, b.devices = False, {}
+        if not b.stop(Operation.POWER_OFF):
+            return b.result()
+        running = False
     keep = [s for s in d.shares if s.phase in (Phase.REQUESTED, Phase.HELD)]
     booting = want_on and not running
     _plan_access(b, keep, running, booting)
@@ -329,8 +348,11 @@ def _plan_finish(b: _Builder, up: bool, stopped_itself: bool) -> None:
 
 def _plan_delete(b: _Builder) -> None:
     d, a = b.d, b.a
-    if a.power != MISSING:
-        b.add(Operation.DELETE, Op.STOP_GUEST)
+    if a.power == RUNNING:
+        if not b.stop(Operation.DELETE):
+            return
+    elif a.power != MISSING:
+        b.add(Operation.DELETE, Op.STOP_GUEST, force=True)
     b.devices = {}
     if a.metadata or a.guest_report is not None:
         b.add(Operation.DELETE, Op.REMOVE_METADATA)

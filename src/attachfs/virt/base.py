@@ -69,6 +69,11 @@ class VirtDriver(Protocol):
     def stop_guest(self, uuid: str, timeout: float) -> None:
         """Ask the guest to power off; force it off after `timeout` seconds. Missing guest: no-op."""
 
+    def request_shutdown(self, uuid: str) -> None:
+        """Press the guest's power button (ACPI) and return at once: the reconciler looks
+        again, and stops it with stop_guest(uuid, 0) if it is still running after its grace.
+        A missing or stopped guest is fine."""
+
     def guest_state(self, uuid: str) -> PowerState: ...
 
     def watch(self, changed: Callable[[str | None], None]) -> None:

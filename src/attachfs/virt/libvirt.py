@@ -237,6 +237,16 @@ class LibvirtDriver:
             if relay is not None and not _active(dom):
                 self.networks.stop(uuid, relay[0])
 
+    def request_shutdown(self, uuid: str) -> None:
+        dom = self._lookup(uuid)
+        if dom is None or not _active(dom):
+            return
+        try:
+            dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        except libvirt.libvirtError as e:
+            if not _gone(e):
+                raise VirtError(f"pressing the power button of guest {uuid}: {_msg(e)}") from e
+
     def _stop_domain(self, dom: libvirt.virDomain, uuid: str, timeout: float) -> None:
         deadline = time.monotonic() + max(timeout, 0.0)
         next_press = 0.0

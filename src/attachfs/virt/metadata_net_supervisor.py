@@ -131,7 +131,9 @@ class MetadataNetworks:
                         continue
                     code = helper.proc.returncode if helper.proc is not None else None
                     if code in _DONE or not helper.stream.exists():
-                        del self._helpers[uuid]  # its guest is gone
+                        del self._helpers[uuid]  # its guest is gone (it powered off)
+                        helper.stream.unlink(missing_ok=True)
+                        _pid_file(helper.stream).unlink(missing_ok=True)
                         continue
                     if time.monotonic() - helper.started < RESTART_BACKOFF:
                         continue
