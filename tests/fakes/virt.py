@@ -67,6 +67,12 @@ class FakeVirt:
         self.faults.check("request_shutdown")
         self.guests.pop(uuid, None)
 
+    def guest_generation(self, uuid: str) -> int | None:
+        guest = self.guests.get(uuid)
+        if guest is None or not guest.running or guest.spec is None:
+            return None
+        return guest.spec.generation
+
     def guest_state(self, uuid: str) -> PowerState:
         self.faults.check("guest_state")
         guest = self.guests.get(uuid)

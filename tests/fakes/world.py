@@ -108,6 +108,11 @@ class World:
             self.reconcile(server)
         raise AssertionError(f"server {server} did not converge in {passes} passes: {p.names}")
 
+    def restart_agent(self) -> None:
+        """What a restarted agent has: the same database, host and guests; no memory."""
+        self.reconciler = Reconciler(self.config, self.db, self.reconciler.a, lambda: [IMAGE])
+        self.agent = Agent(self.reconciler)
+
     def mount_path(self, n: int, ro: bool = False) -> Path:
         return self.config.mount_root / (f"sh{n}" + ("-ro" if ro else ""))
 

@@ -15,6 +15,7 @@ import pytest
 from oslo_config import cfg
 
 from attachfs.agent.attachments import Attachments
+from attachfs.agent.reconciler import Reconciler
 from attachfs.config import load_config
 from attachfs.db.tables import Server, ShareMapping
 from attachfs.metadata.sockets import MetadataSockets
@@ -108,27 +109,33 @@ def test_attach_and_detach_notifications_reach_rabbitmq(listener: Any, tmp_path:
             s.add_all(rows)
         parts.builtin.delete_dir(bad)  # forced failure: the share's filesystem is gone
 
-        assert steps.attach(server, rows[0], running=False)
-        assert not steps.attach(server, rows[1], running=False)
+        # the agent's own pass: both cold attaches in one plan (grants, then records)
+        reconciler = Reconciler(config, parts.db, steps, lambda: [])
+        reconciler.reconcile(server.uuid)
         with parts.db.session() as s:
-            ok = s.get(ShareMapping, rows[0].id)
+            ok, failed = s.get(ShareMapping, rows[0].id), s.get(ShareMapping, rows[1].id)
             assert ok is not None and ok.status == "inactive"
+            assert failed is not None and failed.status == "error"
             ok.status = "detaching"
-        assert steps.detach(server, rows[0], running=False)
+        reconciler.reconcile(server.uuid)
 
         got = collector.take(6)
-        kinds = [(prio, event) for prio, event, _, _ in got]
+        kinds = [(prio, event, payload["nova_object.data"]["share_id"])
+                 for prio, event, payload, _ in got]
         assert kinds == [
-            ("INFO", "instance.share_attach.start"), ("INFO", "instance.share_attach.end"),
-            ("INFO", "instance.share_attach.start"), ("ERROR", "instance.share_attach.error"),
-            ("INFO", "instance.share_detach.start"), ("INFO", "instance.share_detach.end"),
+            ("INFO", "instance.share_attach.start", good),
+            ("INFO", "instance.share_attach.start", bad),
+            ("ERROR", "instance.share_attach.error", bad),
+            ("INFO", "instance.share_attach.end", good),
+            ("INFO", "instance.share_detach.start", good),
+            ("INFO", "instance.share_detach.end", good),
         ]
         for _prio, _event, payload, publisher in got:
             assert publisher == "nova-compute:nhost"
             assert payload["nova_object.name"] == "InstanceActionSharePayload"
             data = payload["nova_object.data"]
             assert data["uuid"] == server.uuid and data["action_initiator_user"] == "carol"
-        error = got[3][2]["nova_object.data"]
+        error = got[2][2]["nova_object.data"]
         assert error["share_id"] == bad and "missing" in \
             error["fault"]["nova_object.data"]["exception_message"]
     finally:

@@ -346,3 +346,25 @@ def test_a_shared_read_only_mount_fixed_by_one_server_is_replaced_in_every_guest
     world.converge(b)
     assert world.virt.writable_devices(b) == set()
     assert world.virt.guests[b].devices == {"t3": path}
+
+
+def test_a_crash_right_after_a_reboot_started_the_guest_does_not_reboot_again(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which reboot is done is observed (the generation the guest was started for, kept with
+    the guest), not remembered: a restarted agent finishes the reboot without a second one."""
+    sid, _ = running_server(world, 1)
+
+    def exit_now(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(executor_module.os, "_exit", exit_now)
+    world.set(sid, task_state="rebooting")
+    world.reconcile(sid)  # the power button: the fake guest powers off
+    world.reconciler.executor.crash_after = "reboot:start_guest"
+    with pytest.raises(SystemExit):
+        world.reconcile(sid)
+    world.restart_agent()
+    world.converge(sid)
+    assert world.virt.faults.calls.count("start_guest") == 2  # power on, the reboot: no third
+    assert world.virt.faults.calls.count("request_shutdown") == 1
+    assert world.row(sid).task_state is None and world.row(sid).vm_state == "active"

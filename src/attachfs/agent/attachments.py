@@ -1,19 +1,14 @@
 """The agent's hands for one attachment: its row (status, fault, attempts), its notifications,
 its host mount path, and the storage calls (grant, mount, revoke).
 
-The reconciler's executor (agent/executor.py) uses these to run a plan's steps. `attach` and
-`detach` are one-shot helpers for a *stopped* server (tools, the notification test); the agent
-itself never calls them.
+The reconciler's executor (agent/executor.py) uses these to run a plan's steps; which steps to
+run (and whether a host mount or access rule is still needed elsewhere) is the planner's alone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable
 from pathlib import Path
-
-from sqlalchemy import select
 
 from attachfs.config import Config
 from attachfs.core.model import AttachmentStatus
@@ -28,7 +23,7 @@ from attachfs.notify.payloads import fault_payload, instance_action_payload
 from attachfs.paths import under_root
 from attachfs.storage.base import HostConnector, MountTable, RequestContext, ShareProvider
 from attachfs.storage.mountinfo import KernelMounts
-from attachfs.virt.base import GuestShare, PowerState, VirtDriver
+from attachfs.virt.base import VirtDriver
 
 log = logging.getLogger(__name__)
 HELD = (AttachmentStatus.ACTIVE, AttachmentStatus.INACTIVE)
@@ -119,83 +114,3 @@ class Attachments:
             row = s.get(ShareMapping, mapping_id)
             if row is not None and row.status != AttachmentStatus.ERROR:
                 row.attempts, row.last_error, row.fault_message = 0, None, None
-
-    def mount_needed(self, m: ShareMapping) -> bool:
-        """Does a running guest of this host, other than m's, still use m's host mount?"""
-        with self.db.read() as s:
-            users = list(s.scalars(
-                select(Server.uuid).join(ShareMapping, ShareMapping.instance_uuid == Server.uuid)
-                .where(ShareMapping.share_id == m.share_id, ShareMapping.read_only == m.read_only,
-                       Server.host == self.host, Server.uuid != m.instance_uuid,
-                       ShareMapping.status == AttachmentStatus.ACTIVE)))
-        return any(self.virt.guest_state(uuid) == PowerState.RUNNING for uuid in users)
-
-    def release_mount(self, m: ShareMapping) -> None:
-        connector = self.connectors.get(m.share_proto)
-        if connector is not None and not self.mount_needed(m):
-            connector.unmount(self.mount_path(m.share_id, m.read_only))
-
-    def release_access(self, m: ShareMapping) -> None:
-        """Revoke the host's rule unless another attachment on this host still needs it."""
-        with self.db.read() as s:
-            others = s.scalar(select(ShareMapping.id).join(
-                Server, Server.uuid == ShareMapping.instance_uuid).where(
-                ShareMapping.share_id == m.share_id, ShareMapping.id != m.id,
-                Server.host == self.host).limit(1))
-        if others is None:
-            self.provider.revoke_access(m.share_id, self.host, requester(m))
-
-    # ---- attach ------------------------------------------------------------------------------
-    def attach(self, server: Server, m: ShareMapping, running: bool) -> bool:
-        """attaching -> inactive (stopped) or active (running: hot attach). True if done."""
-        self._notify(server, m, "share_attach.start")
-        try:
-            with contextlib.ExitStack() as undo:
-                self.provider.grant_access(m.share_id, self.host, "ro" if m.read_only else "rw",
-                                           reason=f"attached to server {m.instance_uuid}",
-                                           requester=requester(m))
-                undo.callback(self._quietly, self.release_access, m)
-                if running:
-                    self.plug(server.uuid, m, undo)
-                undo.pop_all()
-        except BackendError as exc:
-            self.fail(server, m, "attaching", exc, event="share_attach")
-            return False
-        status = AttachmentStatus.ACTIVE if running else AttachmentStatus.INACTIVE
-        self.set_status(m.id, status)
-        log.info("server %s share %s: attached -> %s", m.instance_uuid, m.share_id, status)
-        self._notify(server, m, "share_attach.end")
-        return True
-
-    def plug(self, uuid: str, m: ShareMapping, undo: contextlib.ExitStack) -> None:
-        """Host mount + live device (hot plug), each with its undo."""
-        path = self.mount(m)
-        undo.callback(self._quietly, self.release_mount, m)
-        self.virt.attach_share(uuid, GuestShare(tag=m.tag, host_path=path,
-                                                read_only=m.read_only))
-        undo.callback(self._quietly, self.virt.detach_share, uuid, m.tag, 30.0)
-
-    @staticmethod
-    def _quietly(fn: Callable[..., object], *args: object) -> None:
-        try:
-            fn(*args)
-        except BackendError as exc:
-            log.error("undo step %s failed: %s", getattr(fn, "__name__", fn), exc)
-
-    # ---- detach ------------------------------------------------------------------------------
-    def detach(self, server: Server, m: ShareMapping, running: bool) -> bool:
-        """detaching -> row gone, in one go (a running guest loses the device at once; the
-        agent's own hot detach waits for the guest without blocking, see core/planner.py)."""
-        self._notify(server, m, "share_detach.start")
-        try:
-            if running:
-                self.virt.detach_share(server.uuid, m.tag, 30.0)
-            self.release_mount(m)
-            self.release_access(m)
-        except BackendError as exc:
-            self.fail(server, m, "detaching", exc, event="share_detach")
-            return False
-        self._notify(server, m, "share_detach.end")
-        self.set_status(m.id, None)
-        log.info("server %s share %s: detached", m.instance_uuid, m.share_id)
-        return True

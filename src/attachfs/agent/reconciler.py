@@ -63,7 +63,7 @@ class Reconciler:
                  images: Callable[[], list[BootImage]], crash_after: str | None = None) -> None:
         self.config, self.db, self.a, self.images = config, db, attachments, images
         self.virt, self.metadata, self.host = attachments.virt, attachments.metadata, config.agent.host
-        self.memory = PassMemory(release_started={}, rebooted={}, unplugging={},
+        self.memory = PassMemory(release_started={}, unplugging={},
                                  missing_since={})
         self.server_steps = ServerSteps(config, db, attachments, images, self.memory)
         self.executor = Executor(attachments, self.server_steps, crash_after)

@@ -48,8 +48,6 @@ class ServerSteps:
             case Op.START_GUEST:
                 assert snap is not None
                 self._start(desired, snap, out)
-                if step.operation == Operation.REBOOT:  # stopped and started: not again
-                    self.memory.rebooted[uuid] = snap.server.generation
             case Op.STOP_GUEST:
                 self._stop(step, desired, snap)
             case Op.UNMOUNT:
@@ -79,7 +77,7 @@ class ServerSteps:
                          memory_mib=server.memory_mib, image=image,
                          console_log=self.console_log(uuid),
                          metadata_socket=self.metadata.ensure(uuid), shares=shares,
-                         config_drive=drive)
+                         config_drive=drive, generation=server.generation)
         self.virt.start_guest(spec)
         slots = len(shares) + self.virt.free_share_slots(uuid)
         with self.db.session() as s:
@@ -126,7 +124,6 @@ class ServerSteps:
                 return
             self.console_log(uuid).unlink(missing_ok=True)
             self.config_drive_path(uuid).unlink(missing_ok=True)
-            self.memory.rebooted.pop(uuid, None)
             log.info("server %s: deleted", uuid)
         elif step.force:
             log.warning("server %s: its guest is not running although the server is ACTIVE; "

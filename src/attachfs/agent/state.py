@@ -50,7 +50,6 @@ class PassMemory:
     a restarted agent waits for the guest again, or reboots once more)."""
 
     release_started: dict[int, float]  # attachment id -> monotonic time `detaching` was seen
-    rebooted: dict[str, int]  # server uuid -> generation whose reboot already stopped the guest
     unplugging: dict[tuple[str, str], float]  # (server, tag) -> monotonic time unplug was asked
     missing_since: dict[str, float]  # server -> since when its guest is not seen running
     access_checked: dict[str, float] = field(default_factory=dict)  # server -> last look
@@ -107,7 +106,7 @@ def desired_of(s: Session, snap: Snapshot | None, uuid: str, mount_path: MountPa
         uuid=uuid, power=power, vm_state=server.vm_state, task=server.task_state,
         settled=server.generation == server.observed_generation and server.task_state is None,
         shares=tuple(shares), config_drive=server.config_drive,
-        reboot_done=memory.rebooted.get(uuid) == server.generation,
+        generation=server.generation,
         paths_used_elsewhere=paths, access_used_elsewhere=access,
         detach_timeout=agent.detach_timeout, stop_timeout=agent.stop_timeout)
 
@@ -130,7 +129,9 @@ def observe(uuid: str, virt: VirtDriver, metadata: MetadataSockets, mounts: Moun
     return Actual(power=str(power), devices=devices, mounts=table,
                   metadata=metadata.serving(uuid), guest_report=metadata.reports.mounted(uuid),
                   unplugging=unplugging, writable_devices=writable,
-                  shutdown_asked=memory.shutdown_asked.get(uuid), now=time.monotonic())
+                  shutdown_asked=memory.shutdown_asked.get(uuid),
+                  guest_generation=virt.guest_generation(uuid) if running else None,
+                  now=time.monotonic())
 
 
 def access_due(desired: Desired, memory: PassMemory, interval: float, now: float) -> bool:

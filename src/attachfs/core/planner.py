@@ -81,7 +81,7 @@ class Desired:
     settled: bool = True  # generation == observed_generation and no task
     shares: tuple[DesiredShare, ...] = ()
     config_drive: bool = False
-    reboot_done: bool = False  # this reboot request already stopped the guest
+    generation: int = 0  # the server's desired-state version (a reboot request bumps it)
     paths_used_elsewhere: frozenset[str] = frozenset()  # host mounts other servers need
     access_used_elsewhere: frozenset[str] = frozenset()  # shares other attachments hold
     detach_timeout: float = 10.0
@@ -99,6 +99,7 @@ class Actual:
     unplugging: Mapping[str, float] = field(default_factory=dict)  # tag -> when asked (now's clock)
     writable_devices: frozenset[str] = frozenset()  # devices whose daemon serves read-write
     shutdown_asked: tuple[float, float] | None = None  # (first, last) power button press
+    guest_generation: int | None = None  # the server generation the running guest booted for
     now: float = 0.0  # monotonic, same clock as guest_report and release_started
 
 
@@ -188,7 +189,8 @@ def plan(d: Desired, a: Actual) -> Plan:
     idle_error = d.vm_state == "error" and d.task is None  # waits for the user: power as is
     stopped_itself = d.settled and d.vm_state == ACTIVE and d.power == Power.ON and not running
     want_on = d.power == Power.ON and not idle_error and not stopped_itself
-    if d.task in ("rebooting", "rebooting_hard") and not d.reboot_done and running:
+    rebooted = a.guest_generation is not None and a.guest_generation >= d.generation
+    if d.task in ("rebooting", "rebooting_hard") and not rebooted and running:
         if not b.stop(Operation.REBOOT, force=d.task == "rebooting_hard"):
             return b.result()
         running = False

@@ -51,6 +51,9 @@ class GuestSpec:
     metadata_socket: Path  # guest HTTP to 169.254.169.254:80 is relayed to this unix socket
     shares: tuple[GuestShare, ...] = field(default_factory=tuple)
     config_drive: Path | None = None  # ISO 9660 image, label config-2, attached as a cdrom
+    # The server generation this boot serves: kept with the guest, so a reboot requested at
+    # generation G is done once a guest started for G (or later) runs, even across a crash.
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,10 @@ class VirtDriver(Protocol):
         A missing or stopped guest is fine."""
 
     def guest_state(self, uuid: str) -> PowerState: ...
+
+    def guest_generation(self, uuid: str) -> int | None:
+        """The GuestSpec.generation the running guest was started with; None when it is not
+        running or was started without one."""
 
     def watch(self, changed: Callable[[str | None], None]) -> None:
         """From now on call `changed(uuid)` when a guest's actual state changes by itself (a

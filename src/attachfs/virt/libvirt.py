@@ -291,6 +291,10 @@ class LibvirtDriver:
                     self._ensure_network(uuid, dom)
         return guests
 
+    def guest_generation(self, uuid: str) -> int | None:
+        xml = self._live_xml(uuid)
+        return lx.boot_generation(xml) if xml is not None else None
+
     def guest_share_tags(self, uuid: str) -> set[str]:
         xml = self._live_xml(uuid)
         return set(lx.live_shares(xml)) if xml is not None else set()

@@ -30,6 +30,7 @@ OWNER_NS = "urn:attachfs:owner:1"
 # Where the guest's metadata network helper connects (QEMU's stream socket) and relays to (the
 # server's metadata socket): kept in the domain, so a restarted agent finds them in the live XML.
 RELAY_NS = "urn:attachfs:metadata-relay:1"
+BOOT_NS = "urn:attachfs:boot:1"  # the server generation the guest was started for
 ET.register_namespace("qemu", QEMU_NS)
 ET.register_namespace("attachfs", OWNER_NS)
 ET.register_namespace("attachfs-relay", RELAY_NS)
@@ -142,6 +143,7 @@ def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, network_
     if owner is not None:
         _sub(metadata, f"{{{OWNER_NS}}}owner", owner)
     _sub(metadata, f"{{{RELAY_NS}}}relay", stream=stream, metadata_socket=metadata_socket)
+    _sub(metadata, f"{{{BOOT_NS}}}boot", generation=str(spec.generation))
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus))
     mb = _sub(dom, "memoryBacking")
@@ -258,6 +260,13 @@ def relay_sockets(xml: str) -> tuple[Path, Path] | None:
     if relay is None or not relay.get("stream") or not relay.get("metadata_socket"):
         return None
     return Path(relay.get("stream", "")), Path(relay.get("metadata_socket", ""))
+
+
+def boot_generation(xml: str) -> int | None:
+    """The server generation recorded in a domain's XML when it was started, or None."""
+    boot = ET.fromstring(xml).find(f"./metadata/{{{BOOT_NS}}}boot")
+    value = boot.get("generation") if boot is not None else None
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def cdrom_source(xml: str) -> tuple[bool, str | None]:
