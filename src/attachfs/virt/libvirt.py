@@ -50,8 +50,6 @@ hypervisor` is False: read-only is enforced host-side.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import functools
 import os
 import time
 import xml.etree.ElementTree as ET
@@ -63,6 +61,8 @@ import libvirt
 from attachfs.errors import NoFreeSlot
 from attachfs.virt import libvirt_xml as lx
 from attachfs.virt.base import GuestShare, GuestSpec, PowerState, VirtCapabilities
+from attachfs.virt.kvm import kvm_usable
+from attachfs.virt.libvirt_errors import UNPLUG_UNDER_WAY, active, gone, msg, virtiofsd_pidfile
 from attachfs.virt.libvirt_events import DomainEvents
 from attachfs.virt.libvirt_xml import NAME_PREFIX, OWNER_NS, VirtError, domain_name
 from attachfs.virt.metadata_net_supervisor import MetadataNetworks, stream_socket_path
@@ -70,42 +70,11 @@ from attachfs.virt.virtiofs_view import pid_of, root_writable
 
 __all__ = ["NAME_PREFIX", "LibvirtDriver", "VirtError", "domain_name", "kvm_usable"]
 
-_KVM_GET_API_VERSION = 0xAE00
 _POLL = 0.1  # seconds between live-XML reads while waiting for a device to go
 _RESEND = 5.0  # seconds before an unplug request the guest has not acted on is sent again
 VIRTIOFSD = Path(__file__).with_name("virtiofsd_sandboxed.py")
-LIBVIRT_RUN = Path("/run/libvirt/qemu")
 
 
-def _quiet(_ctx: object, _err: object) -> None:
-    """libvirt prints every error on stderr by default; ours are raised as VirtError instead."""
-
-
-libvirt.registerErrorHandler(_quiet, None)
-
-
-@functools.cache
-def kvm_usable() -> bool:
-    """True when KVM can boot a stock kernel: a real VMX/SVM KVM, not PVM.
-
-    PVM (`kvm_pvm`, a paravirtual KVM for hosts without VT-x) exposes /dev/kvm but stock Debian
-    kernels hang in the decompressor under it, so it counts as unusable. Cheap: module and ioctl.
-    """
-    mods = Path("/sys/module")
-    if (mods / "kvm_pvm").exists():
-        return False
-    if not ((mods / "kvm_intel").exists() or (mods / "kvm_amd").exists()):
-        return False
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return fcntl.ioctl(fd, _KVM_GET_API_VERSION) == 12
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 class LibvirtDriver:
@@ -147,7 +116,7 @@ class LibvirtDriver:
         try:
             self._conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:
-            raise VirtError(f"cannot connect to libvirt at {self.uri}: {_msg(e)}") from e
+            raise VirtError(f"cannot connect to libvirt at {self.uri}: {msg(e)}") from e
         return self._conn
 
     def watch(self, changed: Callable[[str | None], None]) -> None:
@@ -179,7 +148,7 @@ class LibvirtDriver:
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
-            raise VirtError(f"looking up guest {uuid}: {_msg(e)}") from e
+            raise VirtError(f"looking up guest {uuid}: {msg(e)}") from e
         if dom.name() != domain_name(uuid) or not self._owned(dom):
             return None  # not one of ours
         return dom
@@ -204,7 +173,7 @@ class LibvirtDriver:
     # -- VirtDriver -----------------------------------------------------------------------------
     def start_guest(self, spec: GuestSpec) -> None:
         dom = self._lookup(spec.uuid)
-        if dom is not None and _active(dom):
+        if dom is not None and active(dom):
             self._ensure_network(spec.uuid, dom)
             return
         xml = self.domain_xml(spec)
@@ -214,7 +183,7 @@ class LibvirtDriver:
         try:
             self.conn.createXML(xml, 0)
         except libvirt.libvirtError as e:
-            raise VirtError(f"starting guest {spec.uuid}: {_msg(e)}") from e
+            raise VirtError(f"starting guest {spec.uuid}: {msg(e)}") from e
         # QEMU listens on the stream socket once createXML returns
         self.networks.ensure(spec.uuid, stream, Path(spec.metadata_socket))
 
@@ -234,50 +203,50 @@ class LibvirtDriver:
         try:
             self._stop_domain(dom, uuid, timeout)
         finally:
-            if relay is not None and not _active(dom):
+            if relay is not None and not active(dom):
                 self.networks.stop(uuid, relay[0])
 
     def request_shutdown(self, uuid: str) -> None:
         dom = self._lookup(uuid)
-        if dom is None or not _active(dom):
+        if dom is None or not active(dom):
             return
         try:
             dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
         except libvirt.libvirtError as e:
-            if not _gone(e):
-                raise VirtError(f"pressing the power button of guest {uuid}: {_msg(e)}") from e
+            if not gone(e):
+                raise VirtError(f"pressing the power button of guest {uuid}: {msg(e)}") from e
 
     def _stop_domain(self, dom: libvirt.virDomain, uuid: str, timeout: float) -> None:
         deadline = time.monotonic() + max(timeout, 0.0)
         next_press = 0.0
-        while _active(dom) and time.monotonic() < deadline:
+        while active(dom) and time.monotonic() < deadline:
             if time.monotonic() >= next_press:
                 # pressed again every few seconds: a press before the guest's acpid runs is lost
                 try:
                     dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
                 except libvirt.libvirtError as e:
-                    if not _gone(e):
-                        raise VirtError(f"shutting down guest {uuid}: {_msg(e)}") from e
+                    if not gone(e):
+                        raise VirtError(f"shutting down guest {uuid}: {msg(e)}") from e
                 next_press = time.monotonic() + 5.0
             time.sleep(0.2)
-        if _active(dom):
+        if active(dom):
             try:
                 dom.destroy()
             except libvirt.libvirtError as e:
-                if not _gone(e):
-                    raise VirtError(f"destroying guest {uuid}: {_msg(e)}") from e
+                if not gone(e):
+                    raise VirtError(f"destroying guest {uuid}: {msg(e)}") from e
 
     def guest_state(self, uuid: str) -> PowerState:
         dom = self._lookup(uuid)
         if dom is None:
             return PowerState.MISSING
-        return PowerState.RUNNING if _active(dom) else PowerState.SHUTOFF
+        return PowerState.RUNNING if active(dom) else PowerState.SHUTOFF
 
     def list_guests(self) -> dict[str, PowerState]:
         try:
             domains = self.conn.listAllDomains(0)
         except libvirt.libvirtError as e:
-            raise VirtError(f"listing guests: {_msg(e)}") from e
+            raise VirtError(f"listing guests: {msg(e)}") from e
         guests = {}
         for dom in domains:
             try:
@@ -285,7 +254,7 @@ class LibvirtDriver:
             except libvirt.libvirtError:
                 continue  # vanished meanwhile
             if name == domain_name(uuid) and self._owned(dom):
-                guests[uuid] = PowerState.RUNNING if _active(dom) else PowerState.SHUTOFF
+                guests[uuid] = PowerState.RUNNING if active(dom) else PowerState.SHUTOFF
                 if guests[uuid] == PowerState.RUNNING and self.owner is not None:
                     # the owning agent's periodic repair supervises; tools (owner None) do not
                     self._ensure_network(uuid, dom)
@@ -318,14 +287,14 @@ class LibvirtDriver:
     def _live_xml(self, uuid: str, dom: libvirt.virDomain | None = None) -> str | None:
         """The running guest's live XML; None when it is not ours or not running."""
         dom = dom if dom is not None else self._lookup(uuid)
-        if dom is None or not _active(dom):
+        if dom is None or not active(dom):
             return None
         try:
             return str(dom.XMLDesc(0))
         except libvirt.libvirtError as e:
-            if _gone(e):
+            if gone(e):
                 return None
-            raise VirtError(f"reading guest {uuid}: {_msg(e)}") from e
+            raise VirtError(f"reading guest {uuid}: {msg(e)}") from e
 
     def _running(self, uuid: str, doing: str) -> tuple[libvirt.virDomain, str]:
         dom = self._lookup(uuid)
@@ -352,10 +321,10 @@ class LibvirtDriver:
             # libvirt puts it on a free pcie-root-port itself (libvirt_xml docstring)
             dom.attachDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as e:
-            if "No more available PCI slots" in _msg(e):
+            if "No more available PCI slots" in msg(e):
                 raise NoFreeSlot(f"guest {uuid} has no free hot-plug slot ({len(ports)} in use): "
-                                 f"{_msg(e)}") from e
-            raise VirtError(f"{doing}: {_msg(e)}") from e
+                                 f"{msg(e)}") from e
+            raise VirtError(f"{doing}: {msg(e)}") from e
 
     def detach_share(self, uuid: str, tag: str, timeout: float) -> None:
         """Unplug the device with `tag` by its alias (only that device), then poll the live XML
@@ -390,17 +359,17 @@ class LibvirtDriver:
             if dom is not None and share is not None:
                 self._unplug(dom, uuid, share)
         except libvirt.libvirtError as e:  # e.g. the domain's job is busy with another unplug
-            raise VirtError(f"asking guest {uuid} to give device {tag} back: {_msg(e)}") from e
+            raise VirtError(f"asking guest {uuid} to give device {tag} back: {msg(e)}") from e
 
     def _unplug(self, dom: libvirt.virDomain, uuid: str, share: lx.LiveShare) -> None:
         try:
             dom.detachDeviceAlias(share.alias, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as e:
-            if _gone(e) or e.get_error_code() in _UNPLUG_UNDER_WAY:
+            if gone(e) or e.get_error_code() in UNPLUG_UNDER_WAY:
                 return  # guest gone (next read says so) or an unplug already under way
             xml = self._live_xml(uuid, dom)
             if xml is not None and share.tag in lx.live_shares(xml):
-                raise VirtError(f"detaching share {share.tag} from guest {uuid}: {_msg(e)}") from e
+                raise VirtError(f"detaching share {share.tag} from guest {uuid}: {msg(e)}") from e
 
     def set_config_drive(self, uuid: str, iso: Path) -> None:
         """Insert `iso` into the guest's cdrom (a live media change). The same path again (a
@@ -418,32 +387,4 @@ class LibvirtDriver:
                 dom.updateDeviceFlags(lx.to_xml(lx.cdrom_element(None)), flags)
             dom.updateDeviceFlags(new, flags)
         except libvirt.libvirtError as e:
-            raise VirtError(f"{doing}: {_msg(e)}") from e
-
-
-# An unplug already under way (this binding may not name the code), or the device already gone.
-_UNPLUG_UNDER_WAY = {code for code in (getattr(libvirt, "VIR_ERR_OPERATION_IN_PROGRESS", None),
-                                        getattr(libvirt, "VIR_ERR_NO_DEVICE", None)) if code}
-
-
-def virtiofsd_pidfile(dom: libvirt.virDomain, alias: str) -> Path:
-    """Where libvirt keeps the pid of a device's virtiofsd: its run directory, named after the
-    domain's short name (`<id>-<first 20 characters of the name>`) and the device alias."""
-    return LIBVIRT_RUN / f"{dom.ID()}-{str(dom.name())[:20]}-{alias}-fs.pid"
-
-
-def _msg(e: libvirt.libvirtError) -> str:
-    return e.get_error_message() or str(e)
-
-
-def _gone(e: libvirt.libvirtError) -> bool:
-    return e.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID)
-
-
-def _active(dom: libvirt.virDomain) -> bool:
-    try:
-        return bool(dom.isActive())
-    except libvirt.libvirtError as e:
-        if _gone(e):
-            return False
-        raise VirtError(f"guest state: {_msg(e)}") from e
+            raise VirtError(f"{doing}: {msg(e)}") from e

@@ -144,6 +144,14 @@ def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, network_
         _sub(metadata, f"{{{OWNER_NS}}}owner", owner)
     _sub(metadata, f"{{{RELAY_NS}}}relay", stream=stream, metadata_socket=metadata_socket)
     _sub(metadata, f"{{{BOOT_NS}}}boot", generation=str(spec.generation))
+    _machine(dom, spec, kernel, initrd)
+    _devices(_sub(dom, "devices"), spec, console_log, spare_root_ports, virtiofsd)
+    _network(dom, spec, stream)
+    return to_xml(dom)
+
+
+def _machine(dom: ET.Element, spec: GuestSpec, kernel: str, initrd: str) -> None:
+    """Memory (shared: vhost-user needs it), CPUs, direct kernel boot, power behaviour."""
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus))
     mb = _sub(dom, "memoryBacking")
@@ -165,7 +173,9 @@ def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, network_
     _sub(dom, "on_reboot", "restart")
     _sub(dom, "on_crash", "destroy")
 
-    devices = _sub(dom, "devices")
+
+def _devices(devices: ET.Element, spec: GuestSpec, console_log: str, spare_root_ports: int,
+             virtiofsd: Path | None) -> None:
     # an explicit pcie-root before the ports, else libvirt does not keep them all for hot plug
     _sub(devices, "controller", type="pci", index="0", model="pcie-root")
     for i in range(1, 1 + spare_root_ports + len(spec.shares)):
@@ -181,6 +191,8 @@ def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, network_
     _sub(serial, "target", port="0")
     _sub(devices, "memballoon", model="none")
 
+
+def _network(dom: ET.Element, spec: GuestSpec, stream: str) -> None:
     cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
     # QEMU listens; the helper connects (and connects again after a restart: a QEMU 7.2 stream
     # server accepts a new client once the previous one is gone, measured). libvirt 9.0 has no
@@ -191,7 +203,6 @@ def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, network_
     device = json.dumps({"driver": "virtio-net-pci", "netdev": NETDEV_ID, "mac": _mac(spec.uuid)})
     for value in ("-netdev", netdev, "-device", device):
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=value)
-    return to_xml(dom)
 
 
 # ---- reading live XML ---------------------------------------------------------------------------
