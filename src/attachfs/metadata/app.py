@@ -90,65 +90,56 @@ def config_drive_files(server: Server, mappings: list[ShareMapping]) -> dict[str
     return files
 
 
-def make_app(db: Database, server_uuid: str, reports: GuestReports | None = None) -> Starlette:
-    def load() -> tuple[Server, list[ShareMapping]] | None:
-        with db.read() as s:
-            server = s.get(Server, server_uuid)
+class _GuestMetadata:
+    """What one server's metadata socket answers (each socket serves exactly one server)."""
+
+    def __init__(self, db: Database, server_uuid: str, reports: GuestReports | None) -> None:
+        self.db, self.server_uuid, self.reports = db, server_uuid, reports
+
+    def load(self) -> tuple[Server, list[ShareMapping]] | None:
+        with self.db.read() as s:
+            server = s.get(Server, self.server_uuid)
             if server is None or server.vm_state == VmState.DELETED:
                 return None
             mappings = list(s.scalars(select(ShareMapping)
-                                      .where(ShareMapping.instance_uuid == server_uuid)
+                                      .where(ShareMapping.instance_uuid == self.server_uuid)
                                       .order_by(ShareMapping.id)))
             return server, mappings
 
-    def not_found() -> Response:
-        return PlainTextResponse("404 Not Found", status_code=404)
+    def server_tags(self) -> frozenset[str]:
+        with self.db.read() as s:
+            return frozenset(s.scalars(select(ShareMapping.tag)
+                                       .where(ShareMapping.instance_uuid == self.server_uuid)))
 
-    async def root(_request: Request) -> Response:
+    async def root(self, _request: Request) -> Response:
         return PlainTextResponse("openstack\n")
 
-    async def versions(_request: Request) -> Response:
+    async def versions(self, _request: Request) -> Response:
         return PlainTextResponse("\n".join(VERSIONS) + "\n")
 
-    async def listing(request: Request) -> Response:
+    async def listing(self, request: Request) -> Response:
         if request.path_params["version"] not in VERSIONS:
-            return not_found()
+            return _not_found()
         return PlainTextResponse("meta_data.json\nuser_data\n")
 
-    async def meta_data_json(request: Request) -> Response:
-        found = load()
+    async def meta_data_json(self, request: Request) -> Response:
+        found = self.load()
         if found is None or request.path_params["version"] not in VERSIONS:
-            return not_found()
+            return _not_found()
         return JSONResponse(meta_data(*found))
 
-    async def user_data(request: Request) -> Response:
-        found = load()
+    async def user_data(self, request: Request) -> Response:
+        found = self.load()
         if found is None or request.path_params["version"] not in VERSIONS or not found[0].user_data:
-            return not_found()
+            return _not_found()
         return Response(base64.b64decode(found[0].user_data),
                         media_type="application/octet-stream")
 
-    def server_tags() -> frozenset[str]:
-        with db.read() as s:
-            return frozenset(s.scalars(select(ShareMapping.tag)
-                                       .where(ShareMapping.instance_uuid == server_uuid)))
-
-    async def read_bounded(request: Request) -> bytes | None:
-        """The body, or None past MAX_REPORT (read no further than that)."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_REPORT:
-            return None
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_REPORT:
-                return None
-        return bytes(body)
-
-    async def report_mounts(request: Request) -> Response:
-        if reports is None:
-            return PlainTextResponse("404 Not Found", status_code=404)
-        body = await read_bounded(request)
+    async def report_mounts(self, request: Request) -> Response:
+        """The guest agent's list of the tags it has mounted (untrusted: bounded, checked)."""
+        if self.reports is None:
+            return _not_found()
+        body = await _read_bounded(request)
         if body is None:
             return PlainTextResponse("413 Request Entity Too Large", status_code=413)
         try:
@@ -159,13 +150,34 @@ def make_app(db: Database, server_uuid: str, reports: GuestReports | None = None
         if len(lines) > MAX_REPORT_LINES or not all(TAG_PATTERN.fullmatch(t) for t in lines):
             return PlainTextResponse("400 Bad Request: one tag per line", status_code=400)
         # Tags this server does not have are dropped: they can mean nothing to the host.
-        reports.record(server_uuid, frozenset(lines) & server_tags())
+        self.reports.record(self.server_uuid, frozenset(lines) & self.server_tags())
         return PlainTextResponse("ok\n")
 
+
+def _not_found() -> Response:
+    return PlainTextResponse("404 Not Found", status_code=404)
+
+
+async def _read_bounded(request: Request) -> bytes | None:
+    """The body, or None past MAX_REPORT (read no further than that)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_REPORT:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_REPORT:
+            return None
+    return bytes(body)
+
+
+def make_app(db: Database, server_uuid: str, reports: GuestReports | None = None) -> Starlette:
+    guest = _GuestMetadata(db, server_uuid, reports)
     return Starlette(routes=[
-        Route("/attachfs/v1/mounts", report_mounts, methods=["POST"]),
-        Route("/", root), Route("/openstack", versions), Route("/openstack/", versions),
-        Route("/openstack/{version}", listing), Route("/openstack/{version}/", listing),
-        Route("/openstack/{version}/meta_data.json", meta_data_json),
-        Route("/openstack/{version}/user_data", user_data),
+        Route("/attachfs/v1/mounts", guest.report_mounts, methods=["POST"]),
+        Route("/", guest.root), Route("/openstack", guest.versions),
+        Route("/openstack/", guest.versions),
+        Route("/openstack/{version}", guest.listing), Route("/openstack/{version}/", guest.listing),
+        Route("/openstack/{version}/meta_data.json", guest.meta_data_json),
+        Route("/openstack/{version}/user_data", guest.user_data),
     ])
