@@ -53,18 +53,32 @@ class FakeProvider:
     name: str = "fake"
     rules: dict[tuple[str, str], str] = field(default_factory=dict)  # (share, host) -> level
     faults: Faults = field(default_factory=Faults)
+    # looks before a new rule is in effect (or a revoked one gone), as Manila applies rules
+    # asynchronously; 0: at once
+    apply_delay: int = 0
+    _applying: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def _settled(self, key: tuple[str, str]) -> bool:
+        left = self._applying.setdefault(key, self.apply_delay)
+        if left > 0:
+            self._applying[key] = left - 1
+            return False
+        del self._applying[key]
+        return True
 
     def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
         raise NotFound(f"share {share_id}")
 
     def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
-                     requester: RequestContext) -> None:
+                     requester: RequestContext) -> bool:
         self.faults.check("grant_access")
         self.rules[(share_id, host)] = access_level
+        return self._settled((share_id, host))
 
-    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
+    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> bool:
         self.faults.check("revoke_access")
         self.rules.pop((share_id, host), None)
+        return self._settled((share_id, host))
 
     def access_of(self, share_id: str, host: str) -> str | None:
         self.faults.check("access_of")

@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +98,22 @@ def test_get_share(provider: ManilaShareProvider, manila_share: dict[str, Any]) 
     assert provider.get_share(manila_share["id"], NO_TOKEN).id == manila_share["id"]
 
 
+def settled(call: Callable[..., bool], *args: Any, timeout: float = 60) -> None:
+    """What the agent does with a rule change: ask again until the share service applied it
+    (the provider never waits itself)."""
+    deadline = time.monotonic() + timeout
+    while not call(*args):
+        assert time.monotonic() < deadline, f"{call.__name__} not done within {timeout}s"
+        time.sleep(0.1)
+
+
 def test_unknown_share_is_not_found(provider: ManilaShareProvider) -> None:
     with pytest.raises(NotFound):
         provider.get_share("7f0f0f0f-0000-4000-8000-000000000000", USER)
     with pytest.raises(PermanentError, match="no longer exists in the share service"):
-        provider.grant_access("7f0f0f0f-0000-4000-8000-000000000000", "test-host", "rw",
+        settled(provider.grant_access, "7f0f0f0f-0000-4000-8000-000000000000", "test-host", "rw",
                               "attached to server x", USER)
-    provider.revoke_access("7f0f0f0f-0000-4000-8000-000000000000", "test-host", USER)
+    settled(provider.revoke_access, "7f0f0f0f-0000-4000-8000-000000000000", "test-host", USER)
 
 
 def test_other_protocols_are_reported_but_refused(provider: ManilaShareProvider,
@@ -113,7 +122,7 @@ def test_other_protocols_are_reported_but_refused(provider: ManilaShareProvider,
     assert provider.get_share(cifs["id"], USER).protocol == "CIFS"
     with pytest.raises(PermanentError, match="uses protocol CIFS; attachfs attaches NFS and "
                                              "CEPHFS shares only"):
-        provider.grant_access(cifs["id"], "test-host", "rw", "attached to server x", USER)
+        settled(provider.grant_access, cifs["id"], "test-host", "rw", "attached to server x", USER)
     assert manila.rules(cifs["id"]) == []
 
 
@@ -135,7 +144,7 @@ def test_grant_locks_and_revoke_unrestricts(provider: ManilaShareProvider, manil
                                             manila_share: dict[str, Any], parts: Parts) -> None:
     share_id = manila_share["id"]
     started = time.monotonic()
-    provider.grant_access(share_id, "test-host", "rw", "attached to server vm-1", USER)
+    settled(provider.grant_access, share_id, "test-host", "rw", "attached to server vm-1", USER)
     report("grant -> active", time.monotonic() - started)
     try:
         rule = rule_for(manila, share_id)
@@ -156,7 +165,7 @@ def test_grant_locks_and_revoke_unrestricts(provider: ManilaShareProvider, manil
 
         # Idempotent: the same rule is found and kept.
         started = time.monotonic()
-        provider.grant_access(share_id, "test-host", "rw", "attached to server vm-2", USER)
+        settled(provider.grant_access, share_id, "test-host", "rw", "attached to server vm-2", USER)
         report("second grant (reused)", time.monotonic() - started)
         again = rule_for(manila, share_id)
         assert again is not None and again["id"] == rule["id"]
@@ -165,27 +174,27 @@ def test_grant_locks_and_revoke_unrestricts(provider: ManilaShareProvider, manil
             assert s.get(ShareServiceLock, share_id) is not None
     finally:
         started = time.monotonic()
-        provider.revoke_access(share_id, "test-host", USER)
+        settled(provider.revoke_access, share_id, "test-host", USER)
         report("revoke (unrestrict) -> gone", time.monotonic() - started)
     assert manila.rules(share_id) == []
     assert manila.locks(rule["id"]) == []
     assert manila.locks(share_id) == []
-    provider.revoke_access(share_id, "test-host", USER)  # idempotent
+    settled(provider.revoke_access, share_id, "test-host", USER)  # idempotent
 
 
 def test_service_credentials_without_a_user_token(provider: ManilaShareProvider, manila: Manila,
                                                   manila_share: dict[str, Any]) -> None:
     share_id = manila_share["id"]
-    provider.grant_access(share_id, "test-host", "ro", "attached to server vm-3", NO_TOKEN)
+    settled(provider.grant_access, share_id, "test-host", "ro", "attached to server vm-3", NO_TOKEN)
     try:
         rule = rule_for(manila, share_id)
         assert rule is not None and rule["access_level"] == "ro"
         assert {lock["user_id"] for lock in manila.locks(rule["id"])} == {SERVICE_USER}
         with pytest.raises(PermanentError, match="already has a read-only access rule"):
-            provider.grant_access(share_id, "test-host", "rw", "attached to server vm-4",
+            settled(provider.grant_access, share_id, "test-host", "rw", "attached to server vm-4",
                                   NO_TOKEN)
     finally:
-        provider.revoke_access(share_id, "test-host", NO_TOKEN)
+        settled(provider.revoke_access, share_id, "test-host", NO_TOKEN)
     assert manila.rules(share_id) == []
 
 
@@ -250,7 +259,7 @@ def test_agents_on_two_hosts_take_turns(manila: Manila, manila_share: dict[str, 
 
     def grant(host: str) -> None:
         try:
-            providers[host].grant_access(share_id, host, "rw", "attached to server vm-5", USER)
+            settled(providers[host].grant_access, share_id, host, "rw", "attached to server vm-5", USER)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -265,7 +274,7 @@ def test_agents_on_two_hosts_take_turns(manila: Manila, manila_share: dict[str, 
         assert rules == {"192.0.2.11": "active", "192.0.2.12": "active"}
     finally:
         for host, p in providers.items():
-            p.revoke_access(share_id, host, USER)
+            settled(p.revoke_access, share_id, host, USER)
         first.db.dispose()
         second.db.dispose()
     assert manila.rules(share_id) == []
@@ -276,18 +285,18 @@ def test_outage_during_grant_then_retry(provider: ManilaShareProvider, manila: M
     share_id = manila_share["id"]
     with api_down(manila):
         with pytest.raises(TemporaryError) as caught:
-            provider.grant_access(share_id, "test-host", "rw", "attached to server vm-6", USER)
+            settled(provider.grant_access, share_id, "test-host", "rw", "attached to server vm-6", USER)
         message = caught.value.message
         assert f"share service (Manila) unreachable at {manila.endpoint}" in message
         assert message.endswith("retry the attach when it is back")
         with pytest.raises(ShareServiceUnavailable, match="share service"):
             provider.get_share(share_id, USER)
     try:
-        provider.grant_access(share_id, "test-host", "rw", "attached to server vm-6", USER)
+        settled(provider.grant_access, share_id, "test-host", "rw", "attached to server vm-6", USER)
         rule = rule_for(manila, share_id)
         assert rule is not None and rule["state"] == "active"
     finally:
-        provider.revoke_access(share_id, "test-host", USER)
+        settled(provider.revoke_access, share_id, "test-host", USER)
     assert manila.rules(share_id) == []
 
 

@@ -368,3 +368,28 @@ def test_a_crash_right_after_a_reboot_started_the_guest_does_not_reboot_again(
     assert world.virt.faults.calls.count("start_guest") == 2  # power on, the reboot: no third
     assert world.virt.faults.calls.count("request_shutdown") == 1
     assert world.row(sid).task_state is None and world.row(sid).vm_state == "active"
+
+
+def test_a_rule_the_share_service_applies_later_is_waited_for_without_a_worker(
+        world: World) -> None:
+    """The share service applies rules asynchronously: the pass requeues, nothing sleeps, the
+    attachment stays `attaching` without a fault; a detach waits the same way for the rule
+    to go before the row does."""
+    world.provider.apply_delay = 2
+    sid, _ = running_server(world)
+    mid = world.attach(sid, 5)
+    first = world.reconcile(sid)
+    assert first.next == Next.REQUEUE and "share service" in first.why and first.after <= 0.5
+    m = world.mapping(mid)
+    assert m is not None and m.status == "attaching" and not m.fault_message and not m.attempts
+    assert world.host.mounts == {} and world.virt.guests[sid].devices == {}
+    world.converge(sid)
+    assert world.mapping(mid).status == "active"  # type: ignore[union-attr]
+    world.set_status(mid, "detaching")
+    world.reconcile(sid)  # the agent sees `detaching`; the guest then reports it let go
+    world.metadata.reports.record(sid, frozenset())
+    while world.provider.rules:
+        world.reconcile(sid)
+    assert world.mapping(mid) is not None  # the rule is on its way out: the row waits for it
+    world.converge(sid)
+    assert world.mapping(mid) is None and world.provider.rules == {}

@@ -5,7 +5,9 @@ step (start, stop) that fails ends the pass. Permanent errors move the attachmen
 to `error` with the reason; temporary ones are counted on the row and retried by the runner
 with backoff, and after `[agent] retry_attempts` they are permanent too. A grant that fails for a
 *requested* attachment ends that request in `error` at once (the share service's answer is the
-request's answer, as in 2.97: the user attaches again).
+request's answer, as in 2.97: the user attaches again). A grant or revoke the share service is
+still applying is neither done nor failed: that attachment's later steps wait for a later pass
+(the server is looked at again in PENDING_POLL s); no worker waits for the service.
 
 ATTACHFS_CRASH_AFTER=<operation>:<step> (test-only, read once when the agent starts) ends the
 process right after that step: the crash matrix (tests/vm/test_crash_matrix.py) uses it.
@@ -34,6 +36,7 @@ from attachfs.virt.base import GuestShare
 
 log = logging.getLogger(__name__)
 CRASH_EXIT = 137
+PENDING_POLL = 0.5  # s between looks while the share service applies (or removes) a rule
 
 
 def backoff(attempt: int, retry: AgentConfig) -> float:
@@ -50,6 +53,8 @@ class Outcome:
     """How the steps went: which attachments failed, the first temporary error."""
 
     failed: set[int] = field(default_factory=set)
+    pending: set[int] = field(default_factory=set)  # waiting on the outside (a rule applying)
+    pending_why: str | None = None
     temporary: str | None = None
     retry_after: float | None = None
     server_failed: bool = False
@@ -75,11 +80,12 @@ class Executor:
         out = Outcome()
         unplugged = False
         for step in plan.steps:
-            if step.attachment is not None and step.attachment in out.failed:
+            if step.attachment is not None and (step.attachment in out.failed
+                                                 or step.attachment in out.pending):
                 continue
             if out.server_failed:
                 break
-            if step.op == Op.FINISH and (out.temporary or out.server_failed):
+            if step.op == Op.FINISH and (out.temporary or out.server_failed or out.pending):
                 continue
             if step.op == Op.UNPLUG:
                 if not unplugged:  # all of them at once, see _unplug_all
@@ -94,11 +100,16 @@ class Executor:
     def _run_step(self, step: Step, desired: Desired, snap: Snapshot | None,
                   out: Outcome) -> None:
         try:
-            self._one(step, desired, snap, out)
+            finished = self._one(step, desired, snap, out)
         except BackendError as exc:
             self._failed(step, snap, exc, out)
             return
-        self._done(step, desired, out)
+        if finished:
+            self._done(step, desired, out)
+        else:  # under way outside (the share service applying a rule): look again soon
+            assert step.attachment is not None
+            out.pending.add(step.attachment)
+            out.pending_why = f"the share service to finish {step}"
 
     def _done(self, step: Step, desired: Desired, out: Outcome) -> None:
         out.done.append(step)
@@ -128,7 +139,7 @@ class Executor:
     def _try(self, step: Step, desired: Desired, snap: Snapshot | None,
              out: Outcome) -> BackendError | None:
         try:
-            self._one(step, desired, snap, out)
+            self._one(step, desired, snap, out)  # unplug: a request, always "finished"
         except BackendError as exc:
             return exc
         return None
@@ -142,20 +153,21 @@ class Executor:
             if m.attempts and m.id in worked and m.id not in out.failed:
                 self.a.clear_retry(m.id)
 
-    def _one(self, step: Step, desired: Desired, snap: Snapshot | None, out: Outcome) -> None:
+    def _one(self, step: Step, desired: Desired, snap: Snapshot | None, out: Outcome) -> bool:
+        """Run one step; False when it is under way outside and not finished yet."""
         if step.attachment is None:
             self.server_steps.run(step, desired, snap, out)
-            return
+            return True
         m = snap.mapping(step.attachment) if snap is not None else None
         if m is None:
-            return  # the row went meanwhile: nothing to do for it
+            return True  # the row went meanwhile: nothing to do for it
         a, server = self.a, snap.server  # type: ignore[union-attr]
         self._notify_start(server, m)
         match step.op:
             case Op.GRANT_ACCESS:
-                a.provider.grant_access(m.share_id, a.host, "ro" if m.read_only else "rw",
-                                        reason=f"attached to server {m.instance_uuid}",
-                                        requester=requester(m))
+                return a.provider.grant_access(m.share_id, a.host, "ro" if m.read_only else "rw",
+                                               reason=f"attached to server {m.instance_uuid}",
+                                               requester=requester(m))
             case Op.MOUNT:
                 a.mount(m)
             case Op.FIX_MOUNT:
@@ -172,11 +184,12 @@ class Executor:
             case Op.UNMOUNT:
                 a.mounts.unmount(under_root(a.config.mount_root, Path(step.path).name))
             case Op.REVOKE_ACCESS:
-                a.provider.revoke_access(m.share_id, a.host, requester(m))
+                return a.provider.revoke_access(m.share_id, a.host, requester(m))
             case Op.RECORD:
                 self._record(step, m, server)
             case _:
                 raise PermanentError(f"step {step.name} does not take an attachment")
+        return True
 
     def _notify_start(self, server: Server, m: ShareMapping) -> None:
         """share_attach.start / share_detach.start, once per request (not once per pass)."""

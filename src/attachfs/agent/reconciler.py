@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from attachfs.agent.attachments import Attachments
-from attachfs.agent.executor import Executor, backoff
+from attachfs.agent.executor import PENDING_POLL, Executor, backoff
 from attachfs.agent.server import ServerSteps
 from attachfs.agent.state import (
     PassMemory,
@@ -114,6 +114,9 @@ class Reconciler:
             if out.server_failed and snap is not None:
                 self.server_steps.record_attempt(uuid, out.temporary)
             return PassResult(Next.RETRY, after, out.temporary)
+        if out.pending_why is not None:
+            return PassResult(Next.REQUEUE, min(PENDING_POLL, the_plan.wait or PENDING_POLL),
+                              out.pending_why)
         if the_plan.wait is not None:
             return PassResult(Next.REQUEUE, the_plan.wait, the_plan.waiting_for)
         return PassResult.done()

@@ -71,7 +71,8 @@ class ServerSteps:
         self._power_notify(snap, "power_on.start")
         shares = tuple(GuestShare(tag=s.tag, host_path=Path(s.path), read_only=s.read_only)
                        for s in desired.shares
-                       if s.phase in (Phase.REQUESTED, Phase.HELD) and s.id not in out.failed)
+                       if s.phase in (Phase.REQUESTED, Phase.HELD)
+                       and s.id not in out.failed and s.id not in out.pending)
         drive = self._refresh_config_drive(uuid, live=False) if server.config_drive else None
         spec = GuestSpec(uuid=uuid, name=server.name, vcpus=server.vcpus,
                          memory_mib=server.memory_mib, image=image,

@@ -24,12 +24,15 @@ class ShareProvider(Protocol):
         """Raise NotFound when the share does not exist or is not visible to `context`."""
 
     def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
-                     requester: RequestContext) -> None:
+                     requester: RequestContext) -> bool:
         """Allow `host` to mount the share, and lock the rule. Idempotent. `requester` is the
-        user whose request this is (their token, when still at hand, goes along)."""
+        user whose request this is (their token, when still at hand, goes along). True once
+        the rule is in effect; False while the provider is still applying it: nothing waits,
+        the caller asks again later (the reconciler requeues the server)."""
 
-    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
-        """Unlock and remove the rule for `host`. Idempotent (no rule: nothing to do)."""
+    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> bool:
+        """Unlock and remove the rule for `host`. Idempotent (no rule: nothing to do). True
+        once it is gone; False while the provider is still removing it (ask again)."""
 
     def access_of(self, share_id: str, host: str) -> str | None:
         """The level ("rw" or "ro") of `host`'s rule on the share as the provider has it now;

@@ -95,7 +95,7 @@ class LocalShareProvider:
             return share_info(share, self.storage_root)
 
     def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
-                     requester: RequestContext) -> None:
+                     requester: RequestContext) -> bool:
         self.volumes.mount(share_id)  # checked first: a refusal leaves no rule
         if not self.share_dir(share_id).is_dir():
             raise PermanentError(f"share directory {self.share_dir(share_id)} is missing")
@@ -107,14 +107,16 @@ class LocalShareProvider:
                 s.add(ShareAccess(share_id=share_id, host=host, access_level=access_level,
                                   locked=True,
                                   lock_reason=f"{reason} (requested by {requester.user_id})"))
+        return True  # a row: in effect at once
 
     def access_of(self, share_id: str, host: str) -> str | None:
         with self.db.read() as s:
             rule = s.get(ShareAccess, (share_id, host))
             return None if rule is None else str(rule.access_level)
 
-    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
+    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> bool:
         with self.db.session() as s:
             rule = s.get(ShareAccess, (share_id, host))
             if rule is not None:
                 s.delete(rule)
+        return True

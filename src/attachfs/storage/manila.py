@@ -109,6 +109,9 @@ class ManilaShareProvider:
         self.cfg, self.db, self.host = config.manila, db, config.agent.host
         self._service_auth = service_auth(self.cfg)  # one plugin: its token is reused
         self._discovery_cache: dict[str, Any] = {}  # version documents, shared by connections
+        # share -> when this agent first found its rule on the way (to active, or away)
+        self._since: dict[str, float] = {}
+        self._errors: dict[str, int] = {}  # share -> rules of ours that went to `error`
 
     # ---- connections -------------------------------------------------------------------------
     def _api(self, requester: RequestContext | None, retry: str) -> Adapter:
@@ -216,7 +219,9 @@ class ManilaShareProvider:
             project_id=s.get("project_id") or "", size_gib=int(s.get("size") or 0))
 
     def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
-                     requester: RequestContext) -> None:
+                     requester: RequestContext) -> bool:
+        """Create (or find) this host's rule; True once it is `active`. The service applies a
+        rule asynchronously: False means "not yet, ask again" (nothing here waits)."""
         retry = "retry the attach when it is back"
         api = self._api(requester, retry)
         share = self._call(api, "GET", f"/shares/{share_id}", retry)
@@ -227,45 +232,45 @@ class ManilaShareProvider:
             raise PermanentError(f"share {share_id} uses protocol {proto or 'unknown'}; attachfs "
                                  f"attaches {' and '.join(RULE_TYPES)} shares only")
         access_type, access_to = self._access_for(proto, host)
-        for _attempt in range(2):
-            with self._share_lock(share_id):  # held for the look-up and the change only
-                rule = self._find_rule(api, share_id, host, access_type, access_to, retry)
-                if rule is None:
-                    rule = self._create_rule(api, share_id, host, access_type, access_to,
-                                             access_level, reason, requester, retry)
-                    break
-                if rule["state"] not in ("error", "queued_to_deny", "denying"):
-                    if rule["access_level"] == "ro" and access_level == "rw":
-                        raise PermanentError(
-                            f"host {host} already has a read-only access rule on share "
-                            f"{share_id} in the {SERVICE}; a read-write attachment needs it "
-                            "gone (detach the read-only attachments on this host first)")
-                    break  # reused
-                if rule["state"] == "error":
-                    self._deny(api, share_id, rule, retry)  # a failed rule: start over
-            self._wait(api, share_id, rule["id"], "gone", retry)  # outside the lock
-        else:
-            raise PermanentError(f"the {SERVICE} keeps failing the access rule for host {host} "
-                                 f"on share {share_id}; see manila-share's log")
-        self._wait(api, share_id, rule["id"], "active", retry)
+        with self._share_lock(share_id):  # held for the look-up and the change only
+            rule = self._find_rule(api, share_id, host, access_type, access_to, retry)
+            if rule is None:
+                rule = self._create_rule(api, share_id, host, access_type, access_to,
+                                         access_level, reason, requester, retry)
+            elif rule["state"] == "error" and share_id not in self._since:
+                # an old failed rule (not the one this request waits for): start over
+                self._failed_rule(share_id, host)
+                self._deny(api, share_id, rule, retry)
+                return False
+            elif rule["state"] in ("queued_to_deny", "denying"):
+                return self._pending(share_id, rule, "active")  # recreated once it is gone
+            elif rule["access_level"] == "ro" and access_level == "rw" \
+                    and rule["state"] != "error":
+                raise PermanentError(
+                    f"host {host} already has a read-only access rule on share {share_id} in "
+                    f"the {SERVICE}; a read-write attachment needs it gone (detach the "
+                    "read-only attachments on this host first)")
+        return self._pending(share_id, rule, "active")
 
-    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
+    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> bool:
+        """Unlock and deny this host's rule; True once it is gone (False: ask again)."""
         retry = "retry the detach when it is back"
         api = self._api(requester, retry)
         share = self._call(api, "GET", f"/shares/{share_id}", retry)
         if share is GONE:
-            return  # the share and its rules are gone
+            return True  # the share and its rules are gone
         proto = (share["share"].get("share_proto") or "").upper()
         if proto not in RULE_TYPES:
-            return  # never granted (refused at attach)
+            return True  # never granted (refused at attach)
         access_type, access_to = self._access_for(proto, host)
         with self._share_lock(share_id):
             rule = self._find_rule(api, share_id, host, access_type, access_to, retry)
             if rule is None:
-                return
+                self._since.pop(share_id, None)
+                return True
             if rule["state"] not in ("queued_to_deny", "denying"):
                 self._deny(api, share_id, rule, retry)
-        self._wait(api, share_id, rule["id"], "gone", retry)
+        return self._pending(share_id, rule, "gone")
 
     def access_of(self, share_id: str, host: str) -> str | None:
         """This host's rule as the service has it (with the service's own credentials)."""
@@ -327,28 +332,37 @@ class ManilaShareProvider:
         self._call(api, "POST", f"/shares/{share_id}/action", retry, body={
             "deny_access": {"access_id": rule["id"], "unrestrict": True}})
 
-    def _wait(self, api: Adapter, share_id: str, rule_id: str, want: str, retry: str) -> None:
-        """Until the rule is `active` (want "active") or deleted (want "gone")."""
-        deadline = time.monotonic() + self.cfg.access_timeout
-        delay, state = 0.1, "unknown"
-        while True:
-            got = self._call(api, "GET", f"/share-access-rules/{rule_id}", retry)
-            state = "gone" if got is GONE else got["access"]["state"]
-            if state == want:
-                return
-            if want == "active" and state in ("error", "gone"):
-                raise PermanentError(
-                    f"the {SERVICE} could not give this host access to share {share_id}: its "
-                    f"access rule {rule_id} is in state {state}; the share's backend refused "
-                    "it (see manila-share's log), then retry the attach")
-            if time.monotonic() + delay > deadline:
-                doing = "apply" if want == "active" else "remove"
-                raise PermanentError(
-                    f"the {SERVICE} did not {doing} access rule {rule_id} on share {share_id} "
-                    f"within {self.cfg.access_timeout:g}s (rule state: {state}); check that its "
-                    "manila-share service is running, then retry")
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+    def _pending(self, share_id: str, rule: dict[str, Any], want: str) -> bool:
+        """True when `rule` (as just read) is where we want it: `active`, or "gone" (a rule
+        being denied is not). Otherwise False, until `access_timeout` has passed since this
+        agent first found it on the way: then a PermanentError that says where it is stuck."""
+        state = rule.get("state", "unknown")
+        if want == "active" and state == "active":
+            self._since.pop(share_id, None)
+            self._errors.pop(share_id, None)
+            return True
+        if want == "active" and state == "error":
+            raise PermanentError(
+                f"the {SERVICE} could not give this host access to share {share_id}: its "
+                f"access rule {rule['id']} is in state error; the share's backend refused it "
+                "(see manila-share's log), then retry the attach")
+        since = self._since.setdefault(share_id, time.monotonic())
+        if time.monotonic() - since > self.cfg.access_timeout:
+            self._since.pop(share_id, None)
+            doing = "apply" if want == "active" else "remove"
+            raise PermanentError(
+                f"the {SERVICE} did not {doing} access rule {rule['id']} on share {share_id} "
+                f"within {self.cfg.access_timeout:g}s (rule state: {state}); check that its "
+                "manila-share service is running, then retry")
+        return False
+
+    def _failed_rule(self, share_id: str, host: str) -> None:
+        """A rule that went to `error` is denied and made again, once; twice is the end."""
+        self._errors[share_id] = self._errors.get(share_id, 0) + 1
+        if self._errors[share_id] > 2:
+            self._errors.pop(share_id, None)
+            raise PermanentError(f"the {SERVICE} keeps failing the access rule for host {host} "
+                                 f"on share {share_id}; see manila-share's log")
 
     @contextlib.contextmanager
     def _share_lock(self, share_id: str) -> Iterator[None]:

@@ -23,11 +23,11 @@ class ProviderChain:
         return self._for(share_id).get_share(share_id, context)
 
     def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
-                     requester: RequestContext) -> None:
-        self._for(share_id).grant_access(share_id, host, access_level, reason, requester)
+                     requester: RequestContext) -> bool:
+        return self._for(share_id).grant_access(share_id, host, access_level, reason, requester)
 
-    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> None:
-        self._for(share_id).revoke_access(share_id, host, requester)
+    def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> bool:
+        return self._for(share_id).revoke_access(share_id, host, requester)
 
     def access_of(self, share_id: str, host: str) -> str | None:
         return self._for(share_id).access_of(share_id, host)
