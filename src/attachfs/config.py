@@ -172,6 +172,11 @@ class Config(_Section):
         return self.state_path / "metadata"
 
     @property
+    def virtiofs_dir(self) -> Path:
+        """The sockets and records of the virtiofsd each virtio-fs device has."""
+        return self.state_path / "virtiofs"
+
+    @property
     def console_dir(self) -> Path:
         return self.state_path / "console"
 

@@ -51,7 +51,7 @@ def test_domain_has_one_stream_nic_and_no_user_network(short_tmp: Path) -> None:
     spec = _spec(tmp_path)
     stream = stream_socket_path(spec.metadata_socket, spec.uuid)
     xml = lx.domain_xml(spec, domain_type="qemu", owner="o", network_socket=stream,
-                        spare_root_ports=1, virtiofsd=Path("/opt/vfsd"))
+                        spare_root_ports=1, sockets={"t": Path("/run/v/t.sock")})
     root = ET.fromstring(xml)
     args = [a.get("value", "") for a in root.iter(f"{{{lx.QEMU_NS}}}arg")]
     assert args[0] == "-netdev"
@@ -65,18 +65,18 @@ def test_domain_has_one_stream_nic_and_no_user_network(short_tmp: Path) -> None:
     assert lx.relay_sockets(xml) == (stream, spec.metadata_socket)
 
 
-def test_virtiofs_device_runs_the_sandboxed_wrapper(tmp_path: Path) -> None:
+def test_virtiofs_device_is_served_on_attachfs_socket(tmp_path: Path) -> None:
+    """libvirt runs no virtiofsd: the device connects to the one attachfs runs sandboxed
+    (virt/virtiofsd.py), and the boot-time element is the hot-plug one."""
     spec = _spec(tmp_path)
     xml = lx.domain_xml(spec, domain_type="qemu", owner=None, network_socket=tmp_path / "n.sock",
-                        spare_root_ports=0, virtiofsd=Path("/opt/vfsd"))
+                        spare_root_ports=0, sockets={"t": Path("/run/v/t.sock")})
     fs = ET.fromstring(xml).find("./devices/filesystem")
-    assert fs is not None
-    binary = fs.find("binary")
-    assert binary is not None and binary.get("path") == "/opt/vfsd" and binary.get("xattr") == "off"
-    sandbox = binary.find("sandbox")
-    assert sandbox is not None and sandbox.get("mode") == "namespace"
-    # the hot-plug element is the same one
-    hot = lx.filesystem_element(GuestShare("t", Path("/srv/t")), Path("/opt/vfsd"))
+    assert fs is not None and fs.find("binary") is None
+    source = fs.find("source")
+    assert source is not None and source.get("socket") == "/run/v/t.sock"
+    assert source.get("dir") is None
+    hot = lx.filesystem_element(GuestShare("t", Path("/srv/t")), Path("/run/v/t.sock"))
     assert lx.to_xml(hot) == ET.tostring(fs, encoding="unicode").strip()
 
 
@@ -86,7 +86,7 @@ def test_socket_paths_qemu_cannot_take_are_refused(tmp_path: Path, bad: str) -> 
     spec = _spec(tmp_path)
     with pytest.raises(lx.VirtError):
         lx.domain_xml(spec, domain_type="qemu", owner=None, network_socket=Path(bad),
-                      spare_root_ports=0)
+                      spare_root_ports=0, sockets={"t": Path("/run/v/t.sock")})
 
 
 def test_relay_sockets_absent_in_foreign_xml() -> None:

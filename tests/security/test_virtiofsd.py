@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from attachfs.virt import virtiofsd_sandboxed
+from attachfs.virt import virtiofsd
 from tests.vm.test_hotplug_driver import booted
 
 CAP_FSETID, CAP_MKNOD, CAP_SETFCAP = 4, 27, 31
@@ -52,15 +52,13 @@ check() {
 """
 
 
-def test_wrapper_appends_the_options_and_passes_probes_through() -> None:
-    args = ["--fd=3", "-o", "source=/srv/x,sandbox=namespace,no_xattr"]
-    argv = virtiofsd_sandboxed.argv(args)
-    assert argv[0] == virtiofsd_sandboxed.VIRTIOFSD and argv[1:4] == args
+def test_each_device_daemon_runs_sandboxed_with_the_narrowed_options() -> None:
+    argv = virtiofsd.argv(virtiofsd.VIRTIOFSD, Path("/run/v/k.sock"), Path("/srv/x"))
+    assert argv[:4] == [str(virtiofsd.VIRTIOFSD), "--socket-path=/run/v/k.sock",
+                        "-o", "source=/srv/x,sandbox=namespace,no_xattr"]
     assert argv[4:] == ["-o", "modcaps=-mknod:-setfcap:-fsetid", "-o", "killpriv_v2",
                         "--rlimit-nofile=65536"]
-    assert virtiofsd_sandboxed.argv(["--print-capabilities"]) == \
-        [virtiofsd_sandboxed.VIRTIOFSD, "--print-capabilities"]
-    assert os.access(Path(virtiofsd_sandboxed.__file__), os.X_OK)  # libvirt executes it
+    assert os.access(virtiofsd.VIRTIOFSD, os.X_OK)
 
 
 def _daemons(share: Path) -> list[int]:

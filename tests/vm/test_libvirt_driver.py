@@ -181,7 +181,8 @@ def test_domain_xml_has_ports_and_a_cdrom() -> None:
                      console_log=Path("/run/c.log"), metadata_socket=Path("/run/m.sock"),
                      shares=(GuestShare("t", Path("/srv/t"), read_only=True),))
     root = ET.fromstring(lx.domain_xml(spec, domain_type="qemu", owner="o",
-                                       network_socket=Path("/run/n.sock"), spare_root_ports=3))
+                                       network_socket=Path("/run/n.sock"), spare_root_ports=3,
+                                       sockets={"t": Path("/run/t.sock")}))
     ports = [c for c in root.iterfind("./devices/controller") if c.get("model") == "pcie-root-port"]
     assert len(ports) == 4  # spare + one per boot-time share
     assert root.find("./devices/filesystem/readonly") is None  # libvirt 9.0 refuses it
@@ -189,7 +190,8 @@ def test_domain_xml_has_ports_and_a_cdrom() -> None:
     assert cdrom is not None and cdrom.find("source") is None  # empty: ready for a media change
     with_drive = ET.fromstring(lx.domain_xml(
         dataclasses.replace(spec, config_drive=Path("/run/cd.iso")), domain_type="qemu",
-        owner=None, network_socket=Path("/run/n.sock"), spare_root_ports=0))
+        owner=None, network_socket=Path("/run/n.sock"), spare_root_ports=0,
+        sockets={"t": Path("/run/t.sock")}))
     source = with_drive.find("./devices/disk[@device='cdrom']/source")
     assert source is not None and source.get("file") == "/run/cd.iso"
 

@@ -26,13 +26,13 @@ express a stream netdev, so it and its virtio-net-pci device are passed with
 `list_guests` (the agent's periodic repair) also makes sure each running guest has its helper
 (only a driver with an owner, i.e. an agent: tools that see every guest leave helpers alone).
 
-virtio-fs: libvirt runs `virtiofsd_sandboxed.py` for each device, Debian's virtiofsd in its
-namespace sandbox with capabilities and options narrowed (see that file and
-libvirt_xml.filesystem_element).
+virtio-fs: attachfs runs each device's virtiofsd itself (virt/virtiofsd.py: Debian's virtiofsd
+in its namespace sandbox, capabilities and options narrowed) and hands libvirt its socket
+(`<source socket=.../>`); the daemon ends by itself when QEMU drops the device.
 
 Hot plug (measured, TCG, libvirt 9.0, QEMU 7.2 pc-q35-7.2): `attach_share` is a live
 attachDeviceFlags of the `<filesystem>` without an address: libvirt puts it on a free
-pcie-root-port itself and starts its virtiofsd (0.02-0.04 s; the guest mounts it ~1 s later).
+pcie-root-port itself (0.02-0.04 s after its virtiofsd listens; the guest mounts it ~1 s later).
 `free_share_slots` counts the root ports no device sits on (libvirt_xml.root_ports); with none
 left `attach_share` raises NoFreeSlot before asking libvirt (which would say "No more available
 PCI slots"). `detach_share` unplugs by device alias, so exactly that device goes (1.3-2.1 s
@@ -50,7 +50,6 @@ hypervisor` is False: read-only is enforced host-side.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -67,12 +66,13 @@ from attachfs.virt.libvirt_events import DomainEvents
 from attachfs.virt.libvirt_xml import NAME_PREFIX, OWNER_NS, VirtError, domain_name
 from attachfs.virt.metadata_net_supervisor import MetadataNetworks, stream_socket_path
 from attachfs.virt.virtiofs_view import pid_of, root_writable
+from attachfs.virt.virtiofsd import VIRTIOFSD, VirtiofsDaemons
 
 __all__ = ["NAME_PREFIX", "LibvirtDriver", "VirtError", "domain_name", "kvm_usable"]
 
 _POLL = 0.1  # seconds between live-XML reads while waiting for a device to go
 _RESEND = 5.0  # seconds before an unplug request the guest has not acted on is sent again
-VIRTIOFSD = Path(__file__).with_name("virtiofsd_sandboxed.py")
+DEFAULT_VIRTIOFS_DIR = Path("/run/attachfs/virtiofs")  # tools; an agent uses its state dir
 
 
 
@@ -85,18 +85,20 @@ class LibvirtDriver:
         domain_type: str | None = None,
         owner: str | None = None,
         networks: MetadataNetworks | None = None,
+        virtiofs_dir: Path = DEFAULT_VIRTIOFS_DIR,
         virtiofsd: Path = VIRTIOFSD,
     ) -> None:
         """domain_type: "kvm" or "qemu"; None picks kvm only when `kvm_usable()`.
         owner: guests are tagged with it and only guests with this tag are seen; None sees
         every attachfs guest (tools and test clean-up). networks: the guests' metadata network
-        helpers. virtiofsd: what libvirt runs for each virtio-fs device."""
+        helpers. virtiofs_dir: the sockets and records of the devices' virtiofsd; virtiofsd:
+        the program (virt/virtiofsd.py)."""
         self.owner = owner
         self.uri = uri
         self.spare_root_ports = spare_root_ports
         self._domain_type = domain_type
         self.networks = networks if networks is not None else MetadataNetworks()
-        self.virtiofsd = virtiofsd
+        self.daemons = VirtiofsDaemons(virtiofs_dir, virtiofsd)
         self._conn: libvirt.virConnect | None = None
         self._events: DomainEvents | None = None
         self.capabilities = VirtCapabilities(
@@ -164,11 +166,10 @@ class LibvirtDriver:
 
     # -- XML ------------------------------------------------------------------------------------
     def domain_xml(self, spec: GuestSpec) -> str:
-        if not os.access(self.virtiofsd, os.X_OK):
-            raise VirtError(f"{self.virtiofsd} is not executable: libvirt runs it for virtio-fs")
+        sockets = {s.tag: self.daemons.socket(spec.uuid, s.tag) for s in spec.shares}
         return lx.domain_xml(spec, domain_type=self.domain_type, owner=self.owner,
                              network_socket=stream_socket_path(spec.metadata_socket, spec.uuid),
-                             spare_root_ports=self.spare_root_ports, virtiofsd=self.virtiofsd)
+                             spare_root_ports=self.spare_root_ports, sockets=sockets)
 
     # -- VirtDriver -----------------------------------------------------------------------------
     def start_guest(self, spec: GuestSpec) -> None:
@@ -176,13 +177,17 @@ class LibvirtDriver:
         if dom is not None and active(dom):
             self._ensure_network(spec.uuid, dom)
             return
-        xml = self.domain_xml(spec)
+        xml = self.domain_xml(spec)  # validates first
         stream = stream_socket_path(spec.metadata_socket, spec.uuid)
         Path(spec.console_log).parent.mkdir(parents=True, exist_ok=True)
         self.networks.prepare(stream)
+        for share in spec.shares:
+            self.daemons.ensure(spec.uuid, share.tag, share.host_path)
         try:
             self.conn.createXML(xml, 0)
         except libvirt.libvirtError as e:
+            for share in spec.shares:
+                self.daemons.stop(spec.uuid, share.tag)
             raise VirtError(f"starting guest {spec.uuid}: {msg(e)}") from e
         # QEMU listens on the stream socket once createXML returns
         self.networks.ensure(spec.uuid, stream, Path(spec.metadata_socket))
@@ -258,6 +263,8 @@ class LibvirtDriver:
                 if guests[uuid] == PowerState.RUNNING and self.owner is not None:
                     # the owning agent's periodic repair supervises; tools (owner None) do not
                     self._ensure_network(uuid, dom)
+        if self.owner is not None:
+            self.daemons.tidy()
         return guests
 
     def guest_generation(self, uuid: str) -> int | None:
@@ -269,19 +276,32 @@ class LibvirtDriver:
         return set(lx.live_shares(xml)) if xml is not None else set()
 
     def guest_devices(self, uuid: str) -> dict[str, Path]:
+        """tag -> what the device serves: for a socket device, the source its virtiofsd was
+        started on (empty when that daemon is unknown: the reconciler replaces the device)."""
         xml = self._live_xml(uuid)
         if xml is None:
             return {}
-        return {tag: Path(share.source) for tag, share in lx.live_shares(xml).items()}
+        return {tag: Path(self._source(uuid, share)) for tag, share in lx.live_shares(xml).items()}
+
+    def _source(self, uuid: str, share: lx.LiveShare) -> str:
+        if not share.socket:
+            return share.source  # a device libvirt runs the virtiofsd of (an older attachfs)
+        if share.socket != str(self.daemons.socket(uuid, share.tag)):
+            return ""
+        return self.daemons.source(uuid, share.tag) or ""
 
     def writable_devices(self, uuid: str) -> set[str]:
         dom = self._lookup(uuid)
         xml = self._live_xml(uuid, dom) if dom is not None else None
         if dom is None or xml is None:
             return set()
-        return {tag for tag, share in lx.live_shares(xml).items()
-                if (pid := pid_of(virtiofsd_pidfile(dom, share.alias))) is not None
-                and root_writable(pid)}
+        found = set()
+        for tag, share in lx.live_shares(xml).items():
+            pid = self.daemons.pid(uuid, tag) if share.socket else \
+                pid_of(virtiofsd_pidfile(dom, share.alias))
+            if pid is not None and root_writable(pid):
+                found.add(tag)
+        return found
 
     # -- hot plug -------------------------------------------------------------------------------
     def _live_xml(self, uuid: str, dom: libvirt.virDomain | None = None) -> str | None:
@@ -310,17 +330,19 @@ class LibvirtDriver:
     def attach_share(self, uuid: str, share: GuestShare) -> None:
         doing = f"attaching share {share.tag} to guest {uuid}"
         # validates tag and path first
-        device = lx.to_xml(lx.filesystem_element(share, self.virtiofsd))
+        device = lx.to_xml(lx.filesystem_element(share, self.daemons.socket(uuid, share.tag)))
         dom, xml = self._running(uuid, doing)
         if share.tag in lx.live_shares(xml):
             return
         ports, free = lx.root_ports(xml)
         if not free:
             raise NoFreeSlot(f"guest {uuid} has no free hot-plug slot ({len(ports)} in use)")
+        self.daemons.ensure(uuid, share.tag, share.host_path)
         try:
             # libvirt puts it on a free pcie-root-port itself (libvirt_xml docstring)
             dom.attachDeviceFlags(device, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as e:
+            self.daemons.stop(uuid, share.tag)  # no device: its daemon goes too
             if "No more available PCI slots" in msg(e):
                 raise NoFreeSlot(f"guest {uuid} has no free hot-plug slot ({len(ports)} in use): "
                                  f"{msg(e)}") from e

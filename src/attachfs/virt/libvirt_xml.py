@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,23 +87,16 @@ def check_socket_path(what: str, path: Path) -> str:
     return text
 
 
-def filesystem_element(share: GuestShare, virtiofsd: Path | None = None) -> ET.Element:
-    """``<filesystem>`` for a virtio-fs share (libvirt starts its virtiofsd). No ``<readonly/>``:
-    libvirt 9.0 refuses it for virtiofs, read-only is enforced host-side. No ``<address>``:
-    libvirt picks a free pcie-root-port itself (see the module docstring).
-
-    `virtiofsd`: the program libvirt runs instead of the default virtiofsd (our wrapper that adds
-    the options libvirt's XML cannot express, see virt/virtiofsd_sandboxed.py). virtiofsd runs
-    sandboxed in its own mount, pid and network namespaces, pivoted into the shared directory
-    (``<sandbox mode='namespace'/>``), without extended attributes (``xattr`` off, so no file
-    capabilities, ACLs or security labels can be set through the share)."""
+def filesystem_element(share: GuestShare, socket: Path) -> ET.Element:
+    """``<filesystem>`` for a virtio-fs share served by a virtiofsd attachfs runs on `socket`
+    (virt/virtiofsd.py: sandboxed, no extended attributes, no device nodes). No
+    ``<readonly/>``: libvirt 9.0 refuses it for virtiofs, read-only is enforced host-side. No
+    ``<address>``: libvirt picks a free pcie-root-port itself (see the module docstring)."""
     tag = check_tag(share.tag)
+    check_abs(f"share {tag} host path", share.host_path)
     fs = ET.Element("filesystem", {"type": "mount", "accessmode": "passthrough"})
-    _sub(fs, "driver", type="virtiofs")
-    if virtiofsd is not None:
-        binary = _sub(fs, "binary", path=check_abs("virtiofsd", virtiofsd), xattr="off")
-        _sub(binary, "sandbox", mode="namespace")
-    _sub(fs, "source", dir=check_abs(f"share {tag} host path", share.host_path))
+    _sub(fs, "driver", type="virtiofs", queue="1024")
+    _sub(fs, "source", socket=check_socket_path(f"share {tag} socket", socket))
     _sub(fs, "target", dir=tag)
     return fs
 
@@ -123,7 +117,7 @@ def to_xml(el: ET.Element) -> str:
 
 
 def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, network_socket: Path,
-               spare_root_ports: int, virtiofsd: Path | None = None) -> str:
+               spare_root_ports: int, sockets: Mapping[str, Path]) -> str:
     """The guest. Its only NIC is a QEMU stream netdev served on `network_socket`; the metadata
     network helper (virt/metadata_net.py) connects there and relays the guest's
     169.254.169.254:80, and nothing else, to `spec.metadata_socket`."""
@@ -145,7 +139,7 @@ def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, network_
     _sub(metadata, f"{{{RELAY_NS}}}relay", stream=stream, metadata_socket=metadata_socket)
     _sub(metadata, f"{{{BOOT_NS}}}boot", generation=str(spec.generation))
     _machine(dom, spec, kernel, initrd)
-    _devices(_sub(dom, "devices"), spec, console_log, spare_root_ports, virtiofsd)
+    _devices(_sub(dom, "devices"), spec, console_log, spare_root_ports, sockets)
     _network(dom, spec, stream)
     return to_xml(dom)
 
@@ -175,14 +169,14 @@ def _machine(dom: ET.Element, spec: GuestSpec, kernel: str, initrd: str) -> None
 
 
 def _devices(devices: ET.Element, spec: GuestSpec, console_log: str, spare_root_ports: int,
-             virtiofsd: Path | None) -> None:
+             sockets: Mapping[str, Path]) -> None:
     # an explicit pcie-root before the ports, else libvirt does not keep them all for hot plug
     _sub(devices, "controller", type="pci", index="0", model="pcie-root")
     for i in range(1, 1 + spare_root_ports + len(spec.shares)):
         _sub(devices, "controller", type="pci", index=str(i), model="pcie-root-port")
     _sub(devices, "controller", type="usb", model="none")
     for share in spec.shares:
-        devices.append(filesystem_element(share, virtiofsd))
+        devices.append(filesystem_element(share, sockets[share.tag]))
     # Always a cdrom (empty without a config drive): SATA cannot be hot-plugged, so this is
     # what lets set_config_drive insert a config drive into a guest booted without one.
     devices.append(cdrom_element(spec.config_drive))
@@ -211,6 +205,7 @@ class LiveShare:
     tag: str
     alias: str  # libvirt's device alias (fs0, fs1 ...): what detachDeviceAlias takes
     source: str
+    socket: str  # a virtiofsd of attachfs's own serves it here (then `source` is empty)
     bus: int | None  # the pcie-root-port index it sits on
 
 
@@ -238,6 +233,7 @@ def live_shares(xml: str) -> dict[str, LiveShare]:
             tag=tag,
             alias=alias.get("name", "") if alias is not None else "",
             source=source.get("dir", "") if source is not None else "",
+            socket=source.get("socket", "") if source is not None else "",
             bus=_int(address.get("bus")) if address is not None and
             address.get("type") == "pci" else None,
         )
