@@ -288,6 +288,8 @@ class LibvirtDriver:
             return share.source  # a device libvirt runs the virtiofsd of (an older attachfs)
         if share.socket != str(self.daemons.socket(uuid, share.tag)):
             return ""
+        # as recorded, even when the daemon just ended: QEMU dropped the device and libvirt
+        # has not yet taken it out of the live XML (a dead daemon's record goes with `tidy`)
         return self.daemons.source(uuid, share.tag) or ""
 
     def writable_devices(self, uuid: str) -> set[str]:

@@ -47,6 +47,9 @@ class _Helper:
     pid: int
     proc: subprocess.Popen[bytes] | None = None  # None: adopted from an earlier agent
     started: float = field(default_factory=time.monotonic)
+    # the inode of the QEMU socket it served: once its guest is gone, the files are removed
+    # only while they are still that guest's (a restarted guest has a new socket, same path)
+    stream_inode: int | None = None
 
 
 class MetadataNetworks:
@@ -71,7 +74,8 @@ class MetadataNetworks:
                 return
             pid = _read_pid(stream)
             if helper is None and pid is not None and _is_helper(pid, server_uuid):
-                self._helpers[server_uuid] = _Helper(server_uuid, stream, metadata_socket, pid)
+                self._helpers[server_uuid] = _Helper(server_uuid, stream, metadata_socket, pid,
+                                                     stream_inode=_inode(stream))
                 log.info("guest %s: adopted metadata network helper %d", server_uuid, pid)
             else:
                 self._start(server_uuid, stream, metadata_socket)
@@ -108,7 +112,8 @@ class MetadataNetworks:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True,
                                 start_new_session=True)
         _pid_file(stream).write_text(f"{proc.pid}\n")
-        self._helpers[server_uuid] = _Helper(server_uuid, stream, metadata_socket, proc.pid, proc)
+        self._helpers[server_uuid] = _Helper(server_uuid, stream, metadata_socket, proc.pid, proc,
+                                             stream_inode=_inode(stream))
         log.info("guest %s: metadata network helper %d started", server_uuid, proc.pid)
 
     def _alive(self, helper: _Helper) -> bool:
@@ -132,8 +137,11 @@ class MetadataNetworks:
                     code = helper.proc.returncode if helper.proc is not None else None
                     if code in _DONE or not helper.stream.exists():
                         del self._helpers[uuid]  # its guest is gone (it powered off)
-                        helper.stream.unlink(missing_ok=True)
-                        _pid_file(helper.stream).unlink(missing_ok=True)
+                        if helper.stream_inode is not None \
+                                and _inode(helper.stream) == helper.stream_inode:
+                            helper.stream.unlink(missing_ok=True)
+                        if _read_pid(helper.stream) == helper.pid:
+                            _pid_file(helper.stream).unlink(missing_ok=True)
                         continue
                     if time.monotonic() - helper.started < RESTART_BACKOFF:
                         continue
@@ -144,6 +152,13 @@ class MetadataNetworks:
                     except OSError as exc:
                         log.error("guest %s: cannot start the metadata network helper: %s",
                                   uuid, exc)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
 
 
 def _pid_file(stream: Path) -> Path:

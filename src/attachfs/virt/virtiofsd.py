@@ -88,11 +88,9 @@ class VirtiofsDaemons:
         return pid if pid is not None and _serves(pid, self.socket(uuid, tag)) else None
 
     def source(self, uuid: str, tag: str) -> str | None:
-        """What the device's running daemon serves, as it was started."""
+        """What the device's daemon was started on (its record: kept until `tidy`)."""
         record = self._record(self._key(uuid, tag))
-        if record is None or self.pid(uuid, tag) is None:
-            return None
-        return str(record.get("source", ""))
+        return None if record is None else str(record.get("source", ""))
 
     def stop(self, uuid: str, tag: str) -> None:
         """Its daemon gone (it usually ends by itself when QEMU drops the device) and its files."""
