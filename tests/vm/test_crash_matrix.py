@@ -85,7 +85,11 @@ class Matrix:
         """From inside the guest: can it write to this share? "ALLOWED" or "denied"."""
         nonce = uuid.uuid4().hex[:12]
         (share_dir / "check").write_text(nonce)
-        out = self.serve.wait_console(sid, f"probe {nonce} ", timeout=60)
+        try:
+            out = self.serve.wait_console(sid, f"probe {nonce} ", timeout=60)
+        except TimeoutError as exc:  # say what the guest and the agent were doing
+            raise AssertionError(f"{exc}\n--- console:\n{self.serve.console(sid)[-3000:]}"
+                                 f"\n--- agent:\n{self.serve.tail(6000)}") from exc
         return out.split(f"probe {nonce} ", 1)[1].split()[0]
 
     # ---- the crash ----------------------------------------------------------------------------

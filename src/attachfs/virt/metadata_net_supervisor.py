@@ -49,7 +49,7 @@ class _Helper:
     started: float = field(default_factory=time.monotonic)
     # the inode of the QEMU socket it served: once its guest is gone, the files are removed
     # only while they are still that guest's (a restarted guest has a new socket, same path)
-    stream_inode: int | None = None
+    stream_inode: tuple[int, int] | None = None
 
 
 class MetadataNetworks:
@@ -154,11 +154,14 @@ class MetadataNetworks:
                                   uuid, exc)
 
 
-def _inode(path: Path) -> int | None:
+def _inode(path: Path) -> tuple[int, int] | None:
+    """Which file is at `path` now: inode and change time (an inode number alone is reused
+    at once when a socket is removed and made again)."""
     try:
-        return path.stat().st_ino
+        st = path.stat()
     except OSError:
         return None
+    return st.st_ino, st.st_ctime_ns
 
 
 def _pid_file(stream: Path) -> Path:
