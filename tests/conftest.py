@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -146,6 +148,20 @@ def settle_server(parts: Parts, server_id: str, vm_state: str = "stopped") -> No
         row.vm_state, row.task_state = vm_state, None
         row.power_intent = "off" if vm_state == "stopped" else "on"
         row.observed_generation = row.generation
+
+
+def converge(reconciler: Any, server_id: str, timeout: float = 60) -> None:
+    """Passes of one server as the agent's runner makes them (a pass may ask to be run again
+    after a delay: the share service still applying a rule) until one is done."""
+    from attachfs.agent.reconciler import Next
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = reconciler.reconcile(server_id)
+        if result.next == Next.DONE:
+            return
+        assert time.monotonic() < deadline, f"server {server_id} not converged: {result.why}"
+        time.sleep(min(result.after, 1.0))
 
 
 def create_share(client: TestClient, name: str | None = None, scope: str = "instance",

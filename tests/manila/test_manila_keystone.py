@@ -27,7 +27,7 @@ from attachfs.errors import NotFound
 from attachfs.service import Parts, build_api, open_parts
 from attachfs.storage.base import RequestContext
 from attachfs.storage.manila import ManilaShareProvider
-from tests.conftest import create_server, make_image_dir, settle_server
+from tests.conftest import converge, create_server, make_image_dir, settle_server
 from tests.keystone_fixture import SERVICE_PASSWORD, SERVICE_USER, authtoken_overrides
 from tests.manila.conftest import REGION, KeystoneManila
 from tests.manila.test_manila_provider import HOST_ADDRESS, _agent_or_skip
@@ -172,7 +172,7 @@ def test_member_attaches_through_attachfs_and_manila_names_the_member(
             report("POST (token validation + Manila share look-up)",
                    f"{time.monotonic() - started:.2f}s")
             started = time.monotonic()
-            agent.r.reconcile(server_id)
+            converge(agent.r, server_id)
             report("agent grant -> rule active", f"{time.monotonic() - started:.2f}s")
             got = client.get(f"{shares}/{share_id}", headers=a).json()["share"]
             assert got["status"] == "inactive", got
@@ -218,7 +218,7 @@ def test_member_attaches_through_attachfs_and_manila_names_the_member(
             # DELETE (A's member) -> agent revokes with unrestrict -> rule and locks gone
             assert client.delete(f"{shares}/{share_id}", headers=a).status_code == 200
             started = time.monotonic()
-            agent.r.reconcile(server_id)
+            converge(agent.r, server_id)
             report("agent revoke -> rule gone", f"{time.monotonic() - started:.2f}s")
             assert client.get(shares, headers=a).json()["shares"] == []
             assert mk.rules(share_id) == []

@@ -26,7 +26,7 @@ from attachfs.service import Parts, build_api, open_parts
 from attachfs.storage.base import RequestContext
 from attachfs.storage.manila import ManilaShareProvider, ShareServiceUnavailable
 from attachfs.storage.nfs import NfsConnector, kernel_has_nfs4
-from tests.conftest import create_server, make_image_dir, settle_server
+from tests.conftest import converge, create_server, make_image_dir, settle_server
 from tests.manila.conftest import (
     SERVICE_USER,
     TEST_PROJECT,
@@ -354,7 +354,7 @@ def test_end_to_end_attach_outage_retry_detach(parts: Parts, manila: Manila) -> 
             r = client.post(shares, json={"share": {"share_id": first["id"]}})
             assert r.status_code == 201, r.text
             assert r.json()["share"]["status"] == "attaching"
-            agent.r.reconcile(server_id)
+            converge(agent.r, server_id)
             assert client.get(f"{shares}/{first['id']}").json()["share"]["status"] == "inactive"
             rule = rule_for(manila, first["id"])
             assert rule is not None and rule["state"] == "active"
@@ -372,7 +372,7 @@ def test_end_to_end_attach_outage_retry_detach(parts: Parts, manila: Manila) -> 
             r = client.post(shares, json={"share": {"share_id": second["id"]}})
             assert r.status_code == 201, r.text
             with api_down(manila):
-                agent.r.reconcile(server_id)
+                converge(agent.r, server_id)
                 view = client.get(f"/v2.1/servers/{server_id}").json()["server"]
                 attached = {a["share_id"]: a for a in view["os-extended-shares:shares_attached"]}
                 assert attached[second["id"]]["status"] == "error"
@@ -389,7 +389,7 @@ def test_end_to_end_attach_outage_retry_detach(parts: Parts, manila: Manila) -> 
             # back: POSTing the same share again retries it -> inactive
             r = client.post(shares, json={"share": {"share_id": second["id"]}})
             assert r.status_code == 201, r.text
-            agent.r.reconcile(server_id)
+            converge(agent.r, server_id)
             assert client.get(f"{shares}/{second['id']}").json()["share"]["status"] == "inactive"
             rule2 = rule_for(manila, second["id"])
             assert rule2 is not None and rule2["state"] == "active"
@@ -397,7 +397,7 @@ def test_end_to_end_attach_outage_retry_detach(parts: Parts, manila: Manila) -> 
             # detach both: rules and locks gone in Manila
             for share in (first, second):
                 assert client.delete(f"{shares}/{share['id']}").status_code == 200
-            agent.r.reconcile(server_id)
+            converge(agent.r, server_id)
             assert client.get(shares).json()["shares"] == []
             for share, rid in ((first, rule["id"]), (second, rule2["id"])):
                 assert manila.rules(share["id"]) == []
