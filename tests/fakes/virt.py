@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attachfs.errors import NoFreeSlot
-from attachfs.virt.base import GuestShare, GuestSpec, PowerState, VirtCapabilities
+from attachfs.virt.base import GuestShare, GuestSpec, GuestView, PowerState, VirtCapabilities
 from tests.fakes.faults import Faults
 
 
@@ -67,11 +67,13 @@ class FakeVirt:
         self.faults.check("request_shutdown")
         self.guests.pop(uuid, None)
 
-    def guest_generation(self, uuid: str) -> int | None:
-        guest = self.guests.get(uuid)
-        if guest is None or not guest.running or guest.spec is None:
-            return None
-        return guest.spec.generation
+    def observe(self, uuid: str) -> GuestView:
+        power = self.guest_state(uuid)
+        if power != PowerState.RUNNING:
+            return GuestView(power)
+        guest = self.guests[uuid]
+        return GuestView(power, self.guest_devices(uuid), frozenset(self.writable_devices(uuid)),
+                         guest.spec.generation if guest.spec is not None else None)
 
     def guest_state(self, uuid: str) -> PowerState:
         self.faults.check("guest_state")

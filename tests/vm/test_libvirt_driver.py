@@ -101,7 +101,7 @@ def test_boot_guest_with_share_and_stop() -> None:
         assert driver.guest_state(server_uuid) == PowerState.RUNNING
         assert driver.guest_share_tags(server_uuid) == {tag, "ro"}
         # what each device's virtiofsd serves, observed in its own mount namespace
-        assert driver.writable_devices(server_uuid) == {tag}
+        assert driver.observe(server_uuid).writable == {tag}
         # another agent on the same libvirtd neither sees nor touches this guest
         assert server_uuid not in stranger.list_guests()
         stranger.stop_guest(server_uuid, 0)

@@ -115,22 +115,21 @@ def observe(uuid: str, virt: VirtDriver, metadata: MetadataSockets, mounts: Moun
             mount_root: Path, memory: PassMemory) -> Actual:
     """What is there now, through the drivers: the guest and its devices, the host's mounts
     under the mount root with their options, the metadata socket, the guest's last report."""
-    power = virt.guest_state(uuid)
-    running = power == PowerState.RUNNING
-    devices = {tag: str(path) for tag, path in virt.guest_devices(uuid).items()} \
-        if running else {}
-    writable = frozenset(virt.writable_devices(uuid)) if running else frozenset()
+    guest = virt.observe(uuid)
+    running = guest.power == PowerState.RUNNING
+    devices = {tag: str(path) for tag, path in guest.devices.items()} if running else {}
     if not running:
         memory.shutdown_asked.pop(uuid, None)  # it stopped: a later stop starts afresh
     table = {str(p): opts for p, opts in mounts.table(mount_root).items()}
     for key in [k for k in memory.unplugging if k[0] == uuid and k[1] not in devices]:
         del memory.unplugging[key]  # gone: the request was honoured
     unplugging = {tag: t for (server, tag), t in memory.unplugging.items() if server == uuid}
-    return Actual(power=str(power), devices=devices, mounts=table,
+    return Actual(power=str(guest.power), devices=devices, mounts=table,
                   metadata=metadata.serving(uuid), guest_report=metadata.reports.mounted(uuid),
-                  unplugging=unplugging, writable_devices=writable,
+                  unplugging=unplugging,
+                  writable_devices=guest.writable if running else frozenset(),
                   shutdown_asked=memory.shutdown_asked.get(uuid),
-                  guest_generation=virt.guest_generation(uuid) if running else None,
+                  guest_generation=guest.generation if running else None,
                   now=time.monotonic())
 
 

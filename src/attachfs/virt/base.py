@@ -57,6 +57,19 @@ class GuestSpec:
 
 
 @dataclass(frozen=True)
+class GuestView:
+    """One guest as the reconciler observes it (VirtDriver.observe)."""
+
+    power: PowerState
+    devices: dict[str, Path] = field(default_factory=dict)  # tag -> what it serves
+    # Tags whose file server sees its share writable now (virtiofs_view): a read-only share's
+    # device here was plugged while its host mount was writable, and is replaced. Devices that
+    # cannot be told are left out.
+    writable: frozenset[str] = frozenset()
+    generation: int | None = None  # the GuestSpec.generation the running guest started with
+
+
+@dataclass(frozen=True)
 class VirtCapabilities:
     hot_plug: bool = False
     read_only_enforced_by_hypervisor: bool = False
@@ -79,9 +92,8 @@ class VirtDriver(Protocol):
 
     def guest_state(self, uuid: str) -> PowerState: ...
 
-    def guest_generation(self, uuid: str) -> int | None:
-        """The GuestSpec.generation the running guest was started with; None when it is not
-        running or was started without one."""
+    def observe(self, uuid: str) -> GuestView:
+        """Everything the reconciler looks at for one guest, read once."""
 
     def watch(self, changed: Callable[[str | None], None]) -> None:
         """From now on call `changed(uuid)` when a guest's actual state changes by itself (a
@@ -97,11 +109,6 @@ class VirtDriver(Protocol):
     def guest_devices(self, uuid: str) -> dict[str, Path]:
         """The running guest's filesystem devices: tag -> host source path (empty if not
         running). What the reconciler observes: a device on the wrong source is fixed."""
-
-    def writable_devices(self, uuid: str) -> set[str]:
-        """Tags of the running guest's devices whose file server sees its share writable now
-        (virtiofs_view). A read-only share's device in this set was plugged while its host
-        mount was writable, and is replaced. Devices that cannot be told are left out."""
 
     # ---- hot plug (running guests) ----------------------------------------------------------
     def attach_share(self, uuid: str, share: GuestShare) -> None:

@@ -59,7 +59,7 @@ import libvirt
 
 from attachfs.errors import NoFreeSlot
 from attachfs.virt import libvirt_xml as lx
-from attachfs.virt.base import GuestShare, GuestSpec, PowerState, VirtCapabilities
+from attachfs.virt.base import GuestShare, GuestSpec, GuestView, PowerState, VirtCapabilities
 from attachfs.virt.kvm import kvm_usable
 from attachfs.virt.libvirt_errors import UNPLUG_UNDER_WAY, active, gone, msg, virtiofsd_pidfile
 from attachfs.virt.libvirt_events import DomainEvents
@@ -267,9 +267,24 @@ class LibvirtDriver:
             self.daemons.tidy()
         return guests
 
-    def guest_generation(self, uuid: str) -> int | None:
-        xml = self._live_xml(uuid)
-        return lx.boot_generation(xml) if xml is not None else None
+    def observe(self, uuid: str) -> GuestView:
+        """One look-up and one read of the live XML for all of it."""
+        dom = self._lookup(uuid)
+        if dom is None:
+            return GuestView(PowerState.MISSING)
+        xml = self._live_xml(uuid, dom)
+        if xml is None:  # not running (or it went meanwhile)
+            return GuestView(self.guest_state(uuid))
+        shares = lx.live_shares(xml)
+        writable = set()
+        for tag, share in shares.items():
+            pid = self.daemons.pid(uuid, tag) if share.socket else \
+                pid_of(virtiofsd_pidfile(dom, share.alias))
+            if pid is not None and root_writable(pid):
+                writable.add(tag)
+        return GuestView(PowerState.RUNNING,
+                         {tag: Path(self._source(uuid, s)) for tag, s in shares.items()},
+                         frozenset(writable), lx.boot_generation(xml))
 
     def guest_share_tags(self, uuid: str) -> set[str]:
         xml = self._live_xml(uuid)
@@ -291,19 +306,6 @@ class LibvirtDriver:
         # as recorded, even when the daemon just ended: QEMU dropped the device and libvirt
         # has not yet taken it out of the live XML (a dead daemon's record goes with `tidy`)
         return self.daemons.source(uuid, share.tag) or ""
-
-    def writable_devices(self, uuid: str) -> set[str]:
-        dom = self._lookup(uuid)
-        xml = self._live_xml(uuid, dom) if dom is not None else None
-        if dom is None or xml is None:
-            return set()
-        found = set()
-        for tag, share in lx.live_shares(xml).items():
-            pid = self.daemons.pid(uuid, tag) if share.socket else \
-                pid_of(virtiofsd_pidfile(dom, share.alias))
-            if pid is not None and root_writable(pid):
-                found.add(tag)
-        return found
 
     # -- hot plug -------------------------------------------------------------------------------
     def _live_xml(self, uuid: str, dom: libvirt.virDomain | None = None) -> str | None:
