@@ -59,7 +59,9 @@ class Serve(Proc):
         return share_id, self.state_dir / "shares" / share_id
 
     def server(self, sid: str) -> dict[str, Any] | None:
-        r = self.http.get(f"/v2.1/servers/{sid}")
+        """The server body with attachfs's extension (its attachments and their faults)."""
+        r = self.http.get(f"/v2.1/servers/{sid}",
+                          headers={"OpenStack-API-Version": "compute 2.97, attachfs 1.0"})
         if r.status_code == 404:
             return None
         r.raise_for_status()

@@ -63,7 +63,13 @@ def test_strict_297_rule_restored_by_config(strict_client: tuple[TestClient, Par
     sid = _running(client, parts)
     share = create_share(client)
     r = client.post(f"/v2.1/servers/{sid}/shares", json={"share": {"share_id": share["id"]}})
-    assert r.status_code == 409 and "stop the server" in r.json()["conflictingRequest"]["message"]
+    assert r.status_code == 409
+    assert r.json()["conflictingRequest"]["message"] == (
+        f"Cannot 'create share' instance {sid} while it is in vm_state active")
+    # the server's state is checked before the share is looked up (2.97's order)
+    missing = str(uuid.uuid4())
+    r = client.post(f"/v2.1/servers/{sid}/shares", json={"share": {"share_id": missing}})
+    assert r.status_code == 409
 
 
 def test_read_only_is_an_extension(client: TestClient, parts: Parts) -> None:

@@ -9,6 +9,8 @@ from attachfs.db.tables import Share, ShareMapping
 from attachfs.service import Parts
 from tests.conftest import create_server, create_share, settle_server
 
+EXTENDED = {"OpenStack-API-Version": "compute 2.97, attachfs 1.0"}
+
 
 def _stopped_server(client: TestClient, parts: Parts, name: str = "vm1") -> str:
     sid = create_server(client, name)
@@ -35,12 +37,11 @@ def test_attach_list_show_detach(client: TestClient, parts: Parts) -> None:
                        headers={"X-Auth-Token": "admin:admin"}).json()["share"]
     assert set(admin) == {"share_id", "status", "tag", "uuid", "export_location"}
     assert admin["export_location"].startswith("local:")
-    # attaching is in flight: detach must wait
-    assert client.delete(f"/v2.1/servers/{sid}/shares/{share['id']}").status_code == 409
     with parts.db.session() as s:
         s.query(ShareMapping).update({"status": "inactive"})
     r = client.delete(f"/v2.1/servers/{sid}/shares/{share['id']}")
     assert r.status_code == 200 and r.content == b""
+    assert r.headers["content-type"] == "application/json"
     assert client.get(f"/v2.1/servers/{sid}/shares").json()["shares"][0]["status"] == "detaching"
 
 
@@ -159,8 +160,15 @@ def test_error_attachment_can_be_retried(client: TestClient, parts: Parts) -> No
     assert _attach(client, sid, share["id"]).status_code == 201
     with parts.db.session() as s:
         s.query(ShareMapping).update({"status": "error", "fault_message": "boom"})
-    r = _attach(client, sid, share["id"])
+    r = _attach(client, sid, share["id"])  # 2.97: already associated, whatever its status
+    assert r.status_code == 409
+    assert r.json()["conflictingRequest"]["message"] == (
+        f"Share '{share['id']}' or tag '{share['id']}' already associated to this server.")
+    retry = {"OpenStack-API-Version": "compute 2.97, attachfs 1.2"}
+    r = client.post(f"/v2.1/servers/{sid}/shares", headers=retry,
+                    json={"share": {"share_id": share["id"], "retry": True}})
     assert r.status_code == 201 and r.json()["share"]["status"] == "attaching"
+    assert r.json()["share"]["read_only"] is False  # 1.2 includes 1.1's views
 
 
 def test_parallel_posts_exactly_one_wins(client: TestClient, parts: Parts) -> None:
@@ -183,7 +191,9 @@ def test_legacy_actions(client: TestClient, parts: Parts) -> None:
     r = client.post(act, json={"share_attach": {"share_id": share["id"],
                                                 "mount_point": "/net/mymount"}})
     assert r.status_code == 202 and r.content == b""
-    server = client.get(f"/v2.1/servers/{sid}").json()["server"]
+    plain = client.get(f"/v2.1/servers/{sid}").json()["server"]
+    assert "os-extended-shares:shares_attached" not in plain  # strict 2.97 body
+    server = client.get(f"/v2.1/servers/{sid}", headers=EXTENDED).json()["server"]
     attached = server["os-extended-shares:shares_attached"]
     assert attached == [{"share_id": share["id"], "status": "attaching", "tag": share["id"],
                          "mount_point": "/net/mymount"}]

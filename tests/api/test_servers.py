@@ -17,7 +17,10 @@ def test_create_list_show_delete(client: TestClient, wakes: object) -> None:
     server = client.get(f"/v2.1/servers/{sid}").json()["server"]
     assert server["name"] == "web" and server["metadata"] == {"role": "web"}
     assert server["OS-EXT-STS:vm_state"] == "building"
-    assert server["os-extended-shares:shares_attached"] == []
+    assert "os-extended-shares:shares_attached" not in server  # only with the extension
+    extended = client.get(f"/v2.1/servers/{sid}",
+                          headers={"OpenStack-API-Version": "compute 2.97, attachfs 1.0"})
+    assert extended.json()["server"]["os-extended-shares:shares_attached"] == []
     assert "OS-EXT-SRV-ATTR:host" not in server
     r = client.delete(f"/v2.1/servers/{sid}")
     assert r.status_code == 204

@@ -6,7 +6,7 @@ def test_discovery_needs_no_token(client: TestClient) -> None:
         r = client.get(path, headers={"X-Auth-Token": ""})
         assert r.status_code == 200, path
     v = client.get("/v2.1/").json()["version"]
-    assert (v["id"], v["min_version"], v["version"]) == ("v2.1", "2.1", "2.97")
+    assert (v["id"], v["min_version"], v["version"]) == ("v2.1", "2.1", "2.104")
     assert client.get("/").json()["versions"][0]["status"] == "CURRENT"
 
 
@@ -23,7 +23,7 @@ def test_legacy_header_and_latest_and_default(client: TestClient) -> None:
                                              "X-OpenStack-Nova-API-Version": "2.90"})
     assert r.headers["X-OpenStack-Nova-API-Version"] == "2.90"
     r = client.get("/v2.1/flavors", headers={"OpenStack-API-Version": "compute latest"})
-    assert r.headers["OpenStack-API-Version"] == "compute 2.97"
+    assert r.headers["OpenStack-API-Version"] == "compute 2.104"
     r = client.get("/v2.1/flavors", headers={"OpenStack-API-Version": ""})
     assert r.headers["OpenStack-API-Version"] == "compute 2.1"
 

@@ -337,6 +337,9 @@ def _mapping(parts: Parts, server_id: str, share_id: str) -> ShareMapping | None
                                                 share_id=share_id).one_or_none()
 
 
+EXTENDED = {"OpenStack-API-Version": "compute 2.97, attachfs 1.0"}
+
+
 def test_end_to_end_attach_outage_retry_detach(parts: Parts, manila: Manila) -> None:
     agent = _agent_or_skip(parts)
     first = manila.create_share("attachfs-e2e-1")
@@ -373,7 +376,8 @@ def test_end_to_end_attach_outage_retry_detach(parts: Parts, manila: Manila) -> 
             assert r.status_code == 201, r.text
             with api_down(manila):
                 converge(agent.r, server_id)
-                view = client.get(f"/v2.1/servers/{server_id}").json()["server"]
+                view = client.get(f"/v2.1/servers/{server_id}", headers=EXTENDED).json()[
+                    "server"]
                 attached = {a["share_id"]: a for a in view["os-extended-shares:shares_attached"]}
                 assert attached[second["id"]]["status"] == "error"
                 fault = attached[second["id"]]["fault"]
@@ -386,8 +390,11 @@ def test_end_to_end_attach_outage_retry_detach(parts: Parts, manila: Manila) -> 
                     "message"]
             assert rule_for(manila, second["id"]) is None
 
-            # back: POSTing the same share again retries it -> inactive
+            # back: the same share again is a 409 (2.97), unless a retry is asked for
             r = client.post(shares, json={"share": {"share_id": second["id"]}})
+            assert r.status_code == 409, r.text
+            r = client.post(shares, headers={"OpenStack-API-Version": "compute 2.97, attachfs 1.2"},
+                            json={"share": {"share_id": second["id"], "retry": True}})
             assert r.status_code == 201, r.text
             converge(agent.r, server_id)
             assert client.get(f"{shares}/{second['id']}").json()["share"]["status"] == "inactive"

@@ -130,18 +130,34 @@ def test_create_server_records_desired_state(world: World) -> None:
                                      boot_image_refs=("other",)), world.uow, world.env)
 
 
-def test_attach_then_retry_only_from_error(world: World) -> None:
+def test_attach_then_retry_only_from_error_when_asked(world: World) -> None:
     sid, share_id = _server(world), world.shares.add("CEPHFS")  # docs: CEPHFS attaches
     mapping = handle(commands.AttachShare(ALICE, sid, share_id, "data"), world.uow, world.env)
     assert (mapping.status, mapping.tag, mapping.share_proto) == ("attaching", "data", "CEPHFS")
-    with pytest.raises(errors.Conflict, match="already attached"):
+    same = f"Share '{share_id}' or tag '{share_id}' already associated to this server."
+    with pytest.raises(errors.Conflict) as refused:
         handle(commands.AttachShare(ALICE, sid, share_id), world.uow, world.env)
+    assert refused.value.message == same
     with world.uow.write() as repos:
         row = repos.attachments.get(sid, share_id)
         assert row is not None
         row.status = "error"
-    again = handle(commands.AttachShare(ALICE, sid, share_id), world.uow, world.env)
+    with pytest.raises(errors.Conflict):  # a retry is asked for, never implied
+        handle(commands.AttachShare(ALICE, sid, share_id), world.uow, world.env)
+    again = handle(commands.AttachShare(ALICE, sid, share_id, retry=True), world.uow, world.env)
     assert again.status == "attaching"
+
+
+def test_a_tag_in_use_is_the_same_conflict(world: World) -> None:
+    sid = _server(world)
+    first, second, third = world.shares.add(), world.shares.add(), world.shares.add()
+    handle(commands.AttachShare(ALICE, sid, first), world.uow, world.env)  # tag: its id
+    handle(commands.AttachShare(ALICE, sid, second, "data"), world.uow, world.env)
+    for tag in ("data", first):  # another's tag, and another's default tag
+        with pytest.raises(errors.Conflict) as refused:
+            handle(commands.AttachShare(ALICE, sid, third, tag), world.uow, world.env)
+        assert refused.value.message == (f"Share '{third}' or tag '{tag}' already associated "
+                                         "to this server.")
 
 
 @pytest.mark.parametrize(("protocol", "tag", "error"), [
@@ -166,25 +182,41 @@ def test_other_projects_see_nothing(world: World) -> None:
         handle(commands.StartServer(bob, sid), world.uow, world.env)
 
 
-def test_detach_waits_for_a_settled_attachment(world: World) -> None:
+def test_detach_is_honoured_while_attaching(world: World) -> None:
     sid, share_id = _server(world), world.shares.add()
     handle(commands.AttachShare(ALICE, sid, share_id), world.uow, world.env)
-    with pytest.raises(errors.Conflict):
-        handle(commands.DetachShare(ALICE, sid, share_id), world.uow, world.env)
-    with world.uow.write() as repos:
-        row = repos.attachments.get(sid, share_id)
-        assert row is not None
-        row.status = "inactive"
     handle(commands.DetachShare(ALICE, sid, share_id), world.uow, world.env)
     assert queries.show_attachment(world.uow, world.env, ALICE, sid, share_id).status == \
         "detaching"
+    handle(commands.DetachShare(ALICE, sid, share_id), world.uow, world.env)  # again: the same
+    for missing in (str(world.shares.add()), "not-a-uuid"):
+        with pytest.raises(errors.NotFound) as refused:
+            handle(commands.DetachShare(ALICE, sid, missing), world.uow, world.env)
+        assert refused.value.message == f"Share {missing} could not be found."
+
+
+def test_detach_from_a_server_in_error(world: World) -> None:
+    sid, share_id = _server(world), world.shares.add()
+    handle(commands.AttachShare(ALICE, sid, share_id), world.uow, world.env)
+    with world.uow.write() as repos:
+        row = repos.servers.get(sid)
+        assert row is not None
+        row.vm_state = "error"
+    handle(commands.DetachShare(ALICE, sid, share_id), world.uow, world.env)
+    with pytest.raises(errors.Conflict) as refused:
+        handle(commands.AttachShare(ALICE, sid, world.shares.add()), world.uow, world.env)
+    assert refused.value.message == (f"Cannot 'create share' instance {sid} while it is in "
+                                     "vm_state error")
 
 
 def test_power_changes_need_an_idle_server(world: World) -> None:
     sid = _server(world)
     handle(commands.StartServer(ALICE, sid), world.uow, world.env)
-    with pytest.raises(errors.Conflict, match="task_state powering-on"):
+    with pytest.raises(errors.Conflict) as refused:  # vm_state first, as the compute service
         handle(commands.StopServer(ALICE, sid), world.uow, world.env)
+    assert refused.value.message == f"Cannot 'stop' instance {sid} while it is in vm_state stopped"
+    with pytest.raises(errors.Conflict, match="task_state powering-on"):
+        handle(commands.StartServer(ALICE, sid), world.uow, world.env)
     handle(commands.DeleteServer(ALICE, sid), world.uow, world.env)
     handle(commands.DeleteServer(ALICE, sid), world.uow, world.env)  # repeated: no change
     actions = [a.action for a in queries.list_actions(world.uow, world.env, ALICE, sid)]

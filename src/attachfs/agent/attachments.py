@@ -49,11 +49,13 @@ class Attachments:
 
     # ---- rows --------------------------------------------------------------------------------
     def set_status(self, mapping_id: int, status: str | None, fault: str | None = None,
-                   note: str | None = None) -> None:
-        """Move one attachment on; status None deletes the row (detach finished)."""
+                   note: str | None = None, expect: str | None = None) -> None:
+        """Move one attachment on; status None deletes the row (detach finished). `expect`:
+        the status the agent acted on; when a request changed it meanwhile (a DELETE while
+        attaching) nothing is written: the next pass works from the new desired state."""
         with self.db.session() as s:
-            row = s.get(ShareMapping, mapping_id)
-            if row is None:
+            row = s.get(ShareMapping, mapping_id, with_for_update=True)
+            if row is None or (expect is not None and row.status != expect):
                 return
             if status is None:
                 finish_action(s, row.request_id, "Success", note)
@@ -71,7 +73,7 @@ class Attachments:
              event: str | None = None) -> None:
         fault = f"{step} failed: {exc}"
         log.warning("server %s share %s: %s", m.instance_uuid, m.share_id, fault)
-        self.set_status(m.id, AttachmentStatus.ERROR, fault)
+        self.set_status(m.id, AttachmentStatus.ERROR, fault, expect=m.status)
         if event:
             self._notify(server, m, f"{event}.error", fault=fault_payload(fault, step))
 

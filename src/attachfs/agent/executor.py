@@ -204,10 +204,10 @@ class Executor:
         if step.status is None:
             if m.status == AttachmentStatus.DETACHING:
                 self.a._notify(server, m, "share_detach.end")
-            self.a.set_status(m.id, None, note=step.note)
+            self.a.set_status(m.id, None, note=step.note, expect=m.status)
             log.info("server %s share %s: detached", server.uuid, m.share_id)
             return
-        self.a.set_status(m.id, step.status)
+        self.a.set_status(m.id, step.status, expect=m.status)
         if m.status == AttachmentStatus.ATTACHING:
             self.a._notify(server, m, "share_attach.end")
             log.info("server %s share %s: attached -> %s", server.uuid, m.share_id, step.status)

@@ -38,6 +38,17 @@ def is_compute(path: str) -> bool:
     return path == "/" or path.startswith(COMPUTE_PREFIXES)
 
 
+JSON = "application/json"
+# What the compute service reads as JSON; none, empty or text/plain count as JSON too (its
+# eventlet/webob heritage), anything else is a 415.
+JSON_TYPES = {"", "text/plain", JSON, "application/vnd.openstack.compute+json"}
+
+
+def _unsupported_content_type(request: Request) -> bool:
+    header = request.headers.get("content-type")
+    return header is not None and header.split(";")[0].strip().lower() not in JSON_TYPES
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -79,7 +90,12 @@ def _add_request_context(app: FastAPI, state: ApiState) -> None:
         else:
             request.state.version = version
             request.state.extension = extension
-            response = await _authenticated(request, call_next, request_id)
+            if _unsupported_content_type(request):
+                response = fault(415, HTTP_FAULTS[415], "Unsupported Content-Type")
+            else:
+                response = await _authenticated(request, call_next, request_id)
+            if "content-type" not in response.headers:  # even DELETE's empty 200
+                response.headers["Content-Type"] = JSON
             response.headers[microversion.HEADERS[0]] = f"compute {version}" + (
                 f", {microversion.EXT_SERVICE} {extension}" if extension else "")
             response.headers[microversion.HEADERS[1]] = str(version)
@@ -116,10 +132,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         return fault(*BAD_REQUEST, f"Malformed request body: {exc}")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        name = HTTP_FAULTS.get(exc.status_code, "computeFault")
-        message = "The resource could not be found." if exc.status_code == 404 else str(exc.detail)
-        return fault(exc.status_code, name, message)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = exc.status_code
+        if code == 405 and is_compute(request.url.path):
+            code = 404  # the compute service routes by method too: no such route
+        name = HTTP_FAULTS.get(code, "computeFault")
+        message = "The resource could not be found." if code == 404 else str(exc.detail)
+        return fault(code, name, message)
 
     # The unit of work translates database errors (db/uow.py); these two catch what adapters
     # that use the database on their own (the built-in share provider) let through.

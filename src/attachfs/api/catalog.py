@@ -15,8 +15,11 @@ from fastapi import APIRouter, Request
 from attachfs.api import deps, views
 from attachfs.api.adapters import find_image
 from attachfs.api.deps import base_url
-from attachfs.api.microversion import MAX_VERSION, MIN_VERSION, fmt
+from attachfs.api.microversion import MAX_VERSION, MIN_VERSION, Version, fmt
+from attachfs.api.validation import NO_QUERY, check_query
 from attachfs.core.flavors import FLAVORS, find_flavor
+from attachfs.core.validation import name_filter
+from attachfs.errors import BadRequest
 from attachfs.virt.base import BootImage
 
 router = APIRouter()
@@ -45,20 +48,54 @@ def version_v21(request: Request) -> dict[str, Any]:
     return {"version": _v21(request)}
 
 
+# The flavor list's query (nova/api/openstack/compute/schemas/flavors.py): unknown parameters
+# are ignored below 2.75 and a 400 from it; 2.102 adds the `name` filter.
+_MULTI = {"type": "array", "items": {"type": "string"}}
+_FLAVOR_QUERY = {"limit", "marker", "is_public", "minRam", "minDisk", "sort_key", "sort_dir"}
+
+
+def _flavor_query(version: Version) -> dict[str, Any]:
+    names = _FLAVOR_QUERY | ({"name"} if version.at_least("2.102") else set())
+    return {"type": "object", "properties": {n: _MULTI for n in sorted(names)},
+            "additionalProperties": False}
+
+
+def _at_least(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise BadRequest(f"Invalid {name} filter [{raw}]") from exc
+
+
 @router.get("/v2.1/flavors")
 @router.get("/v2.1/flavors/detail")
 def list_flavors(request: Request) -> dict[str, Any]:
+    version = deps.version(request)
+    if version.at_least("2.75"):
+        check_query(_flavor_query(version), request.query_params)
     detailed = request.url.path.endswith("/detail")
     base = base_url(request)
-    out = [views.flavor(f, base) if detailed else
+    min_ram, min_disk = _at_least(request, "minRam"), _at_least(request, "minDisk")
+    name = request.query_params.get("name") if version.at_least("2.102") else None
+    matches = name_filter(name) if name is not None else None
+    out = [views.flavor(f, base, version) if detailed else
            {"id": f.id, "name": f.name, "links": views.link(base, "flavors", f.id)}
-           for f in FLAVORS.values()]
+           for f in FLAVORS.values()
+           if (min_ram is None or f.ram_mib >= min_ram)
+           and (min_disk is None or f.disk_gib >= min_disk)
+           and (matches is None or matches(f.name))]
     return {"flavors": out}
 
 
 @router.get("/v2.1/flavors/{flavor_id}")
 def show_flavor(flavor_id: str, request: Request) -> dict[str, Any]:
-    return {"flavor": views.flavor(find_flavor(flavor_id), base_url(request))}
+    version = deps.version(request)
+    if version.at_least("2.102"):
+        check_query(NO_QUERY, request.query_params)
+    return {"flavor": views.flavor(find_flavor(flavor_id), base_url(request), version)}
 
 
 def host_images(request: Request) -> list[BootImage]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -54,6 +55,18 @@ def require_version(request: Request, minimum: str) -> None:
     """Below the microversion that introduced a resource, it does not exist (404)."""
     if not version(request).at_least(minimum):
         raise NotFound("The resource could not be found.")
+
+
+async def json_body(request: Request) -> Any:
+    """The request body as the compute service reads it: empty is None, else JSON (whatever
+    the Content-Type said, once the middleware let it through)."""
+    raw = await request.body()
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("Malformed request body") from exc
 
 
 def parse(model: type[M], body: Any) -> M:

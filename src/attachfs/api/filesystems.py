@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from attachfs.api import deps
@@ -79,7 +79,7 @@ def show_filesystem(name: str, request: Request) -> dict[str, Any]:
 
 
 @router.put("/{name}", status_code=201)
-def create_filesystem(name: str, request: Request, body: Any = Body(None)) -> dict[str, Any]:
+def create_filesystem(name: str, request: Request, body: Any = Depends(deps.json_body)) -> dict[str, Any]:
     ctx = deps.context(request)
     if not _NAME.match(name):
         raise BadRequest("name must be 1-255 characters of [A-Za-z0-9._-]")
@@ -111,7 +111,7 @@ def list_instances(name: str, request: Request) -> dict[str, Any]:
 def connect_instance(name: str, server_id: str, request: Request) -> dict[str, Any]:
     ctx = deps.context(request)
     share_id = queries.share_id(deps.uow(request), ctx, _ref(request, name))
-    attachments.attach_share(AttachShare(ctx, server_id, share_id), deps.uow(request),
+    attachments.attach_share(AttachShare(ctx, server_id, share_id, retry=True), deps.uow(request),
                              deps.env(request))
     return {"id": server_id}
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from attachfs.errors import BadRequest, NotAcceptable
 
 MIN_VERSION = (2, 1)
-MAX_VERSION = (2, 97)
+MAX_VERSION = (2, 104)  # Nova 34 (2025.2) and 35's maximum
 HEADERS = ("OpenStack-API-Version", "X-OpenStack-Nova-API-Version")
 VARY = ", ".join(HEADERS)
 _RE = re.compile(r"^([1-9]\d*)\.([1-9]\d*|0)$")
@@ -34,8 +34,10 @@ def fmt(v: tuple[int, int]) -> str:
 # attachfs's own extensions, asked for beside the compute version:
 #   OpenStack-API-Version: compute 2.97, attachfs 1.1
 # 1.1: read-only attachments (`read_only` in the attach body and in attachment views).
+# 1.2: `retry` in the attach body drives an attachment in `error` again.
+# Any extension version also adds `os-extended-shares:shares_attached` to server bodies.
 EXT_SERVICE = "attachfs"
-EXT_MAX = (1, 1)
+EXT_MAX = (1, 2)
 
 
 def parse_extension(openstack_header: str | None) -> Version | None:

@@ -16,6 +16,8 @@ from attachfs.errors import Forbidden
 ADMIN = "role:admin"
 PROJECT_READER_OR_ADMIN = "(role:reader and project_id:%(project_id)s) or rule:context_is_admin"
 PROJECT_MEMBER_OR_ADMIN = "(role:member and project_id:%(project_id)s) or rule:context_is_admin"
+PROJECT_MANAGER_OR_ADMIN = ("(role:manager and project_id:%(project_id)s) or "
+                            "rule:context_is_admin")
 
 _SHARES = "os_compute_api:os-server-shares:%s"
 _RULES: list[tuple[str, str, str]] = [
@@ -34,6 +36,29 @@ _RULES: list[tuple[str, str, str]] = [
     ("os_compute_api:os-console-output", PROJECT_MEMBER_OR_ADMIN, "Read the serial console"),
     ("os_compute_api:os-instance-actions:list", PROJECT_READER_OR_ADMIN, "List actions"),
     ("os_compute_api:os-instance-actions:show", PROJECT_READER_OR_ADMIN, "Show an action"),
+    # actions attachfs does not carry out (core/handlers/servers.py): the compute service's
+    # rules, so that who gets a 403 and who a 409 is the same as there
+    ("os_compute_api:os-shelve:shelve", PROJECT_MEMBER_OR_ADMIN, "Shelve a server"),
+    ("os_compute_api:os-shelve:shelve_offload", ADMIN, "Offload a shelved server"),
+    ("os_compute_api:os-shelve:unshelve", PROJECT_MEMBER_OR_ADMIN, "Unshelve a server"),
+    ("os_compute_api:os-suspend-server:suspend", PROJECT_MEMBER_OR_ADMIN, "Suspend a server"),
+    ("os_compute_api:os-suspend-server:resume", PROJECT_MEMBER_OR_ADMIN, "Resume a server"),
+    ("os_compute_api:os-pause-server:pause", PROJECT_MEMBER_OR_ADMIN, "Pause a server"),
+    ("os_compute_api:os-pause-server:unpause", PROJECT_MEMBER_OR_ADMIN, "Unpause a server"),
+    ("os_compute_api:os-lock-server:lock", PROJECT_MEMBER_OR_ADMIN, "Lock a server"),
+    ("os_compute_api:os-lock-server:unlock", PROJECT_MEMBER_OR_ADMIN, "Unlock a server"),
+    ("os_compute_api:os-migrate-server:migrate", PROJECT_MANAGER_OR_ADMIN,
+     "Cold migrate a server"),
+    ("os_compute_api:os-migrate-server:migrate_live", PROJECT_MANAGER_OR_ADMIN,
+     "Live migrate a server"),
+    ("os_compute_api:os-evacuate", ADMIN, "Evacuate a server from a failed host"),
+    ("os_compute_api:servers:resize", PROJECT_MEMBER_OR_ADMIN, "Resize a server"),
+    ("os_compute_api:servers:confirm_resize", PROJECT_MEMBER_OR_ADMIN, "Confirm a resize"),
+    ("os_compute_api:servers:revert_resize", PROJECT_MEMBER_OR_ADMIN, "Revert a resize"),
+    ("os_compute_api:servers:rebuild", PROJECT_MEMBER_OR_ADMIN, "Rebuild a server"),
+    ("os_compute_api:servers:create_image", PROJECT_MEMBER_OR_ADMIN, "Snapshot a server"),
+    ("os_compute_api:os-rescue", PROJECT_MEMBER_OR_ADMIN, "Rescue a server"),
+    ("os_compute_api:os-unrescue", PROJECT_MEMBER_OR_ADMIN, "Unrescue a server"),
     ("attachfs:os-filesystem:index", PROJECT_READER_OR_ADMIN, "List built-in shares"),
     ("attachfs:os-filesystem:show", PROJECT_READER_OR_ADMIN, "Show a built-in share"),
     ("attachfs:os-filesystem:create", PROJECT_MEMBER_OR_ADMIN, "Create a built-in share"),

@@ -1,45 +1,48 @@
-"""Share attachments, compute API microversion 2.97: /servers/{id}/shares."""
+"""Share attachments, compute API microversion 2.97: /servers/{id}/shares.
+
+Each route checks in the compute service's order: the microversion, the query or body against
+2.97's JSON Schema, then the core handler (server, policy, server state, share)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Request, Response
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Depends, Request, Response
 
 from attachfs.api import deps, views
+from attachfs.api.validation import NO_QUERY, check_body, check_query
 from attachfs.core.commands import AttachShare, DetachShare
 from attachfs.core.handlers import attachments, queries
-from attachfs.core.model import validate_uuid
 from attachfs.core.ports import AttachmentRecord
+from attachfs.core.rules import TAG_CHARS
 
 router = APIRouter(prefix="/v2.1/servers/{server_id}/shares")
 MICROVERSION = "2.97"
 
+# attachfs extensions (OpenStack-API-Version: compute 2.97, attachfs X.Y):
+READ_ONLY_EXT = "1.1"  # `read_only` in the attach body and in the views
+RETRY_EXT = "1.2"  # `retry`: drive an attachment in `error` again (else 409 already attached)
 
-class ShareAttach(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    share_id: str
-    tag: str | None = None
-
-
-class ShareAttachBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    share: ShareAttach
+# 2.97's schema (nova/api/openstack/compute/schemas/server_shares.py), built from our rules.
+SHARE_ID = {"type": "string", "format": "uuid"}
+TAG = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": f"^[{TAG_CHARS}]*$"}
 
 
-class ShareAttachExt(ShareAttach):
-    """attachfs extension 1.1: read-only attachments, enforced on the host."""
+def attach_schema(read_only: bool = False, retry: bool = False) -> dict[str, Any]:
+    share: dict[str, Any] = {"share_id": SHARE_ID, "tag": TAG}
+    if read_only:
+        share["read_only"] = {"type": "boolean"}
+    if retry:
+        share["retry"] = {"type": "boolean"}
+    return {"type": "object",
+            "properties": {"share": {"type": "object", "properties": share,
+                                     "required": ["share_id"], "additionalProperties": False}},
+            "required": ["share"], "additionalProperties": False}
 
-    read_only: bool = False
 
-
-class ShareAttachExtBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    share: ShareAttachExt
-
-
-READ_ONLY_EXT = "1.1"
+ATTACH = attach_schema()
+ATTACH_READ_ONLY = attach_schema(read_only=True)
+ATTACH_RETRY = attach_schema(read_only=True, retry=True)
 
 
 def mapping_view(request: Request, mapping: AttachmentRecord, admin: bool) -> dict[str, Any]:
@@ -52,21 +55,23 @@ def mapping_view(request: Request, mapping: AttachmentRecord, admin: bool) -> di
 @router.get("")
 def list_shares(server_id: str, request: Request) -> dict[str, Any]:
     deps.require_version(request, MICROVERSION)
+    check_query(NO_QUERY, request.query_params)
     mappings = queries.list_attachments(deps.uow(request), deps.env(request),
                                         deps.context(request), server_id)
     return {"shares": [mapping_view(request, m, admin=False) for m in mappings]}
 
 
 @router.post("", status_code=201)
-def create_share(server_id: str, request: Request, body: Any = Body(None)) -> dict[str, Any]:
+def create_share(server_id: str, request: Request,
+                 body: Any = Depends(deps.json_body)) -> dict[str, Any]:
     deps.require_version(request, MICROVERSION)
     ctx = deps.context(request)
-    if deps.extension(request, READ_ONLY_EXT):
-        ext = deps.parse(ShareAttachExtBody, body).share
-        cmd = AttachShare(ctx, server_id, ext.share_id, ext.tag, None, ext.read_only)
-    else:
-        spec = deps.parse(ShareAttachBody, body).share  # exactly 2.97's schema
-        cmd = AttachShare(ctx, server_id, spec.share_id, spec.tag)
+    schema = (ATTACH_RETRY if deps.extension(request, RETRY_EXT) else
+              ATTACH_READ_ONLY if deps.extension(request, READ_ONLY_EXT) else ATTACH)
+    check_body(schema, body)
+    spec = body["share"]
+    cmd = AttachShare(ctx, server_id, spec["share_id"], spec.get("tag"), None,
+                      spec.get("read_only", False), spec.get("retry", False))
     mapping = attachments.attach_share(cmd, deps.uow(request), deps.env(request))
     return {"share": mapping_view(request, mapping, ctx.is_admin)}
 
@@ -74,9 +79,10 @@ def create_share(server_id: str, request: Request, body: Any = Body(None)) -> di
 @router.get("/{share_id}")
 def show_share(server_id: str, share_id: str, request: Request) -> dict[str, Any]:
     deps.require_version(request, MICROVERSION)
+    check_query(NO_QUERY, request.query_params)
     ctx = deps.context(request)
     mapping = queries.show_attachment(deps.uow(request), deps.env(request), ctx, server_id,
-                                      validate_uuid(share_id, "share_id"))
+                                      share_id)
     return {"share": mapping_view(request, mapping, ctx.is_admin)}
 
 
@@ -85,4 +91,4 @@ def delete_share(server_id: str, share_id: str, request: Request) -> Response:
     deps.require_version(request, MICROVERSION)
     attachments.detach_share(DetachShare(deps.context(request), server_id, share_id),
                              deps.uow(request), deps.env(request))
-    return Response(status_code=200)
+    return Response(status_code=200, media_type="application/json")

@@ -8,10 +8,11 @@ import binascii
 from typing import Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from attachfs.api import deps, views
+from attachfs.api.validation import NO_QUERY, check_body, check_query
 from attachfs.core.commands import (
     AttachShare,
     Command,
@@ -21,6 +22,7 @@ from attachfs.core.commands import (
     RebootServer,
     StartServer,
     StopServer,
+    UnavailableAction,
 )
 from attachfs.core.context import RequestContext
 from attachfs.core.handlers import handle, queries, servers
@@ -103,7 +105,7 @@ class LegacyDetach(BaseModel):
 
 
 @router.post("", status_code=202)
-def create_server(request: Request, body: Any = Body(None)) -> dict[str, Any]:
+def create_server(request: Request, body: Any = Depends(deps.json_body)) -> dict[str, Any]:
     spec = deps.parse(ServerCreateBody, body).server
     cmd = CreateServer(
         deps.context(request), name=spec.name, flavor_ref=spec.flavorRef,
@@ -160,20 +162,24 @@ def list_servers(request: Request) -> dict[str, Any]:
 @router.get("/detail")
 def list_servers_detail(request: Request) -> dict[str, Any]:
     ctx = deps.context(request)
+    extended = deps.extension(request, "1.0")  # only then are attachments shown
     rows, shares = queries.list_servers(deps.uow(request), deps.env(request), ctx,
-                                        _page(request), with_attachments=True)
+                                        _page(request), with_attachments=extended)
     return {"servers": [views.server_detail(sv, shares.get(sv.uuid, []), deps.base_url(request),
-                                            deps.version(request), ctx.is_admin)
+                                            deps.version(request), ctx.is_admin, extended)
                         for sv in rows],
             **_page_links(request, rows, "/v2.1/servers/detail")}
 
 
 @router.get("/{server_id}")
 def show_server(server_id: str, request: Request) -> dict[str, Any]:
+    if deps.version(request).at_least("2.102"):
+        check_query(NO_QUERY, request.query_params)
     ctx = deps.context(request)
     server, mappings = queries.show_server(deps.uow(request), deps.env(request), ctx, server_id)
     return {"server": views.server_detail(server, mappings, deps.base_url(request),
-                                          deps.version(request), ctx.is_admin)}
+                                          deps.version(request), ctx.is_admin,
+                                          deps.extension(request, "1.0"))}
 
 
 @router.delete("/{server_id}", status_code=204)
@@ -203,12 +209,48 @@ def _console_output(request: Request, server_id: str, spec: ConsoleOutput) -> di
     return {"output": "".join(lines)}
 
 
+# Bodies of the actions attachfs refuses, checked first as the compute service checks them
+# (its schemas at the current microversions): a malformed request is a 400 before anything.
+_HOST = {"type": ["string", "null"], "pattern": "^[a-zA-Z0-9-._]*$", "minLength": 1,
+         "maxLength": 255}
+_BOOLEANS: list[Any] = [True, "True", "TRUE", "true", "1", "ON", "On", "on", "YES", "Yes", "yes",
+                     False, "False", "FALSE", "false", "0", "OFF", "Off", "off", "NO", "No", "no"]
+ANY_BODY: dict[str, Any] = {"type": "object"}
+
+
+def _action(name: str, inner: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": {name: inner}, "required": [name],
+            "additionalProperties": False}
+
+
+ACTION_SCHEMAS: dict[str, dict[str, Any]] = {
+    "migrate": _action("migrate", {"type": ["object", "null"], "properties": {"host": _HOST},
+                                   "additionalProperties": False}),
+    "os-migrateLive": _action("os-migrateLive", {
+        "type": "object",
+        "properties": {"block_migration": {"type": ["boolean", "string"],
+                                           "enum": [*_BOOLEANS, "auto"]},
+                       "host": _HOST},
+        "required": ["block_migration", "host"], "additionalProperties": False}),
+    "evacuate": _action("evacuate", {
+        "type": "object",
+        "properties": {"host": {**_HOST, "type": "string"}, "adminPass": {"type": "string"}},
+        "additionalProperties": False}),
+    "resize": _action("resize", {
+        "type": "object",
+        "properties": {"flavorRef": {"type": ["string", "integer"], "minLength": 1},
+                       "OS-DCF:diskConfig": {"type": "string", "enum": ["AUTO", "MANUAL"]}},
+        "required": ["flavorRef"], "additionalProperties": False}),
+}
+
+
 def _command(action: str, args: Any, ctx: RequestContext, server_id: str) -> Command:
     """The command a server action asks for (400 for an unknown action or bad arguments)."""
     if action == "share_attach":
         spec = deps.parse(LegacyAttach, args)
+        # seed 004's action drives an attachment in `error` again when asked once more
         return AttachShare(ctx, server_id, spec.share_id, spec.tag, spec.mount_point,
-                           spec.read_only)
+                           spec.read_only, retry=True)
     if action == "share_detach":
         return DetachShare(ctx, server_id, deps.parse(LegacyDetach, args).share_id)
     if action == "reboot":
@@ -217,11 +259,14 @@ def _command(action: str, args: Any, ctx: RequestContext, server_id: str) -> Com
         if args is not None and args != {}:
             raise BadRequest(f"{action} takes no arguments")
         return (StartServer if action == "os-start" else StopServer)(ctx, server_id)
-    raise BadRequest(f"Unsupported server action: {action}")
+    if action in servers.UNAVAILABLE_ACTIONS:
+        check_body(ACTION_SCHEMAS.get(action, ANY_BODY), {action: args})
+        return UnavailableAction(ctx, server_id, action)
+    raise BadRequest(f"There is no such action: {action}")
 
 
 @router.post("/{server_id}/action")
-def server_action(server_id: str, request: Request, body: Any = Body(None)) -> Any:
+def server_action(server_id: str, request: Request, body: Any = Depends(deps.json_body)) -> Any:
     if not isinstance(body, dict) or len(body) != 1:
         raise BadRequest("The action body must be an object with exactly one action")
     (action, args), = body.items()

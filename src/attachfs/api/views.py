@@ -43,19 +43,33 @@ def attached_share(m: AttachmentRecord, admin: bool) -> dict[str, Any]:
     return view
 
 
-def flavor(f: Flavor, base: str) -> dict[str, Any]:
-    return {"id": f.id, "name": f.name, "vcpus": f.vcpus, "ram": f.ram_mib, "disk": f.disk_gib,
-            "OS-FLV-EXT-DATA:ephemeral": 0, "swap": 0, "rxtx_factor": 1.0,
-            "os-flavor-access:is_public": True, "OS-FLV-DISABLED:disabled": False,
-            "description": None, "extra_specs": {}, "links": link(base, "flavors", f.id)}
+def flavor(f: Flavor, base: str, version: Version) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": f.id, "name": f.name, "vcpus": f.vcpus, "ram": f.ram_mib, "disk": f.disk_gib,
+        "OS-FLV-EXT-DATA:ephemeral": 0, "swap": 0, "rxtx_factor": 1.0,
+        "os-flavor-access:is_public": True, "OS-FLV-DISABLED:disabled": False,
+        "description": None, "extra_specs": {}, "links": link(base, "flavors", f.id)}
+    if version.at_least("2.102"):  # both fields were dropped from flavor views at 2.102
+        del view["rxtx_factor"], view["OS-FLV-DISABLED:disabled"]
+    return view
 
 
 def server_brief(s: ServerRecord, base: str) -> dict[str, Any]:
     return {"id": s.uuid, "name": s.name, "links": link(base, "servers", s.uuid)}
 
 
+# Server body keys the compute service adds at a microversion (nova/api/openstack/compute/
+# views/servers.py); below it they are absent.
+SINCE = {"locked": "2.9", "host_status": "2.16", "description": "2.19", "tags": "2.26",
+         "trusted_image_certificates": "2.63", "server_groups": "2.71",
+         "pinned_availability_zone": "2.96"}
+
+
 def server_detail(s: ServerRecord, mappings: list[AttachmentRecord], base: str, version: Version,
-                  admin: bool) -> dict[str, Any]:
+                  admin: bool, extended: bool = False) -> dict[str, Any]:
+    """`extended`: the client asked for attachfs's extension (any version), which adds
+    seed 004's `os-extended-shares:shares_attached`; without it the body is the compute
+    service's, key for key."""
     fl = FLAVORS.get(s.flavor_id)
     flavor_view: dict[str, Any]
     if version.at_least("2.47"):
@@ -64,10 +78,15 @@ def server_detail(s: ServerRecord, mappings: list[AttachmentRecord], base: str, 
                        "extra_specs": {}}
     else:
         flavor_view = {"id": s.flavor_id, "links": link(base, "flavors", s.flavor_id)[1:]}
+    image: dict[str, Any] = {"id": s.image_id, "links": link(base, "images", s.image_id)[1:]}
+    if version.at_least("2.98"):
+        # the image's standard properties (hw_*, os_*, ...) as the server booted with them;
+        # attachfs's boot images carry none (their kernel command line is not one)
+        image["properties"] = {}
     view: dict[str, Any] = {
         "id": s.uuid, "name": s.name, "status": server_status(s.vm_state, s.task_state),
         "tenant_id": s.project_id, "user_id": s.user_id, "metadata": s.meta or {},
-        "hostId": "", "image": {"id": s.image_id, "links": link(base, "images", s.image_id)[1:]},
+        "hostId": "", "image": image,
         "flavor": flavor_view, "created": iso(s.created_at), "updated": iso(s.updated_at),
         "addresses": {}, "accessIPv4": "", "accessIPv6": "", "links": link(base, "servers", s.uuid),
         "OS-DCF:diskConfig": "MANUAL", "progress": 0, "OS-EXT-AZ:availability_zone": "nova",
@@ -77,14 +96,20 @@ def server_detail(s: ServerRecord, mappings: list[AttachmentRecord], base: str, 
         "OS-EXT-STS:vm_state": s.vm_state, "OS-EXT-STS:task_state": s.task_state,
         "OS-EXT-STS:power_state": POWER_STATE.get(s.vm_state, 0),
         "os-extended-volumes:volumes_attached": [],
-        # seed 004: attached shares shown on the server
-        "os-extended-shares:shares_attached": [attached_share(m, admin) for m in mappings],
         "locked": False, "tags": [], "description": None, "host_status": "UP" if admin else None,
         "trusted_image_certificates": None, "server_groups": [],
         "pinned_availability_zone": None,
     }
-    if not version.at_least("2.16"):
-        view.pop("host_status")
+    if extended:  # seed 004: attached shares shown on the server
+        view["os-extended-shares:shares_attached"] = [attached_share(m, admin) for m in mappings]
+    for key, since in SINCE.items():
+        if not version.at_least(since):
+            view.pop(key, None)
+    if version.at_least("2.73"):
+        view["locked_reason"] = None
+
+    if version.at_least("2.100"):
+        view["scheduler_hints"] = {}  # attachfs takes no scheduler hints at create
     if admin:
         view["OS-EXT-SRV-ATTR:host"] = s.host
         view["OS-EXT-SRV-ATTR:hypervisor_hostname"] = s.host

@@ -17,8 +17,11 @@ import httpx
 DEFAULT_URL = "http://127.0.0.1:8774"
 DEFAULT_TOKEN = "demo:demo"
 MICROVERSION = "2.97"
+# attachfs's extension 1.0 adds `os-extended-shares:shares_attached` to server bodies (the
+# server list shows each server's shares); without it bodies are exactly the compute service's.
+EXTENSION = "1.0"
 API_HEADERS = {
-    "OpenStack-API-Version": f"compute {MICROVERSION}",
+    "OpenStack-API-Version": f"compute {MICROVERSION}, attachfs {EXTENSION}",
     "X-OpenStack-Nova-API-Version": MICROVERSION,
     "Accept": "application/json",
 }

@@ -48,6 +48,15 @@ class DeleteServer(Command):
     server_id: str
 
 
+@dataclass(frozen=True)
+class UnavailableAction(Command):
+    """A server action of the compute service that attachfs does not carry out (shelve,
+    migrate, ...): answered as the compute service answers where it can, else a clear 409."""
+
+    server_id: str
+    action: str
+
+
 # ---- share attachments ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class AttachShare(Command):
@@ -56,6 +65,7 @@ class AttachShare(Command):
     tag: str | None = None
     mount_point: str | None = None
     read_only: bool = False
+    retry: bool = False  # drive an attachment in `error` again (else: already attached, 409)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,14 @@ def share_visible(share: _ScopedShare, ctx: _Caller) -> bool:
     return ctx.is_admin or share.scope == ShareScope.GLOBAL or share.project_id == ctx.project_id
 
 
+def is_uuid(value: object) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return isinstance(value, str)
+
+
 def validate_uuid(value: str, field: str) -> str:
     try:
         return str(uuid.UUID(value))
@@ -97,19 +105,37 @@ def validate_uuid(value: str, field: str) -> str:
         raise BadRequest(f"Invalid input for field/attribute {field}: '{value}' is not a UUID") from exc
 
 
-# ---- attachment state machine ---------------------------------------------------------------
+# ---- server states -----------------------------------------------------------------------
 
-def require_share_change_allowed(vm_state: str, task_state: str | None, verb: str,
-                                 hot_plug: bool) -> None:
-    """Shares change while the server is idle and stopped, or (hot plug) idle and running.
-    With hot plug off this is exactly 2.97's rule: stopped only."""
-    allowed = (VmState.STOPPED, VmState.ACTIVE) if hot_plug else (VmState.STOPPED,)
-    if vm_state not in allowed or task_state is not None:
-        raise Conflict(
-            f"Cannot '{verb}' share while the server is in vm_state {vm_state}"
-            + (f", task_state {task_state}" if task_state else "")
-            + ("; wait until it is ACTIVE or SHUTOFF" if hot_plug else "; stop the server first")
-        )
+def invalid_state(action: str, server_uuid: str, attr: str, state: str) -> Conflict:
+    """The compute service's 409 for an action the server's state does not allow."""
+    return Conflict(f"Cannot '{action}' instance {server_uuid} while it is in {attr} {state}")
+
+
+def require_server_state(server_uuid: str, vm_state: str, task_state: str | None, action: str,
+                         allowed: tuple[str, ...]) -> None:
+    """vm_state first, then no task in flight (the compute service's order and wording)."""
+    if vm_state not in allowed:
+        raise invalid_state(action, server_uuid, "vm_state", vm_state)
+    if task_state is not None:
+        raise invalid_state(action, server_uuid, "task_state", task_state)
+
+
+# ---- attachment state machine ---------------------------------------------------------------
+ATTACH_ACTION = "create share"  # the compute service's names, in its 409 messages
+DETACH_ACTION = "delete share"
+
+
+def require_share_change_allowed(server_uuid: str, vm_state: str, task_state: str | None,
+                                 action: str, hot_plug: bool) -> None:
+    """2.97's rule: attach while stopped; detach while stopped or in error. Hot plug adds a
+    running server to both. Checked before the share is looked up, as the compute service does."""
+    allowed: tuple[str, ...] = (VmState.STOPPED,)
+    if action == DETACH_ACTION:
+        allowed += (VmState.ERROR,)
+    if hot_plug:
+        allowed += (VmState.ACTIVE,)
+    require_server_state(server_uuid, vm_state, task_state, action, allowed)
 
 
 def require_free_slot(vm_state: str, slots: int | None, in_use: int) -> None:
@@ -121,11 +147,15 @@ def require_free_slot(vm_state: str, slots: int | None, in_use: int) -> None:
         )
 
 
+def already_attached(share_id: str, tag: str) -> Conflict:
+    """One message for the same share twice and for a tag in use, as the compute service has."""
+    return Conflict(f"Share '{share_id}' or tag '{tag}' already associated to this server.")
+
+
 def status_after_detach_request(status: str) -> str:
-    """DELETE is allowed from inactive, active and error; anything in flight is a conflict."""
-    if status in (AttachmentStatus.INACTIVE, AttachmentStatus.ACTIVE, AttachmentStatus.ERROR):
-        return AttachmentStatus.DETACHING
-    raise Conflict(f"Share attachment is {status}; wait until it is inactive, active or error")
+    """DELETE is honoured whatever the attachment is doing (as the compute service does): the
+    agent converges from wherever its steps got to, to nothing."""
+    return AttachmentStatus.DETACHING
 
 
 def status_after_power(status: str, power_on: bool) -> str:
@@ -137,8 +167,9 @@ def status_after_power(status: str, power_on: bool) -> str:
     return status
 
 
-def status_after_retry(status: str) -> str:
-    """POST of a share already attached: only an attachment in `error` may be driven again."""
-    if status == AttachmentStatus.ERROR:
+def status_after_retry(status: str, share_id: str, tag: str, retry: bool) -> str:
+    """POST of a share already attached: a conflict, unless the caller asked to retry an
+    attachment in `error` (attachfs extension 1.2, and seed 004's share_attach action)."""
+    if retry and status == AttachmentStatus.ERROR:
         return AttachmentStatus.ATTACHING
-    raise Conflict("Share is already attached to this server")
+    raise already_attached(share_id, tag)

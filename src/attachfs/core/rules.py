@@ -58,10 +58,10 @@ BUILTIN_PROTOCOL = ShareProtocol.LOCAL
 SHARE_SERVICE_PROTOCOLS: tuple[ShareProtocol, ...] = (ShareProtocol.NFS, ShareProtocol.CEPHFS)
 
 
-def require_attachable(share_id: str, protocol: str) -> ShareProtocol:
+def require_attachable(protocol: str) -> ShareProtocol:
+    """The compute service's 409 (and wording) for a protocol it cannot attach."""
     if protocol.upper() not in ATTACHABLE_PROTOCOLS:
-        raise Conflict(f"Share {share_id} uses protocol {protocol}; attachfs can attach "
-                       f"{', '.join(ATTACHABLE_PROTOCOLS)} shares")
+        raise Conflict(f"Share protocol {protocol} is not supported.")
     return ShareProtocol(protocol.upper())
 
 

@@ -9,6 +9,7 @@ look-ups behind core/ports.py. Read handlers are in queries.py.
     StopServer       servers.stop_server
     RebootServer     servers.reboot_server
     DeleteServer     servers.delete_server
+    UnavailableAction servers.refuse_unavailable (shelve, migrate, ...: 403/409)
     AttachShare      attachments.attach_share    attachments.py
     DetachShare      attachments.detach_share
     CreateShare      shares.create_share         shares.py (built-in shares)
@@ -30,6 +31,7 @@ HANDLERS: dict[type[commands.Command], Callable[[Any, UnitOfWork, Env], Any]] = 
     commands.StopServer: servers.stop_server,
     commands.RebootServer: servers.reboot_server,
     commands.DeleteServer: servers.delete_server,
+    commands.UnavailableAction: servers.refuse_unavailable,
     commands.AttachShare: attachments.attach_share,
     commands.DetachShare: attachments.detach_share,
     commands.CreateShare: shares.create_share,

@@ -5,8 +5,18 @@ from __future__ import annotations
 
 from attachfs.core.commands import AttachShare, DetachShare
 from attachfs.core.context import ShareInfo
-from attachfs.core.handlers.common import new_attachment, record_action, touch, visible_server
+from attachfs.core.handlers.common import (
+    NO_CELL,
+    new_attachment,
+    record_action,
+    touch,
+    visible_server,
+)
 from attachfs.core.model import (
+    ATTACH_ACTION,
+    DETACH_ACTION,
+    already_attached,
+    is_uuid,
     require_free_slot,
     require_share_change_allowed,
     status_after_detach_request,
@@ -21,48 +31,64 @@ from attachfs.core.rules import (
     validate_tag,
 )
 from attachfs.core.validation import validate_mount_point
-from attachfs.errors import Conflict, NotFound
+from attachfs.errors import Conflict, Duplicate, NotFound
 
 RULE = "os_compute_api:os-server-shares:%s"
 
 
 def attach_share(cmd: AttachShare, uow: UnitOfWork, env: Env) -> AttachmentRecord:
-    """Checks input, then policy on the server, then asks the provider for the share (outside
-    any transaction: it may be a remote service), then records the attachment."""
+    """The compute service's order: input, the server (404), policy (403), the server's state
+    (409), then the share (asked of the provider outside any transaction: it may be a remote
+    service), then the attachment itself, recorded with the server row locked."""
     ctx = cmd.ctx
     share_id = validate_uuid(cmd.share_id, "share_id")
+    if cmd.tag is not None:
+        validate_tag(cmd.tag)
     validate_mount_point(cmd.mount_point)
     with uow.read() as repos:
-        server = visible_server(repos, cmd.server_id, ctx)
+        server = visible_server(repos, cmd.server_id, ctx, missing=NO_CELL)
         env.policy.authorize(RULE % "create", ctx, server.project_id)
+        require_share_change_allowed(server.uuid, server.vm_state, server.task_state,
+                                     ATTACH_ACTION, env.hot_plug)
     share = env.shares.get_share(share_id, ctx)  # 404 when missing or not visible
-    with uow.write() as repos:
-        server = visible_server(repos, cmd.server_id, ctx, lock=True)
-        mapping = _record_attach(repos, env, cmd, server, share)
-        touch(server)
-        record_action(repos, server.uuid, "attach_share", ctx, message=share.id)
-        repos.flush()
+    _require_attachable_share(share)
+    tag = cmd.tag if cmd.tag is not None else share.id
+    try:
+        with uow.write() as repos:
+            server = visible_server(repos, cmd.server_id, ctx, lock=True, missing=NO_CELL)
+            mapping = _record_attach(repos, env, cmd, server, share, tag)
+            touch(server)
+            record_action(repos, server.uuid, "attach_share", ctx, message=share.id)
+            repos.flush()
+    except Duplicate as exc:  # a concurrent attach of the same share or tag won the race
+        raise already_attached(share.id, tag) from exc
     env.wake_agent()
     return mapping
 
 
-def _record_attach(repos: Repositories, env: Env, cmd: AttachShare, server: ServerRecord,
-                   share: ShareInfo) -> AttachmentRecord:
-    tag = validate_tag(cmd.tag if cmd.tag is not None else share.id)
-    require_share_change_allowed(server.vm_state, server.task_state, "attach", env.hot_plug)
+def _require_attachable_share(share: ShareInfo) -> None:
+    """The compute service's checks of the share, in its order and words."""
     if share.status != "available":
-        raise Conflict(f"Share {share.id} is in status {share.status}, not available")
-    require_attachable(share.id, share.protocol)
+        raise Conflict(f"Share {share.id} is in '{share.status}' instead of 'available' status.")
+    if not share.export_locations:
+        raise Conflict(f"Share {share.id} export location is missing.")
+    require_attachable(share.protocol)
+
+
+def _record_attach(repos: Repositories, env: Env, cmd: AttachShare, server: ServerRecord,
+                   share: ShareInfo, tag: str) -> AttachmentRecord:
+    # again under the lock: the state may have changed since the first look
+    require_share_change_allowed(server.uuid, server.vm_state, server.task_state,
+                                 ATTACH_ACTION, env.hot_plug)
     existing = repos.attachments.get(server.uuid, share.id)
     if existing is not None:
-        existing.status = status_after_retry(existing.status)  # 409 unless in error
+        existing.status = status_after_retry(existing.status, share.id, tag, cmd.retry)
         existing.fault_message, existing.user_id = None, cmd.ctx.user_id
         existing.request_id, existing.read_only = cmd.ctx.request_id, cmd.read_only
         existing.requester_token = cmd.ctx.auth_token
         return existing
-    clash = repos.attachments.share_with_tag(server.uuid, tag)
-    if clash is not None:
-        raise Conflict(f"Tag '{tag}' is already used by share {clash} on this server")
+    if repos.attachments.share_with_tag(server.uuid, tag) is not None:
+        raise already_attached(share.id, tag)
     mount_point = cmd.mount_point or share.mount_point
     _require_free_mount_point(repos, server, guest_mount_point(mount_point, tag))
     count = repos.attachments.count(server.uuid)
@@ -82,21 +108,23 @@ def _require_free_mount_point(repos: Repositories, server: ServerRecord, path: s
 
 
 def detach_share(cmd: DetachShare, uow: UnitOfWork, env: Env) -> None:
-    """The agent detaches and then deletes the row."""
+    """The compute service's order: the server (404), policy (403), the server's state (409),
+    then the attachment (404; an id that is not a UUID is simply not attached). Whatever the
+    attachment is doing, it becomes `detaching`: the agent detaches, then deletes the row."""
     ctx = cmd.ctx
-    share_id = validate_uuid(cmd.share_id, "share_id")
     with uow.write() as repos:
-        server = visible_server(repos, cmd.server_id, ctx, lock=True)
+        server = visible_server(repos, cmd.server_id, ctx, lock=True, missing=NO_CELL)
         env.policy.authorize(RULE % "delete", ctx, server.project_id)
-        mapping = repos.attachments.get(server.uuid, share_id)
+        require_share_change_allowed(server.uuid, server.vm_state, server.task_state,
+                                     DETACH_ACTION, env.hot_plug)
+        mapping = repos.attachments.get(server.uuid, cmd.share_id) \
+            if is_uuid(cmd.share_id) else None
         if mapping is None:
-            raise NotFound(f"Share {share_id} is not attached to server {server.uuid}.")
-        require_share_change_allowed(server.vm_state, server.task_state, "detach",
-                                     env.hot_plug)
+            raise NotFound(f"Share {cmd.share_id} could not be found.")
         mapping.status = status_after_detach_request(mapping.status)
         mapping.fault_message, mapping.request_id = None, ctx.request_id
         mapping.user_id, mapping.project_id = ctx.user_id, ctx.project_id
         mapping.requester_token = ctx.auth_token
         touch(server)
-        record_action(repos, server.uuid, "detach_share", ctx, message=share_id)
+        record_action(repos, server.uuid, "detach_share", ctx, message=cmd.share_id)
     env.wake_agent()

@@ -9,13 +9,19 @@ from attachfs.core.model import AttachmentStatus
 from attachfs.core.ports import AttachmentRecord, Repositories, ServerRecord
 from attachfs.errors import NotFound
 
+# What a missing (or another project's) server is called: the servers API says "could not be
+# found"; the share attachment API answers from the cell mapping it looks up first.
+NOT_FOUND = "Instance {} could not be found."
+NO_CELL = "Instance {} has no mapping to a cell."
+
 
 def visible_server(repos: Repositories, server_uuid: str, ctx: RequestContext, *,
-                   lock: bool = False) -> ServerRecord:
-    """The server if it exists and `ctx` may see it (other projects get the same 404)."""
+                   lock: bool = False, missing: str = NOT_FOUND) -> ServerRecord:
+    """The server if it exists and `ctx` may see it (other projects get the same 404: the
+    compute service answers 403 there, which tells them the server exists)."""
     server = repos.servers.get(server_uuid, lock=lock)
     if server is None or (not ctx.is_admin and server.project_id != ctx.project_id):
-        raise NotFound(f"Instance {server_uuid} could not be found.")
+        raise NotFound(missing.format(server_uuid))
     return server
 
 

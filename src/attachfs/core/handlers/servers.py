@@ -11,11 +11,12 @@ from attachfs.core.commands import (
     RebootServer,
     StartServer,
     StopServer,
+    UnavailableAction,
 )
 from attachfs.core.context import RequestContext
 from attachfs.core.flavors import find_flavor
 from attachfs.core.handlers.common import new_attachment, record_action, touch, visible_server
-from attachfs.core.model import PowerIntent, TaskState, VmState
+from attachfs.core.model import PowerIntent, TaskState, VmState, require_server_state
 from attachfs.core.ports import Env, ServerRecord, UnitOfWork
 from attachfs.errors import BadRequest, Conflict
 
@@ -47,20 +48,12 @@ def create_server(cmd: CreateServer, uow: UnitOfWork, env: Env) -> ServerRecord:
     return server
 
 
-def _require_idle(server: ServerRecord, allowed: tuple[str, ...], verb: str) -> None:
-    if server.vm_state not in allowed or server.task_state is not None:
-        raise Conflict(
-            f"Cannot '{verb}' instance {server.uuid} while it is in vm_state {server.vm_state}"
-            + (f" and task_state {server.task_state}" if server.task_state else "")
-        )
-
-
 def _power_change(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: str,
                   verb: str, allowed: tuple[str, ...], task: str, intent: str) -> None:
     with uow.write() as repos:
         server = visible_server(repos, server_id, ctx, lock=True)
         env.policy.authorize(RULE % verb, ctx, server.project_id)
-        _require_idle(server, allowed, verb)
+        require_server_state(server.uuid, server.vm_state, server.task_state, verb, allowed)
         server.task_state, server.power_intent = task, intent
         touch(server)
         record_action(repos, server.uuid, verb, ctx)
@@ -92,3 +85,42 @@ def delete_server(cmd: DeleteServer, uow: UnitOfWork, env: Env) -> None:
             touch(server)
             record_action(repos, server.uuid, "delete", cmd.ctx)
     env.wake_agent()
+
+
+# Server actions of the compute service that attachfs does not carry out: each with its policy
+# rule, and whether the compute service refuses it for a server with shares (its compute API's
+# @block_shares_not_supported: rebuild, resize/migrate, shelve, suspend, live-migrate,
+# evacuate). Its order: the server (404), policy (403), shares (409), then the action.
+UNAVAILABLE_ACTIONS: dict[str, tuple[str, bool]] = {
+    "shelve": ("os_compute_api:os-shelve:shelve", True),
+    "shelveOffload": ("os_compute_api:os-shelve:shelve_offload", False),
+    "unshelve": ("os_compute_api:os-shelve:unshelve", False),
+    "suspend": ("os_compute_api:os-suspend-server:suspend", True),
+    "resume": ("os_compute_api:os-suspend-server:resume", False),
+    "pause": ("os_compute_api:os-pause-server:pause", False),
+    "unpause": ("os_compute_api:os-pause-server:unpause", False),
+    "lock": ("os_compute_api:os-lock-server:lock", False),
+    "unlock": ("os_compute_api:os-lock-server:unlock", False),
+    "migrate": ("os_compute_api:os-migrate-server:migrate", True),
+    "os-migrateLive": ("os_compute_api:os-migrate-server:migrate_live", True),
+    "evacuate": ("os_compute_api:os-evacuate", True),
+    "resize": ("os_compute_api:servers:resize", True),
+    "confirmResize": ("os_compute_api:servers:confirm_resize", False),
+    "revertResize": ("os_compute_api:servers:revert_resize", False),
+    "rebuild": ("os_compute_api:servers:rebuild", True),
+    "createImage": ("os_compute_api:servers:create_image", False),
+    "rescue": ("os_compute_api:os-rescue", False),
+    "unrescue": ("os_compute_api:os-unrescue", False),
+}
+WITH_SHARES = "Feature not supported with instances that have shares."
+
+
+def refuse_unavailable(cmd: UnavailableAction, uow: UnitOfWork, env: Env) -> None:
+    rule, blocked_by_shares = UNAVAILABLE_ACTIONS[cmd.action]
+    with uow.read() as repos:
+        server = visible_server(repos, cmd.server_id, cmd.ctx)
+        env.policy.authorize(rule, cmd.ctx, server.project_id)
+        if blocked_by_shares and repos.attachments.count(server.uuid):
+            raise Conflict(WITH_SHARES)
+    raise Conflict(f"attachfs does not carry out the '{cmd.action}' server action "
+                   "(see docs/api.md).")
