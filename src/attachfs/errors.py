@@ -49,7 +49,9 @@ class NotFound(ClientError):
 
 
 class NotAcceptable(ClientError):
-    pass
+    def __init__(self, message: str, asked: str = "") -> None:
+        super().__init__(message)
+        self.asked = asked  # the version the client asked for
 
 
 class Conflict(ClientError):

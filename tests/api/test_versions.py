@@ -31,7 +31,7 @@ def test_legacy_header_and_latest_and_default(client: TestClient) -> None:
 def test_version_above_maximum_is_406(client: TestClient) -> None:
     r = client.get("/v2.1/flavors", headers={"OpenStack-API-Version": "compute 2.200"})
     assert r.status_code == 406
-    assert r.json()["notAcceptable"]["code"] == 406
+    assert r.json()["computeFault"]["code"] == 406
 
 
 def test_malformed_version_is_400(client: TestClient) -> None:

@@ -3,6 +3,7 @@ exports there, and a share provider that keeps access rules."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,3 +84,25 @@ class FakeProvider:
     def access_of(self, share_id: str, host: str) -> str | None:
         self.faults.check("access_of")
         return self.rules.get((share_id, host))
+
+
+@dataclass
+class ShareCatalog(FakeProvider):
+    """A share service's shares, of any protocol and status (the compute service's checks of
+    a share: status, export location, protocol), with the access rules of FakeProvider."""
+
+    known: dict[str, ShareInfo] = field(default_factory=dict)
+
+    def add(self, protocol: str = "NFS", status: str = "available", exported: bool = True,
+            project_id: str = "p1") -> str:
+        share_id = str(uuid.uuid4())
+        exports = (f"192.0.2.1:/shares/{share_id}",) if exported else ()
+        self.known[share_id] = ShareInfo(share_id, "s", status, protocol, exports, project_id, 1)
+        return share_id
+
+    def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
+        """As the share service shows them: a project's shares to that project (and admins)."""
+        share = self.known.get(share_id)
+        if share is None or not (context.is_admin or share.project_id == context.project_id):
+            raise NotFound(f"Share {share_id} could not be found.")
+        return share

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import inspect
+from sqlalchemy.orm import Session
 from typer.testing import CliRunner, Result
 
 from attachfs.cli import apiclient as cli_client
@@ -87,10 +89,37 @@ def make_share(cli: Run, name: str = "data", *extra: str) -> str:
     return str(as_json(cli("share", "create", name, "--size", "1", "-f", "json", *extra))["id"])
 
 
-def later(action: Callable[[], None], delay: float = 0.3) -> threading.Timer:
-    timer = threading.Timer(delay, action)
-    timer.start()
-    return timer
+def agent_once(parts: Parts, when: Callable[[Session], Any],
+               act: Callable[[Any], None]) -> threading.Thread:
+    """The agent's part, played once the API has accepted the request (`when` finds the row it
+    changed): not on a timer, which a loaded machine may beat to the request."""
+
+    def play() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with parts.db.session() as s:
+                row = when(s)
+                if row is not None:
+                    act(row)
+                    return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=play)
+    thread.start()
+    return thread
+
+
+def server_in_task(sid: str, task_state: str) -> Callable[[Session], Server | None]:
+    def find(s: Session) -> Server | None:
+        row = s.get(Server, sid)
+        return row if row is not None and row.task_state == task_state else None
+    return find
+
+
+def mapping_in(share_id: str, status: str) -> Callable[[Session], ShareMapping | None]:
+    def find(s: Session) -> ShareMapping | None:
+        return s.query(ShareMapping).filter_by(share_id=share_id, status=status).first()
+    return find
 
 
 def set_mapping_status(parts: Parts, share_id: str, status: str) -> None:
@@ -224,7 +253,11 @@ def test_power_actions(cli: Run, parts: Parts) -> None:
     assert busy.exit_code == 1 and busy.stderr.startswith("Error (HTTP 409): Cannot 'stop'")
     settle_server(parts, sid, "active")
     # --wait follows the server until the agent (here: a timer) has stopped it
-    timer = later(lambda: settle_server(parts, sid, "stopped"))
+    def stopped(row: Server) -> None:
+        row.vm_state, row.task_state, row.power_intent = "stopped", None, "off"
+        row.observed_generation = row.generation
+
+    timer = agent_once(parts, server_in_task(sid, "powering-off"), stopped)
     stopped = ok(cli("server", "stop", "vm1", "--wait", "--timeout", "10"))
     timer.join()
     assert stopped.stderr.strip() == "Server vm1 is SHUTOFF."
@@ -236,21 +269,11 @@ def test_power_actions(cli: Run, parts: Parts) -> None:
 def test_wait_reports_error_and_timeout(cli: Run, parts: Parts) -> None:
     sid = make_server(cli)
 
-    def fail() -> None:
-        # the agent's part: fail the start once the API has accepted it (not before: on a
-        # loaded machine the CLI may take longer than the timer's delay to send it)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with parts.db.session() as s:
-                row = s.get(Server, sid)
-                assert row is not None
-                if row.task_state == "powering-on":
-                    row.vm_state, row.task_state, row.fault_message = "error", None, "no kernel"
-                    return
-            time.sleep(0.05)
+    def fail(row: Server) -> None:
+        row.vm_state, row.task_state, row.fault_message = "error", None, "no kernel"
 
     settle_server(parts, sid, "stopped")
-    timer = later(fail)
+    timer = agent_once(parts, server_in_task(sid, "powering-on"), fail)
     result = cli("server", "start", "vm1", "--wait", "--timeout", "10")
     timer.join()
     assert result.exit_code == 1
@@ -270,13 +293,10 @@ def test_wait_reports_error_and_timeout(cli: Run, parts: Parts) -> None:
 def test_server_delete_wait(cli: Run, parts: Parts) -> None:
     sid = make_server(cli)
 
-    def deleted() -> None:
-        with parts.db.session() as s:
-            row = s.get(Server, sid)
-            assert row is not None
-            row.vm_state, row.task_state = "deleted", None
+    def deleted(row: Server) -> None:
+        row.vm_state, row.task_state = "deleted", None
 
-    timer = later(deleted)
+    timer = agent_once(parts, server_in_task(sid, "deleting"), deleted)
     result = ok(cli("server", "delete", "vm1", "--wait", "--timeout", "10"))
     timer.join()
     assert result.stderr.strip() == "Server vm1 is deleted."
@@ -337,7 +357,10 @@ def test_add_and_remove_share_wait(cli: Run, parts: Parts) -> None:
     sid = make_server(cli)
     settle_server(parts, sid, "stopped")
     share_id = make_share(cli, "data")
-    timer = later(lambda: set_mapping_status(parts, share_id, "inactive"))
+    def attached(row: ShareMapping) -> None:
+        row.status = "inactive"
+
+    timer = agent_once(parts, mapping_in(share_id, "attaching"), attached)
     added = cli("server", "add", "share", "vm1", share_id, "--wait", "--timeout", "10",
                 "-f", "json")
     timer.join()
@@ -345,11 +368,10 @@ def test_add_and_remove_share_wait(cli: Run, parts: Parts) -> None:
                                             "tag": share_id}
     assert added.stderr.strip() == f"Share {share_id} on server vm1 is attached (inactive)."
 
-    def detached() -> None:
-        with parts.db.session() as s:
-            s.query(ShareMapping).filter_by(share_id=share_id).delete()
+    def detached(row: ShareMapping) -> None:
+        inspect(row).session.delete(row)
 
-    timer = later(detached)
+    timer = agent_once(parts, mapping_in(share_id, "detaching"), detached)
     removed = ok(cli("server", "remove", "share", "vm1", "data", "--wait", "--timeout", "10"))
     timer.join()
     assert removed.stderr.strip() == "Share data on server vm1 is detached."
@@ -361,7 +383,10 @@ def test_add_and_remove_share_wait(cli: Run, parts: Parts) -> None:
     assert slow.stderr.strip() == ("Error: timed out after 0.2 s waiting for slow on server "
                                    "vm1 to be attached (last status: attaching)")
     failing = make_share(cli, "failing")
-    timer = later(lambda: set_mapping_status(parts, failing, "error"))
+    def failed_attach(row: ShareMapping) -> None:
+        row.status = "error"
+
+    timer = agent_once(parts, mapping_in(failing, "attaching"), failed_attach)
     failed = cli("server", "add", "share", "vm1", "failing", "--wait", "--timeout", "10")
     timer.join()
     assert failed.exit_code == 1

@@ -20,7 +20,7 @@ from attachfs.api import microversion
 from attachfs.api.faults import BAD_REQUEST, HTTP_FAULTS, UNAVAILABLE, fault, fault_of
 from attachfs.api.routers import ROUTERS
 from attachfs.api.state import ApiState
-from attachfs.errors import ClientError
+from attachfs.errors import ClientError, NotAcceptable
 
 __all__ = ["ApiState", "create_app", "is_compute"]
 
@@ -58,7 +58,10 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def create_app(state: ApiState) -> FastAPI:
+    # redirect_slashes off: `/servers/{id}/shares/` is no route (a 404, as the compute
+    # service's router answers), not a redirect to the list
     app = FastAPI(title="attachfs compute API", openapi_url="/openapi.json", docs_url=None,
+                  redirect_slashes=False,
                   redoc_url=None)
     app.state.api = state
     _add_request_context(app, state)
@@ -81,12 +84,18 @@ def _add_request_context(app: FastAPI, state: ApiState) -> None:
             other = await _authenticated(request, call_next, request_id)
             other.headers["x-openstack-request-id"] = request_id
             return other
+        response: Response
         try:
             version = microversion.parse(request.headers.get(microversion.HEADERS[0]),
                                          request.headers.get(microversion.HEADERS[1]))
             extension = microversion.parse_extension(request.headers.get(microversion.HEADERS[0]))
+        except NotAcceptable as exc:
+            # the compute service names this fault computeFault and echoes what was asked
+            response = fault(406, "computeFault", exc.message)
+            if exc.asked:
+                response.headers[microversion.HEADERS[0]] = f"compute {exc.asked}"
         except ClientError as exc:
-            response: Response = fault_of(exc)
+            response = fault_of(exc)
         else:
             request.state.version = version
             request.state.extension = extension

@@ -41,10 +41,14 @@ def status_and_name(exc: errors.ClientError) -> tuple[int, str]:
     return FAULTS[errors.ClientError]
 
 
+class FaultResponse(JSONResponse):
+    media_type = "application/json; charset=UTF-8"  # as the compute service labels its faults
+
+
 def fault(code: int, name: str, message: str,
           headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({name: {"code": code, "message": message}}, status_code=code,
-                        headers=headers)
+    return FaultResponse({name: {"code": code, "message": message}}, status_code=code,
+                         headers=headers)
 
 
 def fault_of(exc: errors.ClientError) -> JSONResponse:

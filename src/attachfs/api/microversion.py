@@ -81,5 +81,5 @@ def parse(openstack_header: str | None, nova_header: str | None) -> Version:
     version = Version(int(m.group(1)), int(m.group(2)))
     if not (Version(*MIN_VERSION) <= version <= Version(*MAX_VERSION)):
         raise NotAcceptable(f"Version {text} is not supported by the API. Minimum is "
-                            f"{fmt(MIN_VERSION)} and maximum is {fmt(MAX_VERSION)}.")
+                            f"{fmt(MIN_VERSION)} and maximum is {fmt(MAX_VERSION)}.", text)
     return version

@@ -261,7 +261,8 @@ def _command(action: str, args: Any, ctx: RequestContext, server_id: str) -> Com
         return (StartServer if action == "os-start" else StopServer)(ctx, server_id)
     if action in servers.UNAVAILABLE_ACTIONS:
         check_body(ACTION_SCHEMAS.get(action, ANY_BODY), {action: args})
-        return UnavailableAction(ctx, server_id, action)
+        flavor = str(args["flavorRef"]) if action == "resize" else None
+        return UnavailableAction(ctx, server_id, action, flavor)
     raise BadRequest(f"There is no such action: {action}")
 
 

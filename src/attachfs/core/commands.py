@@ -55,6 +55,7 @@ class UnavailableAction(Command):
 
     server_id: str
     action: str
+    flavor_ref: str | None = None  # resize's target flavor
 
 
 # ---- share attachments ---------------------------------------------------------------------
