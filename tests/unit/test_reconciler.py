@@ -393,3 +393,69 @@ def test_a_rule_the_share_service_applies_later_is_waited_for_without_a_worker(
     assert world.mapping(mid) is not None  # the rule is on its way out: the row waits for it
     world.converge(sid)
     assert world.mapping(mid) is None and world.provider.rules == {}
+
+
+# ---- a DELETE while the agent works on the attach (2.97 allows it in any status) --------------
+def test_detach_asked_while_attaching_is_not_overwritten(world: World,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DELETE lands while a pass is granting access for the attach: the pass must not
+    write `inactive` over `detaching`, and the next passes release everything."""
+    sid = world.server()
+    mid = world.attach(sid, 1)
+    grant = world.provider.grant_access
+
+    def grant_then_delete(*args: object, **kw: object) -> bool:
+        done = grant(*args, **kw)  # type: ignore[arg-type]
+        world.set_status(mid, "detaching")  # the API's DELETE, mid-pass
+        return done
+
+    monkeypatch.setattr(world.provider, "grant_access", grant_then_delete)
+    world.reconcile(sid)
+    mapping = world.mapping(mid)
+    assert mapping is None or mapping.status == "detaching"
+    world.converge(sid)
+    assert world.mapping(mid) is None
+    assert world.provider.rules == {} and world.host.mounts == {}
+
+
+def test_detach_asked_while_hot_attaching_leaves_nothing(world: World,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same on a running guest, the DELETE landing after the device went in."""
+    sid, _ = running_server(world)
+    mid = world.attach(sid, 2)
+    plug = world.virt.attach_share
+
+    def plug_then_delete(*args: object, **kw: object) -> None:
+        plug(*args, **kw)  # type: ignore[arg-type]
+        world.set_status(mid, "detaching")  # the API's DELETE, after the device went in
+
+    monkeypatch.setattr(world.virt, "attach_share", plug_then_delete)
+    world.reconcile(sid)
+    assert world.mapping(mid).status == "detaching"  # type: ignore[union-attr]
+    assert world.reconcile(sid).next == Next.REQUEUE  # the release waits for the guest...
+    world.metadata.reports.record(sid, frozenset())  # ...which has not mounted it
+    world.converge(sid)
+    assert world.mapping(mid) is None
+    assert world.virt.guests[sid].devices == {}
+    assert world.provider.rules == {} and world.host.mounts == {}
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_detach_from_a_server_in_error(world: World, running: bool) -> None:
+    """2.97 lets a share be detached from a server in ERROR: the agent releases it whether
+    the guest still runs or not."""
+    if running:
+        sid, (mid,) = running_server(world, 1)
+    else:
+        sid = world.server()
+        mid = world.attach(sid, 1)
+        world.converge(sid)
+    world.set(sid, vm_state="error")
+    world.set_status(mid, "detaching")
+    world.reconcile(sid)
+    world.metadata.reports.record(sid, frozenset())  # a running guest lets go
+    world.converge(sid)
+    assert world.mapping(mid) is None
+    assert world.provider.rules == {} and world.host.mounts == {}
+    if running:
+        assert world.virt.guests[sid].devices == {}
