@@ -177,6 +177,11 @@ class Config(_Section):
         return self.state_path / "virtiofs"
 
     @property
+    def cephfs_dir(self) -> Path:
+        """CephFS shares' ceph-fuse mounts and their keys, one directory per share."""
+        return self.state_path / "cephfs"
+
+    @property
     def console_dir(self) -> Path:
         return self.state_path / "console"
 

@@ -23,6 +23,7 @@ from attachfs.metadata.sockets import MetadataLimits, MetadataSockets
 from attachfs.notify.base import make_notifier
 from attachfs.paths import private_dir
 from attachfs.storage.bind import BindConnector
+from attachfs.storage.cephfs import CephFsConnector
 from attachfs.storage.local import LocalShareProvider
 from attachfs.storage.nfs import NfsConnector
 from attachfs.storage.registry import ProviderChain, make_provider
@@ -65,7 +66,8 @@ def build_agent(parts: Parts) -> Agent:
     attachments = Attachments(
         config, parts.db, parts.provider,
         {c.protocol: c for c in (BindConnector(config.storage_root, config.mount_root),
-                                 NfsConnector(config.mount_root))},
+                                 NfsConnector(config.mount_root),
+                                 CephFsConnector(config.mount_root, config.cephfs_dir))},
         LibvirtDriver(config.libvirt.uri, spare_root_ports=config.libvirt.spare_root_ports,
                       owner=f"{config.agent.host}:{config.state_path}",
                       virtiofs_dir=config.virtiofs_dir),

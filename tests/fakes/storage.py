@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attachfs.errors import NotFound, PermanentError
-from attachfs.storage.base import RequestContext, ShareInfo
+from attachfs.storage.base import HostCredentials, RequestContext, ShareInfo
 from tests.fakes.faults import Faults
 
 SAFE = frozenset({"rw", "nosuid", "nodev"})
@@ -32,7 +32,10 @@ class FakeHost:
         wanted = {o for o in options.split(",") if o}
         self.mounts[target] = frozenset(wanted | ({"rw"} if "ro" not in wanted else set()))
 
-    def mount(self, export_location: str, target: Path, read_only: bool) -> None:
+    needs_credentials = False
+
+    def mount(self, export_location: str, target: Path, read_only: bool,
+              credentials: HostCredentials | None = None) -> None:
         self.faults.check("mount")
         if export_location.endswith("/missing"):
             raise PermanentError(f"share directory {export_location} does not exist")
@@ -80,6 +83,9 @@ class FakeProvider:
         self.faults.check("revoke_access")
         self.rules.pop((share_id, host), None)
         return self._settled((share_id, host))
+
+    def host_credentials(self, share_id: str, host: str) -> HostCredentials | None:
+        return None
 
     def access_of(self, share_id: str, host: str) -> str | None:
         self.faults.check("access_of")

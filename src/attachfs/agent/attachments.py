@@ -96,7 +96,9 @@ class Attachments:
         path = self.mount_path(m.share_id, m.read_only)
         # Read-only is enforced here, on the host: a read-only bind mount refuses every write
         # (virtio-fs alone does not enforce it, and libvirt refuses <readonly/> for virtiofs).
-        connector.mount(m.export_location, path, read_only=m.read_only)
+        credentials = (self.provider.host_credentials(m.share_id, self.config.agent.host)
+                       if connector.needs_credentials else None)
+        connector.mount(m.export_location, path, read_only=m.read_only, credentials=credentials)
         return path
 
     def record_retry(self, mapping_id: int, step: str, exc: Exception, retry_in: float) -> int:

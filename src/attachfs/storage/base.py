@@ -8,7 +8,7 @@ the same interface later. A connector turns an export location into a mount on t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -34,11 +34,25 @@ class ShareProvider(Protocol):
         """Unlock and remove the rule for `host`. Idempotent (no rule: nothing to do). True
         once it is gone; False while the provider is still removing it (ask again)."""
 
+    def host_credentials(self, share_id: str, host: str) -> HostCredentials | None:
+        """What `host` mounts the share with, when its protocol needs one (CephFS: the cephx ID
+        and key of the host's access rule); None when it needs none. Asked by the agent just
+        before it mounts; never stored by attachfs beyond the mount (the key file goes with
+        it)."""
+
     def access_of(self, share_id: str, host: str) -> str | None:
         """The level ("rw" or "ro") of `host`'s rule on the share as the provider has it now;
         None when there is none (or it failed, or is being removed). What the reconciler
         observes: a rule dropped behind its back is granted again. Raises BackendError when
         the provider cannot tell."""
+
+
+@dataclass(frozen=True)
+class HostCredentials:
+    """A host's identity on the storage side for one share (CephFS: client.<auth_id>)."""
+
+    auth_id: str
+    key: str = field(repr=False)  # a secret: kept out of logs and reprs
 
 
 @dataclass(frozen=True)
@@ -52,8 +66,10 @@ class HostMount:
 
 class HostConnector(Protocol):
     protocol: str
+    needs_credentials: bool  # ask the provider for host_credentials before mounting
 
-    def mount(self, export_location: str, target: Path, read_only: bool) -> None:
+    def mount(self, export_location: str, target: Path, read_only: bool,
+              credentials: HostCredentials | None = None) -> None:
         """Mount the export at `target` (idempotent: already mounted is fine)."""
 
     def unmount(self, target: Path) -> None:

@@ -14,11 +14,13 @@ from attachfs.core.rules import BUILTIN_PROTOCOL
 from attachfs.errors import PermanentError
 from attachfs.paths import check_under
 from attachfs.storage import mountinfo
+from attachfs.storage.base import HostCredentials
 from attachfs.storage.local import EXPORT_PREFIX
 from attachfs.storage.volumes import ShareVolumes
 
 
 class BindConnector:
+    needs_credentials = False  # built-in shares need no key
     protocol: str = BUILTIN_PROTOCOL
 
     def __init__(self, storage_root: Path, mount_root: Path) -> None:
@@ -26,7 +28,8 @@ class BindConnector:
         self.mount_root = mount_root
         self.volumes = ShareVolumes(storage_root)
 
-    def mount(self, export_location: str, target: Path, read_only: bool) -> None:
+    def mount(self, export_location: str, target: Path, read_only: bool,
+              credentials: HostCredentials | None = None) -> None:
         if not export_location.startswith(EXPORT_PREFIX):
             raise PermanentError(f"not a local export location: {export_location!r}")
         source = check_under(self.storage_root, Path(export_location.removeprefix(EXPORT_PREFIX)))

@@ -19,7 +19,7 @@ from attachfs.core.rules import BUILTIN_PROTOCOL
 from attachfs.db.engine import Database
 from attachfs.db.tables import Share, ShareAccess
 from attachfs.errors import BadRequest, NotFound, PermanentError
-from attachfs.storage.base import RequestContext, ShareInfo
+from attachfs.storage.base import HostCredentials, RequestContext, ShareInfo
 from attachfs.storage.volumes import GIB, ShareVolumes
 
 EXPORT_PREFIX = "local:"
@@ -108,6 +108,9 @@ class LocalShareProvider:
                                   locked=True,
                                   lock_reason=f"{reason} (requested by {requester.user_id})"))
         return True  # a row: in effect at once
+
+    def host_credentials(self, share_id: str, host: str) -> HostCredentials | None:
+        return None  # a directory on this host: nothing to present
 
     def access_of(self, share_id: str, host: str) -> str | None:
         with self.db.read() as s:

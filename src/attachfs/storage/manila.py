@@ -46,7 +46,7 @@ from attachfs.errors import (
     ServiceUnavailable,
     TemporaryError,
 )
-from attachfs.storage.base import RequestContext, ShareInfo
+from attachfs.storage.base import HostCredentials, RequestContext, ShareInfo
 
 SERVICE = "share service (Manila)"
 RULE_TYPES = {ShareProtocol.NFS: "ip", ShareProtocol.CEPHFS: "cephx"}
@@ -287,6 +287,29 @@ class ManilaShareProvider:
         if rule is None or rule["state"] in ("error", "queued_to_deny", "denying"):
             return None
         return str(rule["access_level"])
+
+    def host_credentials(self, share_id: str, host: str) -> HostCredentials | None:
+        """For a CEPHFS share, the cephx ID and key of this host's active rule (the service
+        shows a rule's key once the backend has made it)."""
+        retry = "the agent tries again"
+        api = self._api(None, retry)
+        share = self._call(api, "GET", f"/shares/{share_id}", retry)
+        if share is GONE:
+            raise PermanentError(f"share {share_id} no longer exists in the {SERVICE}")
+        proto = (share["share"].get("share_proto") or "").upper()
+        if proto != ShareProtocol.CEPHFS:
+            return None
+        access_type, access_to = self._access_for(proto, host)
+        rule = self._find_rule(api, share_id, host, access_type, access_to, retry)
+        if rule is None or rule.get("state") != "active":
+            raise TemporaryError(f"this host's access rule on share {share_id} is not active "
+                                 f"in the {SERVICE} yet")
+        shown = self._call(api, "GET", f"/share-access-rules/{rule['id']}", retry)
+        key = None if shown is GONE else shown.get("access", {}).get("access_key")
+        if not key:
+            raise PermanentError(f"the {SERVICE} gave no cephx key for this host "
+                                 f"({access_to}) on share {share_id}")
+        return HostCredentials(str(rule["access_to"]), str(key))
 
     # ---- rules -------------------------------------------------------------------------------
     def _access_for(self, proto: str, host: str) -> tuple[str, str]:

@@ -16,6 +16,7 @@ from attachfs.core.rules import ShareProtocol
 from attachfs.errors import PermanentError
 from attachfs.paths import check_under
 from attachfs.storage import mountinfo
+from attachfs.storage.base import HostCredentials
 
 PROC_FILESYSTEMS = Path("/proc/filesystems")
 # host:/path, with host a name, an IPv4 address or a bracketed IPv6 address.
@@ -33,13 +34,15 @@ def kernel_has_nfs4(proc_filesystems: Path = PROC_FILESYSTEMS) -> bool:
 
 
 class NfsConnector:
+    needs_credentials = False  # the access rule names this host's address; no key
     protocol: str = ShareProtocol.NFS
 
     def __init__(self, mount_root: Path, proc_filesystems: Path = PROC_FILESYSTEMS) -> None:
         self.mount_root = mount_root
         self.proc_filesystems = proc_filesystems
 
-    def mount(self, export_location: str, target: Path, read_only: bool) -> None:
+    def mount(self, export_location: str, target: Path, read_only: bool,
+              credentials: HostCredentials | None = None) -> None:
         if not EXPORT.match(export_location):
             raise PermanentError(f"not an NFS export location (host:/path): {export_location!r}")
         target = check_under(self.mount_root, target)

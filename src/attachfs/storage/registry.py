@@ -4,7 +4,7 @@ configured external one (Manila), so both can be used side by side."""
 from __future__ import annotations
 
 from attachfs.config import Config
-from attachfs.storage.base import RequestContext, ShareInfo, ShareProvider
+from attachfs.storage.base import HostCredentials, RequestContext, ShareInfo, ShareProvider
 from attachfs.storage.local import LocalShareProvider
 
 
@@ -31,6 +31,9 @@ class ProviderChain:
 
     def access_of(self, share_id: str, host: str) -> str | None:
         return self._for(share_id).access_of(share_id, host)
+
+    def host_credentials(self, share_id: str, host: str) -> HostCredentials | None:
+        return self._for(share_id).host_credentials(share_id, host)
 
 
 def make_provider(config: Config, builtin: LocalShareProvider) -> ProviderChain:
