@@ -8,6 +8,7 @@ setup:
 	@bash scripts/setup.sh
 	@bash scripts/setup-keystone.sh
 	@bash scripts/setup-clients.sh
+	@bash scripts/setup-ceph.sh
 	@bash scripts/setup-manila.sh
 
 demo: setup

@@ -19,8 +19,9 @@ from attachfs.db.tables import Base, Server
 from attachfs.service import Parts, build_api, open_parts
 from attachfs.storage import mountinfo
 
-# The session's real Keystone (`keystone` fixture), for tests/keystone and tests/manila alike.
-pytest_plugins = ["tests.keystone_fixture"]
+# The session's real Keystone (`keystone` fixture), for tests/keystone and tests/manila alike,
+# and its real Ceph (`ceph_cluster`), for tests/ceph and tests/manila.
+pytest_plugins = ["tests.keystone_fixture", "tests.ceph_fixture"]
 
 PG_ADMIN_URL = os.environ.get("ATTACHFS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 

@@ -61,8 +61,10 @@ class CephFsConnector:
     protocol: str = ShareProtocol.CEPHFS
     needs_credentials = True
 
-    def __init__(self, mount_root: Path, cephfs_dir: Path, ceph_fuse: str = "ceph-fuse") -> None:
+    def __init__(self, mount_root: Path, cephfs_dir: Path, ceph_fuse: str = "ceph-fuse",
+                 mount_timeout: int = MOUNT_TIMEOUT) -> None:
         self.mount_root, self.cephfs_dir, self.ceph_fuse = mount_root, cephfs_dir, ceph_fuse
+        self.mount_timeout = mount_timeout
 
     # ---- paths ---------------------------------------------------------------------------------
     def _share_of(self, target: Path) -> str:
@@ -113,9 +115,9 @@ class CephFsConnector:
         mons = ",".join(export.mons)
         argv = [self.ceph_fuse, "-c", "/dev/null", "-m", mons, "--id", creds.auth_id,
                 "--keyring", str(keyring), "-r", export.path,
-                f"--client_mount_timeout={MOUNT_TIMEOUT}", str(backing)]
+                f"--client_mount_timeout={self.mount_timeout}", str(backing)]
         try:
-            mountinfo.run(argv, timeout=MOUNT_TIMEOUT + 15)
+            mountinfo.run(argv, timeout=self.mount_timeout + 15)
         except (PermanentError, TemporaryError) as exc:
             self._unmount_backing(share)
             raise PermanentError(
