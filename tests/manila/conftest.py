@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.ceph import CephCluster
 from tests.keystone_fixture import Keystone
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,10 +122,10 @@ class ManilaRest:
                                  "X-OpenStack-Manila-API-Version": MICROVERSION,
                                  **(headers or {})})
 
-    def create_share(self, name: str, proto: str = "NFS",
-                     token: str | None = None) -> dict[str, Any]:
+    def create_share(self, name: str, proto: str = "NFS", token: str | None = None,
+                     share_type: str = "attachfs-test", size: int = 1) -> dict[str, Any]:
         r = self.request("POST", "/shares", token, json={"share": {
-            "name": name, "share_proto": proto, "size": 1, "share_type": "attachfs-test"}})
+            "name": name, "share_proto": proto, "size": size, "share_type": share_type}})
         assert r.status_code in (200, 202), r.text
         share_id = r.json()["share"]["id"]
         deadline = time.monotonic() + 60
@@ -205,7 +206,7 @@ class Manila(ManilaRest):
         return ""
 
     def write_config(self, vhost: str, conf: Path | None = None, auth: str = "noauthv2",
-                     extra: str = "") -> None:
+                     extra: str = "", backends: str = "dummy") -> None:
         state = self.workdir / "state"
         (state / "locks").mkdir(parents=True, exist_ok=True)
         (conf or self.conf).write_text(textwrap.dedent(f"""
@@ -216,8 +217,8 @@ class Manila(ManilaRest):
             host = attachfs-test-{self.run_id}
             state_path = {state}
             api_paste_config = {VENV}/etc/manila/api-paste.ini
-            enabled_share_backends = dummy
-            enabled_share_protocols = NFS,CIFS
+            enabled_share_backends = {backends}
+            enabled_share_protocols = NFS,CIFS,CEPHFS
             default_share_type = attachfs-test
             report_interval = 2
             periodic_interval = 2
@@ -305,6 +306,37 @@ class Manila(ManilaRest):
             time.sleep(0.5)
         raise RuntimeError("Manila's scheduler never saw the dummy backend:\n"
                            + self.log_tail("share"))
+
+    def wait_backend(self, backend: str, process: str, share_type: str, proto: str,
+                     timeout: float = 120) -> None:
+        """Until a share of `share_type` lands on `backend`: its manila-share reported in and
+        the scheduler has its capabilities. (The pool list cannot tell: manila-api asks the
+        scheduler for its cached pools, refreshed only when it schedules a share.)"""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            services = self.request("GET", "/services").json().get("services", [])
+            if any(sv["host"].endswith(f"@{backend}") and sv.get("updated_at")
+                   and sv["state"] == "up" for sv in services):
+                break
+            if self.procs[process].poll() is not None:
+                raise RuntimeError(f"manila-{process} exited:\n" + self.log_tail(process))
+            time.sleep(0.5)
+        while time.monotonic() < deadline:
+            r = self.request("POST", "/shares", json={"share": {
+                "name": f"probe-{backend}", "share_proto": proto, "size": 1,
+                "share_type": share_type}})
+            assert r.status_code in (200, 202), r.text
+            probe = r.json()["share"]["id"]
+            status = "creating"
+            while status == "creating" and time.monotonic() < deadline:
+                time.sleep(0.3)
+                status = self.request("GET", f"/shares/{probe}").json()["share"]["status"]
+            self.request("DELETE", f"/shares/{probe}")
+            if status == "available":
+                return
+            time.sleep(2)  # no valid host yet: the scheduler has not heard from the backend
+        raise RuntimeError(f"no share could be placed on the {backend} backend:\n"
+                           + self.log_tail(process))
 
     # ---- teardown ----------------------------------------------------------------------------
     def _stop(self, name: str) -> None:
@@ -472,3 +504,44 @@ def manila_keystone(manila: Manila, keystone: Keystone) -> Iterator[KeystoneMani
             ks.admin_call("DELETE", f"/services/{service.service_id}")
         ks.admin_call("DELETE", f"/users/{user_id}")
     assert not _listening(service.port), f"something still listens on {service.port}"
+
+
+CEPHFS_TYPE = "attachfs-cephfs"
+
+
+@pytest.fixture(scope="session")
+def manila_cephfs(manila: Manila, ceph_cluster: CephCluster) -> Iterator[Manila]:
+    """The same Manila with a second backend: its real CephFS native driver (protocol CEPHFS,
+    cephx rules) on the session's Ceph cluster, in its own manila-share process, chosen by the
+    share type CEPHFS_TYPE (the dummy backend stays the default type's)."""
+    began = time.monotonic()
+    # the Ceph packages are in now: let Manila's venv see their Python bindings
+    subprocess.run(["bash", str(ROOT / "scripts/setup-manila.sh")], check=True, timeout=1200)
+    keyring = manila.workdir / "ceph.client.manila.keyring"
+    keyring.write_text(ceph_cluster.ceph("auth", "get-or-create", "client.manila",
+                                         "mon", "allow r", "mgr", "allow rw"))
+    keyring.chmod(0o600)
+    ceph_conf = manila.workdir / "ceph.conf"
+    ceph_conf.write_text(f"[global]\nmon host = {ceph_cluster.mon_addrs}\n"
+                         f"[client.manila]\nkeyring = {keyring}\n")
+    conf = manila.workdir / "manila-cephfs.conf"
+    manila.write_config(manila.vhost or "", conf, backends="cephfs", extra=f"""
+        [cephfs]
+        share_driver = manila.share.drivers.cephfs.driver.CephFSDriver
+        share_backend_name = cephfs
+        driver_handles_share_servers = false
+        cephfs_protocol_helper_type = CEPHFS
+        cephfs_conf_path = {ceph_conf}
+        cephfs_cluster_name = ceph
+        cephfs_auth_id = manila
+        cephfs_filesystem_name = cephfs
+    """)
+    manila._spawn("share-cephfs", [str(VENV / "bin/manila-share"), "--config-file", str(conf)])
+    r = manila.request("POST", "/types", json={"share_type": {
+        "name": CEPHFS_TYPE, "share_type_access:is_public": True,
+        "extra_specs": {"driver_handles_share_servers": False,
+                        "share_backend_name": "cephfs"}}})
+    assert r.status_code == 200, r.text
+    manila.wait_backend("cephfs", "share-cephfs", CEPHFS_TYPE, "CEPHFS")
+    sys.stderr.write(f"\n[manila] CephFS backend up in {time.monotonic() - began:.1f}s\n")
+    yield manila
