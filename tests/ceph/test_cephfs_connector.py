@@ -109,3 +109,22 @@ def test_unreachable_monitors_are_named(ceph_cluster: CephCluster, tmp_path: Pat
     assert mountinfo.mount_points(tmp_path) == []
     assert not (tmp_path / "cephfs" / "share-m").exists()
     assert ceph_fuse_for(tmp_path / "cephfs" / "share-m" / "mnt") == []
+
+
+def test_a_backing_mount_left_by_a_crash_is_released(ceph_cluster: CephCluster,
+                                                     tmp_path: Path) -> None:
+    """The agent unmounts host mounts through the mount table, then asks connectors to release
+    what no host mount uses: a crash between the two leaves a backing mount the next call (or
+    the agent's repair) releases; one still in use is kept."""
+    path = ceph_cluster.subvolume_create("conn-crash", 16 * MIB)
+    key = ceph_cluster.subvolume_authorize("conn-crash", "attachfs-conn-crash")
+    creds = HostCredentials("attachfs-conn-crash", key)
+    connector = CephFsConnector(tmp_path / "mounts", tmp_path / "cephfs")
+    target = tmp_path / "mounts" / "share-c"
+    connector.mount(ceph_cluster.export_location(path), target, False, creds)
+    assert connector.release_unused() == []  # in use: kept
+    mountinfo.unmount(target)  # the host mount goes; the agent dies before releasing
+    assert mountinfo.is_mountpoint(tmp_path / "cephfs" / "share-c" / "mnt")
+    assert connector.release_unused() == ["CephFS share share-c (ceph-fuse mount and key)"]
+    assert mountinfo.mount_points(tmp_path) == [] and not (tmp_path / "cephfs" / "share-c").exists()
+    assert ceph_fuse_for(tmp_path / "cephfs" / "share-c" / "mnt") == []

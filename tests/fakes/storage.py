@@ -44,6 +44,9 @@ class FakeHost:
         self.mounts[target] = SAFE - {"rw"} | {"ro"} if read_only else SAFE
         self.sources[target] = export_location
 
+    def release_unused(self) -> list[str]:
+        return []
+
     def unmount(self, target: Path) -> None:
         self.faults.check("unmount")
         self.mounts.pop(target, None)

@@ -101,6 +101,16 @@ class Attachments:
         connector.mount(m.export_location, path, read_only=m.read_only, credentials=credentials)
         return path
 
+    def unmount(self, target: Path) -> None:
+        """Unmount a host mount (every layer), then let each connector release what no host
+        mount uses any more (CephFS: the share's ceph-fuse mount and key)."""
+        self.mounts.unmount(target)
+        self.release_unused()
+
+    def release_unused(self) -> list[str]:
+        """What connectors released (also after a crash between the two unmounts)."""
+        return [x for c in self.connectors.values() for x in c.release_unused()]
+
     def record_retry(self, mapping_id: int, step: str, exc: Exception, retry_in: float) -> int:
         """A temporary failure: count it and show it (status unchanged). Returns the count."""
         with self.db.session() as s:

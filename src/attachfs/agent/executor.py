@@ -182,7 +182,7 @@ class Executor:
                 a.virt.request_detach(server.uuid, step.tag)
                 self.unplug_asked(server.uuid, step.tag)
             case Op.UNMOUNT:
-                a.mounts.unmount(under_root(a.config.mount_root, Path(step.path).name))
+                a.unmount(under_root(a.config.mount_root, Path(step.path).name))
             case Op.REVOKE_ACCESS:
                 return a.provider.revoke_access(m.share_id, a.host, requester(m))
             case Op.RECORD:

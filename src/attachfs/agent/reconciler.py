@@ -179,10 +179,16 @@ class Reconciler:
             if state == "running":
                 in_use |= {str(p) for p in self.virt.guest_devices(uuid).values()}
         failed = None
+        try:
+            for released in self.a.release_unused():
+                log.warning("repair: released %s, no host mount uses it", released)
+        except BackendError as exc:
+            log.error("repair: cannot release a connector's mount: %s", exc)
+            failed = str(exc)
         for step in host_plan(in_use, mounted).steps:
             log.warning("repair: unmounting %s, no server uses it", step.path)
             try:
-                self.a.mounts.unmount(Path(step.path))
+                self.a.unmount(Path(step.path))
             except BackendError as exc:
                 log.error("repair: cannot unmount %s: %s", step.path, exc)
                 failed = str(exc)

@@ -51,7 +51,7 @@ class ServerSteps:
             case Op.STOP_GUEST:
                 self._stop(step, desired, snap)
             case Op.UNMOUNT:
-                self.a.mounts.unmount(under_root(self.config.mount_root, Path(step.path).name))
+                self.a.unmount(under_root(self.config.mount_root, Path(step.path).name))
             case Op.UNPLUG:
                 log.warning("server %s: removing device %s: no attachment claims it", uuid,
                             step.tag)

@@ -75,6 +75,11 @@ class HostConnector(Protocol):
     def unmount(self, target: Path) -> None:
         """Unmount `target` (idempotent)."""
 
+    def release_unused(self) -> list[str]:
+        """Undo what mount() made below the host mounts and no host mount uses any more (the
+        agent unmounts host mounts through the MountTable, then calls this); what it
+        released. Idempotent; safe after a crash anywhere."""
+
 
 class MountTable(Protocol):
     """The host's mounts as the agent observes and fixes them (storage/mountinfo.py: the

@@ -44,5 +44,8 @@ class BindConnector:
         target.mkdir(mode=0o700, parents=True, exist_ok=True)
         mountinfo.bind(source, target, mountinfo.GUEST_SAFE + (",ro" if read_only else ""))
 
+    def release_unused(self) -> list[str]:
+        return []  # the host mount is all there is
+
     def unmount(self, target: Path) -> None:
         mountinfo.unmount(check_under(self.mount_root, target))

@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,9 @@ class CephFsConnector:
                  mount_timeout: int = MOUNT_TIMEOUT) -> None:
         self.mount_root, self.cephfs_dir, self.ceph_fuse = mount_root, cephfs_dir, ceph_fuse
         self.mount_timeout = mount_timeout
+        # The agent's workers mount and release concurrently: a backing mount must never be
+        # released between its ceph-fuse mount and the bind mount that puts it to use.
+        self._lock = threading.Lock()
 
     # ---- paths ---------------------------------------------------------------------------------
     def _share_of(self, target: Path) -> str:
@@ -86,18 +90,34 @@ class CephFsConnector:
                                  "the share service gave its access rule none")
         share = self._share_of(target)
         backing, _ = self._backing(share)
-        if not mountinfo.is_mountpoint(backing):
-            self._mount_backing(share, export, credentials)
-        target.mkdir(mode=0o700, parents=True, exist_ok=True)
-        mountinfo.bind(backing, target, mountinfo.GUEST_SAFE + (",ro" if read_only else ""))
+        with self._lock:
+            if not mountinfo.is_mountpoint(backing):
+                self._mount_backing(share, export, credentials)
+            target.mkdir(mode=0o700, parents=True, exist_ok=True)
+            mountinfo.bind(backing, target, mountinfo.GUEST_SAFE + (",ro" if read_only else ""))
 
     def unmount(self, target: Path) -> None:
         target = check_under(self.mount_root, target)
         mountinfo.unmount(target)
-        share = self._share_of(target)
-        others = (self.mount_root / share, self.mount_root / (share + HOST_MOUNT_READ_ONLY_SUFFIX))
-        if not any(mountinfo.is_mountpoint(p) for p in others):  # the last user on this host
-            self._unmount_backing(share)
+        self.release_unused()
+
+    def release_unused(self) -> list[str]:
+        """Backing mounts (and keys) of shares with no host mount left on this host."""
+        if not self.cephfs_dir.is_dir():
+            return []
+        with self._lock:
+            return self._release_unused()
+
+    def _release_unused(self) -> list[str]:
+        released = []
+        for base in sorted(self.cephfs_dir.iterdir()):
+            share = base.name
+            users = (self.mount_root / share,
+                     self.mount_root / (share + HOST_MOUNT_READ_ONLY_SUFFIX))
+            if not any(mountinfo.is_mountpoint(p) for p in users):
+                self._unmount_backing(share)
+                released.append(f"CephFS share {share} (ceph-fuse mount and key)")
+        return released
 
     # ---- the backing ceph-fuse mount ---------------------------------------------------------------
     def _mount_backing(self, share: str, export: CephExport, creds: HostCredentials) -> None:

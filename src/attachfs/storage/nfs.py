@@ -68,5 +68,8 @@ class NfsConnector:
                 target.rmdir()
             raise
 
+    def release_unused(self) -> list[str]:
+        return []  # the host mount is all there is
+
     def unmount(self, target: Path) -> None:
         mountinfo.unmount(check_under(self.mount_root, target))
