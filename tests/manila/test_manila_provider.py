@@ -8,6 +8,7 @@ What this proves and what it does not is written down in docs/manila.md.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import sys
 import threading
@@ -20,11 +21,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from attachfs.config import Config, load_config
-from attachfs.db.tables import ShareMapping, ShareServiceLock
+from attachfs.db.tables import ShareMapping, ShareServiceLock, utcnow
 from attachfs.errors import NotFound, PermanentError, TemporaryError
 from attachfs.service import Parts, build_api, open_parts
 from attachfs.storage.base import RequestContext
-from attachfs.storage.manila import ManilaShareProvider, ShareServiceUnavailable
+from attachfs.storage.manila import LEASE_SECONDS, ManilaShareProvider, ShareServiceUnavailable
 from attachfs.storage.nfs import NfsConnector, kernel_has_nfs4
 from tests.conftest import converge, create_server, make_image_dir, settle_server
 from tests.manila.conftest import (
@@ -207,38 +208,34 @@ def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'attachfs.db'}"
 
 
-def test_share_lock_is_held_across_agents(manila: Manila, shared_db: str,
-                                          tmp_path: Path) -> None:
-    """The database lock, not an in-process one: an agent with its own engine waits for the
-    other's rule change on the same share (another share does not wait)."""
+def test_share_lease_is_held_across_agents(manila: Manila, shared_db: str,
+                                           tmp_path: Path) -> None:
+    """A lease in the database, not an in-process lock and not an open transaction: while one
+    agent changes a share's rules, another agent (its own engine) is told to ask again (its
+    grant answers "not yet"), another share is free, and the lease comes back afterwards; a
+    lease whose holder died is taken over once it is LEASE_SECONDS old."""
     first = open_parts(manila_config(manila, tmp_path, "host-a", "192.0.2.11", shared_db))
     second = open_parts(manila_config(manila, tmp_path, "host-b", "192.0.2.12", shared_db))
     a, b = first.provider.external, second.provider.external
     assert isinstance(a, ManilaShareProvider) and isinstance(b, ManilaShareProvider)
     share, other = "5a5a5a5a-0000-4000-8000-00000000000a", "5a5a5a5a-0000-4000-8000-00000000000b"
-    for each in (a, b):  # both connected (a SQLite database switched to WAL) before the race
-        with each._share_lock(share):
-            pass
-    held, entered = threading.Event(), {}
-
-    def second_agent(share_id: str) -> None:
-        held.wait(10)
-        with b._share_lock(share_id):
-            entered[share_id] = time.monotonic()
-
     try:
-        with a._share_lock(share):
-            threads = [threading.Thread(target=second_agent, args=(s,)) for s in (share, other)]
-            for t in threads:
-                t.start()
-            held.set()
-            time.sleep(1.0)
-            released = time.monotonic()
-        for t in threads:
-            t.join(30)
-        assert entered[share] >= released, "the second agent did not wait for the lock"
-        if not shared_db.startswith("sqlite"):  # SQLite: one writer at a time for every share
-            assert entered[other] < released, "a lock on another share must not block"
+        with a._share_lease(share) as mine:
+            assert mine
+            with b._share_lease(share) as theirs, b._share_lease(other) as free:
+                assert not theirs and free
+            # no transaction is open meanwhile: the other agent writes at once
+            with second.db.session() as s:
+                s.merge(ShareServiceLock(share_id=other, holder=None))
+        with b._share_lease(share) as theirs:
+            assert theirs
+        with first.db.session() as s:  # a holder that died long ago
+            row = s.get(ShareServiceLock, share)
+            assert row is not None
+            row.holder, row.updated_at = "host-a:dead", utcnow() - dt.timedelta(
+                seconds=LEASE_SECONDS + 1)
+        with b._share_lease(share) as theirs:
+            assert theirs
     finally:
         first.db.dispose()
         second.db.dispose()

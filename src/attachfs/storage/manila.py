@@ -11,13 +11,16 @@ do about it.
 A compute host's access is one rule per (share, host): `ip` [manila] host_address for NFS,
 `cephx` [manila] cephx_access_to (default attachfs-<host>) for CEPHFS, created locked
 (visibility and deletion) and marked with metadata attachfs_host=<host>. Rule changes on one
-share are serialized across agents by a row lock in attachfs's database (share_service_locks).
+share are serialized across agents by a lease on its row in attachfs's database
+(share_service_locks), never by a transaction held open while Manila is asked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import time
+import uuid as uuidlib
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +33,7 @@ from keystoneauth1.service_token import ServiceTokenAuthWrapper
 from openstack import connection
 from openstack import exceptions as sdk_exc
 from openstack import warnings as sdk_warnings
-from sqlalchemy import select
+from sqlalchemy import CursorResult, or_, update
 from sqlalchemy.exc import IntegrityError
 
 from attachfs.config import Config, ManilaConfig
@@ -51,7 +54,10 @@ from attachfs.storage.base import HostCredentials, RequestContext, ShareInfo
 SERVICE = "share service (Manila)"
 RULE_TYPES = {ShareProtocol.NFS: "ip", ShareProtocol.CEPHFS: "cephx"}
 HOST_KEY = "attachfs_host"  # access rule metadata: which compute host the rule is for
-HTTP_TIMEOUT = 10.0  # per request; rule changes hold a database lock meanwhile
+HTTP_TIMEOUT = 10.0  # per request
+# A rule change holds its share's lease for a look-up and a change (a few requests); a lease
+# older than this is a dead holder's and is taken over.
+LEASE_SECONDS = 120.0
 GONE = object()
 # openstacksdk warns about its own internal call on every GET (its cache key); not ours to fix.
 warnings.filterwarnings("ignore", message="The 'service_type' parameter is unnecesary",
@@ -232,7 +238,9 @@ class ManilaShareProvider:
             raise PermanentError(f"share {share_id} uses protocol {proto or 'unknown'}; attachfs "
                                  f"attaches {' and '.join(RULE_TYPES)} shares only")
         access_type, access_to = self._access_for(proto, host)
-        with self._share_lock(share_id):  # held for the look-up and the change only
+        with self._share_lease(share_id) as mine:  # the look-up and the change only
+            if not mine:
+                return False  # another agent is changing this share's rules: ask again soon
             rule = self._find_rule(api, share_id, host, access_type, access_to, retry)
             if rule is None:
                 rule = self._create_rule(api, share_id, host, access_type, access_to,
@@ -263,7 +271,9 @@ class ManilaShareProvider:
         if proto not in RULE_TYPES:
             return True  # never granted (refused at attach)
         access_type, access_to = self._access_for(proto, host)
-        with self._share_lock(share_id):
+        with self._share_lease(share_id) as mine:
+            if not mine:
+                return False
             rule = self._find_rule(api, share_id, host, access_type, access_to, retry)
             if rule is None:
                 self._since.pop(share_id, None)
@@ -388,21 +398,34 @@ class ManilaShareProvider:
                                  f"on share {share_id}; see manila-share's log")
 
     @contextlib.contextmanager
-    def _share_lock(self, share_id: str) -> Iterator[None]:
-        """One agent at a time changes a share's rules, on every host: a row per share, locked
-        with SELECT ... FOR UPDATE (on SQLite the write transaction serializes anyway)."""
-        try:
-            with self.db.session() as s:
-                if s.get(ShareServiceLock, share_id) is None:
-                    s.add(ShareServiceLock(share_id=share_id))
-        except IntegrityError:
-            pass  # another agent made the row first
+    def _share_lease(self, share_id: str) -> Iterator[bool]:
+        """One agent at a time changes a share's rules, on every host: a lease on the share's
+        row, taken and given back in short transactions of their own, so no database
+        transaction is open while Manila is asked. Yields False when another holds it (the
+        caller asks again later); a lease older than LEASE_SECONDS (its holder died) is taken
+        over."""
+        token = f"{self.host}:{uuidlib.uuid4().hex[:12]}"  # each taking is its own
+        with contextlib.suppress(IntegrityError), self.db.session() as s:
+            if s.get(ShareServiceLock, share_id) is None:
+                s.add(ShareServiceLock(share_id=share_id))
+        now = utcnow()
         with self.db.session() as s:
-            row = s.scalars(select(ShareServiceLock)
-                            .where(ShareServiceLock.share_id == share_id).with_for_update()).one()
-            row.holder, row.updated_at = self.host, utcnow()
-            yield
-
+            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                update(ShareServiceLock)
+                .where(ShareServiceLock.share_id == share_id,
+                       or_(ShareServiceLock.holder.is_(None),
+                           ShareServiceLock.updated_at < now - dt.timedelta(seconds=LEASE_SECONDS)))
+                .values(holder=token, updated_at=now))
+            taken = result.rowcount == 1
+        try:
+            yield taken
+        finally:
+            if taken:
+                with self.db.session() as s:
+                    s.execute(update(ShareServiceLock)
+                              .where(ShareServiceLock.share_id == share_id,
+                                     ShareServiceLock.holder == token)
+                              .values(holder=None, updated_at=utcnow()))
 
 def _preferred_first(locations: list[dict[str, Any]]) -> tuple[str, ...]:
     """Export paths, the preferred first; admin-only ones only when there is nothing else."""
