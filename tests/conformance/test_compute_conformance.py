@@ -30,7 +30,7 @@ from attachfs.service import Parts, build_api, open_parts
 from tests.conformance.cases import CASES, Case, Step
 from tests.conftest import make_image_dir
 from tests.fakes.storage import ShareCatalog
-from tools.compute_service.record import scrub, substitute, substitute_json
+from tools.compute_service.record import answer_of, request_of, substitute
 
 RECORDED = Path(__file__).with_name("recorded") / "nova-34.json"
 # who each case's `user` is, as attachfs's noauth tokens (user:project[:roles])
@@ -163,36 +163,13 @@ def _headers(user: str, version: str | None) -> dict[str, str]:
 
 
 def send(client: TestClient, step: Step, values: dict[str, str]) -> dict[str, Any]:
-    """The step as the recorder sent it (tools/compute_service/record.py, run_step)."""
-    url = "/v2.1" + substitute(step.path, values)
-    if step.query:
-        url += "?" + substitute(step.query, values)
-    headers = _headers(step.user, step.version)
-    content: bytes | None = None
-    if step.raw is not None:
-        content = substitute(step.raw, values).encode()
-    elif step.body is not None:
-        body = substitute_json(step.body, values)
-        if isinstance(body, dict) and isinstance(body.get("resize"), dict):
-            flavor = body["resize"].get("flavorRef")
-            body["resize"]["flavorRef"] = FLAVORS.get(flavor, flavor)
-        content = json.dumps(body).encode()
-    if content is not None and step.content_type is not None:
-        headers["Content-Type"] = step.content_type
+    """The step exactly as the recorder sent it, and its answer as the recorder keeps it."""
+    req = request_of(step, values, TOKENS[step.user], FLAVORS)
     client.headers.clear()  # nothing but what the recorder sent
-    r = client.request(step.method, url, headers=headers, content=content)
-    body: Any
-    if not r.content:
-        body = None
-    else:
-        try:
-            body = r.json()
-        except ValueError:
-            body = r.text
-    reverse = {v: "{" + k + "}" for k, v in values.items() if v}
-    return {"status": r.status_code, "content_type": r.headers.get("content-type"),
-            "version_header": r.headers.get("OpenStack-API-Version"),
-            "body": unordered(scrub(body, reverse))}
+    r = client.request(req.method, "/v2.1" + req.target, headers=req.headers,
+                       content=req.content)
+    answer = answer_of(r, values)
+    return {**answer, "body": unordered(answer["body"])}
 
 
 def unordered(body: Any) -> Any:

@@ -341,33 +341,10 @@ class Recorder:
 
     def run_step(self, step: Any, values: dict[str, str]) -> dict[str, Any]:
         cl = self.cloud
-        url = cl.args.compute_url.rstrip("/") + substitute(step.path, values)
-        if step.query:
-            url += "?" + substitute(step.query, values)
-        headers = {"X-Auth-Token": cl.token(step.user), "Accept": "application/json"}
-        if step.version is not None:
-            headers["OpenStack-API-Version"] = f"compute {step.version}"
-        content: bytes | None = None
-        if step.raw is not None:
-            content = substitute(step.raw, values).encode()
-        elif step.body is not None:
-            content = json.dumps(substitute_json(step.body, values)).encode()
-        if content is not None and step.content_type is not None:
-            headers["Content-Type"] = step.content_type
-        r = cl.http.request(step.method, url, headers=headers, content=content)
-        ctype = r.headers.get("Content-Type")
-        body: Any
-        if not r.content:
-            body = None
-        else:
-            try:
-                body = r.json()
-            except ValueError:
-                body = r.text
-        reverse = {v: "{" + k + "}" for k, v in values.items() if v}
-        return {"status": r.status_code, "content_type": ctype,
-                "version_header": r.headers.get("OpenStack-API-Version"),
-                "body": scrub(body, reverse)}
+        req = request_of(step, values, cl.token(step.user))
+        r = cl.http.request(req.method, cl.args.compute_url.rstrip("/") + req.target,
+                            headers=req.headers, content=req.content)
+        return answer_of(r, values)
 
     def cleanup_case(self, values: dict[str, str]) -> None:
         for k, v in values.items():
@@ -430,6 +407,57 @@ class Recorder:
         cl.manila("admin", "DELETE", f"/shares/{sid}", ok=(202, 404))
         poll(f"share {sid} deleted", lambda: self.share_status(sid) in ("deleted",
                                                                          "error_deleting"), 120)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A case's step as bytes on the wire: `target` is relative to the compute endpoint."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+    content: bytes | None
+
+
+def request_of(step: Any, values: dict[str, str], token: str,
+               flavors: dict[str, str] | None = None) -> Request:
+    """How a Step becomes a request (tests/conformance/cases.py says it in words): the same for
+    the recorder and for the replay against attachfs. `flavors` renames the recorder's flavors
+    for a service that has others."""
+    target = substitute(step.path, values)
+    if step.query:
+        target += "?" + substitute(step.query, values)
+    headers = {"X-Auth-Token": token, "Accept": "application/json"}
+    if step.version is not None:
+        headers["OpenStack-API-Version"] = f"compute {step.version}"
+    content: bytes | None = None
+    if step.raw is not None:
+        content = substitute(step.raw, values).encode()
+    elif step.body is not None:
+        body = substitute_json(step.body, values)
+        resize = body.get("resize") if isinstance(body, dict) else None
+        if flavors and isinstance(resize, dict) and resize.get("flavorRef") in flavors:
+            resize["flavorRef"] = flavors[resize["flavorRef"]]
+        content = json.dumps(body).encode()
+    if content is not None and step.content_type is not None:
+        headers["Content-Type"] = step.content_type
+    return Request(step.method, target, headers, content)
+
+
+def answer_of(r: httpx.Response, values: dict[str, str]) -> dict[str, Any]:
+    """What is recorded (and compared) of an answer, real ids put back as placeholders."""
+    body: Any
+    if not r.content:
+        body = None
+    else:
+        try:
+            body = r.json()
+        except ValueError:
+            body = r.text
+    reverse = {v: "{" + k + "}" for k, v in values.items() if v}
+    return {"status": r.status_code, "content_type": r.headers.get("Content-Type"),
+            "version_header": r.headers.get("OpenStack-API-Version"),
+            "body": scrub(body, reverse)}
 
 
 def substitute(s: str, values: dict[str, str]) -> str:
