@@ -230,10 +230,9 @@ class ManilaShareProvider:
         rule asynchronously: False means "not yet, ask again" (nothing here waits)."""
         retry = "retry the attach when it is back"
         api = self._api(requester, retry)
-        share = self._call(api, "GET", f"/shares/{share_id}", retry)
-        if share is GONE:
+        proto = self._protocol(api, share_id, retry)
+        if proto is None:
             raise PermanentError(f"share {share_id} no longer exists in the {SERVICE}")
-        proto = (share["share"].get("share_proto") or "").upper()
         if proto not in RULE_TYPES:
             raise PermanentError(f"share {share_id} uses protocol {proto or 'unknown'}; attachfs "
                                  f"attaches {' and '.join(RULE_TYPES)} shares only")
@@ -264,12 +263,9 @@ class ManilaShareProvider:
         """Unlock and deny this host's rule; True once it is gone (False: ask again)."""
         retry = "retry the detach when it is back"
         api = self._api(requester, retry)
-        share = self._call(api, "GET", f"/shares/{share_id}", retry)
-        if share is GONE:
-            return True  # the share and its rules are gone
-        proto = (share["share"].get("share_proto") or "").upper()
-        if proto not in RULE_TYPES:
-            return True  # never granted (refused at attach)
+        proto = self._protocol(api, share_id, retry)
+        if proto is None or proto not in RULE_TYPES:
+            return True  # the share and its rules are gone, or never granted (refused)
         access_type, access_to = self._access_for(proto, host)
         with self._share_lease(share_id) as mine:
             if not mine:
@@ -286,11 +282,8 @@ class ManilaShareProvider:
         """This host's rule as the service has it (with the service's own credentials)."""
         retry = "the agent looks again later"
         api = self._api(None, retry)
-        share = self._call(api, "GET", f"/shares/{share_id}", retry)
-        if share is GONE:
-            return None
-        proto = (share["share"].get("share_proto") or "").upper()
-        if proto not in RULE_TYPES:
+        proto = self._protocol(api, share_id, retry)
+        if proto is None or proto not in RULE_TYPES:
             return None
         access_type, access_to = self._access_for(proto, host)
         rule = self._find_rule(api, share_id, host, access_type, access_to, retry)
@@ -303,10 +296,9 @@ class ManilaShareProvider:
         shows a rule's key once the backend has made it)."""
         retry = "the agent tries again"
         api = self._api(None, retry)
-        share = self._call(api, "GET", f"/shares/{share_id}", retry)
-        if share is GONE:
+        proto = self._protocol(api, share_id, retry)
+        if proto is None:
             raise PermanentError(f"share {share_id} no longer exists in the {SERVICE}")
-        proto = (share["share"].get("share_proto") or "").upper()
         if proto != ShareProtocol.CEPHFS:
             return None
         access_type, access_to = self._access_for(proto, host)
@@ -322,6 +314,13 @@ class ManilaShareProvider:
         return HostCredentials(str(rule["access_to"]), str(key))
 
     # ---- rules -------------------------------------------------------------------------------
+    def _protocol(self, api: Adapter, share_id: str, retry: str) -> str | None:
+        """The share's protocol, upper case ("" when it has none); None: the share is gone."""
+        share = self._call(api, "GET", f"/shares/{share_id}", retry)
+        if share is GONE:
+            return None
+        return str(share["share"].get("share_proto") or "").upper()
+
     def _access_for(self, proto: str, host: str) -> tuple[str, str]:
         if proto == ShareProtocol.NFS:
             return "ip", self.cfg.host_address
