@@ -25,10 +25,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from attachfs.config import load_config
-from attachfs.db.tables import Server, ShareMapping
+from attachfs.db.tables import ShareMapping
 from attachfs.service import Parts, build_api, open_parts
 from tests.conformance.cases import CASES, Case, Step
-from tests.conftest import make_image_dir
+from tests.conftest import make_image_dir, settle_server
 from tests.fakes.storage import ShareCatalog
 from tools.compute_service.record import answer_of, request_of, substitute
 
@@ -124,12 +124,8 @@ def _server(client: TestClient, parts: Parts, token: str) -> str:
 def _settle(parts: Parts, sid: str, vm_state: str) -> None:
     """Where the agent (the compute service: its compute manager) would leave the server:
     started servers have their attachments `active`, stopped and errored ones `inactive`."""
+    settle_server(parts, sid, vm_state)
     with parts.db.session() as s:
-        row = s.get(Server, sid)
-        assert row is not None
-        row.vm_state, row.task_state = vm_state, None
-        row.power_intent = "on" if vm_state == "active" else "off"
-        row.observed_generation = row.generation
         for m in s.query(ShareMapping).filter_by(instance_uuid=sid):
             m.status = "active" if vm_state == "active" else "inactive"
 

@@ -31,23 +31,24 @@ def _validator(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
 
 def check_body(schema: Mapping[str, Any], body: Any) -> None:
     """400 with the compute service's wording: the innermost field and its value."""
-    try:
-        _validator(schema).validate(body)
-    except jsonschema.ValidationError as exc:
-        if exc.path:
-            raise BadRequest(f"Invalid input for field/attribute {exc.path.pop()}. "
-                             f"Value: {exc.instance}. {exc.message}") from exc
-        raise BadRequest(exc.message) from exc
+    _check(schema, body, "field/attribute", innermost=True)
 
 
 def check_query(schema: Mapping[str, Any], query: QueryParams) -> None:
     """Query parameters as the compute service sees them: each name with a list of values."""
-    values = {name: query.getlist(name) for name in query}
+    _check(schema, {name: query.getlist(name) for name in query}, "query parameters",
+           innermost=False)
+
+
+def _check(schema: Mapping[str, Any], value: Any, what: str, *, innermost: bool) -> None:
+    """A body names its innermost field; a query its parameter (the path's first item: the
+    rest indexes that parameter's list of values)."""
     try:
-        _validator(schema).validate(values)
+        _validator(schema).validate(value)
     except jsonschema.ValidationError as exc:
         if exc.path:
-            raise BadRequest(f"Invalid input for query parameters {exc.path.popleft()}. "
+            name = exc.path.pop() if innermost else exc.path.popleft()
+            raise BadRequest(f"Invalid input for {what} {name}. "
                              f"Value: {exc.instance}. {exc.message}") from exc
         raise BadRequest(exc.message) from exc
 
