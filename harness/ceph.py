@@ -260,6 +260,24 @@ class CephCluster:
         if check and left:
             raise RuntimeError(f"Ceph cluster under {self.dir} left: " + "; ".join(left))
 
+    @contextmanager
+    def monitor_stopped(self, timeout: float = 120) -> Iterator[None]:
+        """The monitor killed for the block (clients cannot reach the cluster: an outage as a
+        host sees it), then started again on its data, and the cluster ready again after."""
+        (mon,) = [d for d in self.daemons if d.name == f"mon.{MON_ID}"]
+        if self._admin is not None:  # its librados session would wait for the monitor
+            self._admin.close()
+            self._admin = None
+        mon.kill()
+        mon.wait_gone(30)
+        self.daemons.remove(mon)
+        try:
+            yield
+        finally:
+            self._spawn("mon", MON_ID)
+            self._wait_mon(timeout)
+            self._wait_ready(timeout)
+
     def leftovers(self) -> list[str]:
         """What is left of the cluster: its daemons and ceph-fuse processes by pid and start
         time (zombies included), any process whose command line names its directory, its

@@ -93,12 +93,33 @@ class LibvirtConfig(_Section):
 
 
 class StorageConfig(_Section):
+    # Where shares other than the built-in ones come from: "manila", or none ("local"). The
+    # built-in shares and the [[static_shares]] below are always there besides.
     provider: Literal["local", "manila"] = "local"
     root: str = ""  # built-in shares live here; default STATE/shares
     mount_root: str = ""  # host mounts handed to guests; default STATE/mounts
     # Built-in shares are sparse ext4 images of their size: the largest one a tenant may ask
     # for (a larger request, or one above the storage filesystem's free space, is a 400).
     max_share_gib: int = Field(default=1024, ge=1, le=16384)
+    # How this host mounts NFS exports: "kernel" (its NFSv4.1 client), "fuse" (attachfs's own
+    # FUSE client, for kernels with none), "auto" (the kernel's when it has one).
+    nfs_client: Literal["auto", "kernel", "fuse"] = "auto"
+    # Seconds a host mount (ceph-fuse, NFS) may take to reach its servers; then `error`.
+    mount_timeout: float = Field(default=30.0, gt=0, le=600)
+
+
+class StaticShare(_Section):
+    """An export the operator declares (no share service behind it): attachable like a Manila
+    share. The export's own client list is the operator's to keep; attachfs does not change it."""
+
+    id: str = Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+    name: str = Field(min_length=1, max_length=255)
+    protocol: Literal["NFS"] = "NFS"
+    export: str = Field(min_length=1)  # host:/path or nfs://host[:port]/path
+    size_gib: int = Field(default=1, ge=0)  # what the share API shows; the server enforces it
+    project_id: str = ""  # visible to this project only; empty: to every project
+    access_level: Literal["rw", "ro"] = "rw"  # "ro": the export is read-only, so are its attachments
+    mount_point: str = ""  # where guests should mount it, when the operator says
 
 
 class MetadataConfig(_Section):
@@ -145,6 +166,7 @@ class Config(_Section):
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    static_shares: list[StaticShare] = Field(default_factory=list)
 
     # Derived paths -------------------------------------------------------------------------
     @property
@@ -180,6 +202,11 @@ class Config(_Section):
     def cephfs_dir(self) -> Path:
         """CephFS shares' ceph-fuse mounts and their keys, one directory per share."""
         return self.state_path / "cephfs"
+
+    @property
+    def nfs_dir(self) -> Path:
+        """NFS shares' host mounts (and their FUSE clients' logs), one directory per share."""
+        return self.state_path / "nfs"
 
     @property
     def console_dir(self) -> Path:

@@ -66,8 +66,11 @@ def build_agent(parts: Parts) -> Agent:
     attachments = Attachments(
         config, parts.db, parts.provider,
         {c.protocol: c for c in (BindConnector(config.storage_root, config.mount_root),
-                                 NfsConnector(config.mount_root),
-                                 CephFsConnector(config.mount_root, config.cephfs_dir))},
+                                 NfsConnector(config.mount_root, config.nfs_dir,
+                                              config.storage.nfs_client,
+                                              config.storage.mount_timeout),
+                                 CephFsConnector(config.mount_root, config.cephfs_dir,
+                                                 mount_timeout=config.storage.mount_timeout))},
         LibvirtDriver(config.libvirt.uri, spare_root_ports=config.libvirt.spare_root_ports,
                       owner=f"{config.agent.host}:{config.state_path}",
                       virtiofs_dir=config.virtiofs_dir),

@@ -26,7 +26,6 @@ from attachfs.errors import NotFound, PermanentError, TemporaryError
 from attachfs.service import Parts, build_api, open_parts
 from attachfs.storage.base import RequestContext
 from attachfs.storage.manila import LEASE_SECONDS, ManilaShareProvider, ShareServiceUnavailable
-from attachfs.storage.nfs import NfsConnector, kernel_has_nfs4
 from tests.conftest import converge, create_server, make_image_dir, settle_server
 from tests.manila.conftest import (
     SERVICE_USER,
@@ -297,22 +296,6 @@ def test_outage_during_grant_then_retry(provider: ManilaShareProvider, manila: M
     assert manila.rules(share_id) == []
 
 
-# ---- the NFS connector on this host --------------------------------------------------------
-
-def test_nfs_connector_refuses_clearly_without_an_nfs_client(tmp_path: Path) -> None:
-    proc = tmp_path / "filesystems"
-    proc.write_text("nodev\tsysfs\nnodev\tproc\n\text4\n")
-    connector = NfsConnector(tmp_path / "mounts", proc_filesystems=proc)
-    with pytest.raises(PermanentError, match="its kernel has no NFS client"):
-        connector.mount("10.0.0.10:/path/to/share", tmp_path / "mounts" / "s1", read_only=False)
-    assert not (tmp_path / "mounts" / "s1").exists()
-    with pytest.raises(PermanentError, match="not an NFS export location"):
-        connector.mount("10.0.0.10:relative/path", tmp_path / "mounts" / "s2", read_only=False)
-    with pytest.raises(PermanentError, match="escapes its root"):
-        connector.mount("10.0.0.10:/x", tmp_path / "elsewhere", read_only=False)
-    connector.unmount(tmp_path / "mounts" / "s1")  # idempotent: nothing mounted
-
-
 # ---- end to end: attachfs API + agent, storage.provider = "manila" ---------------------------
 
 def _agent_or_skip(parts: Parts) -> Any:
@@ -361,12 +344,8 @@ def test_end_to_end_attach_outage_retry_detach(parts: Parts, manila: Manila) -> 
             assert sorted(lk["resource_action"] for lk in manila.locks(rule["id"])) == [
                 "delete", "show"]
 
-            # The host mount that a start would do: impossible here without an NFS client.
             m = _mapping(parts, server_id, first["id"])
             assert m is not None and m.share_proto == "NFS"
-            if not kernel_has_nfs4():
-                with pytest.raises(PermanentError, match="kernel has no NFS client"):
-                    agent.r.a.mount(m)
 
             # Manila's API goes away between the request and the agent's grant -> error
             r = client.post(shares, json={"share": {"share_id": second["id"]}})

@@ -1,20 +1,26 @@
-"""Which provider answers for a share: the built-in one for its own shares, otherwise the
-configured external one (Manila), so both can be used side by side."""
+"""Which provider answers for a share: the built-in one for its own shares, the static one for
+the exports the operator declared, otherwise the configured external one (Manila), so all can
+be used side by side."""
 
 from __future__ import annotations
 
 from attachfs.config import Config
 from attachfs.storage.base import HostCredentials, RequestContext, ShareInfo, ShareProvider
 from attachfs.storage.local import LocalShareProvider
+from attachfs.storage.static import StaticShareProvider
 
 
 class ProviderChain:
     name = "chain"
 
-    def __init__(self, builtin: LocalShareProvider, external: ShareProvider | None) -> None:
+    def __init__(self, builtin: LocalShareProvider, external: ShareProvider | None,
+                 static: StaticShareProvider | None = None) -> None:
         self.builtin, self.external = builtin, external
+        self.static = static or StaticShareProvider(())
 
     def _for(self, share_id: str) -> ShareProvider:
+        if self.static.owns(share_id):
+            return self.static
         if self.external is None or self.builtin.owns(share_id):
             return self.builtin
         return self.external
@@ -42,4 +48,4 @@ def make_provider(config: Config, builtin: LocalShareProvider) -> ProviderChain:
         from attachfs.storage.manila import ManilaShareProvider  # openstacksdk only if used
 
         external = ManilaShareProvider(config, builtin.db)
-    return ProviderChain(builtin, external)
+    return ProviderChain(builtin, external, StaticShareProvider(config.static_shares))
