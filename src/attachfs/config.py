@@ -110,12 +110,17 @@ class StorageConfig(_Section):
 
 class StaticShare(_Section):
     """An export the operator declares (no share service behind it): attachable like a Manila
-    share. The export's own client list is the operator's to keep; attachfs does not change it."""
+    share. Who may mount it is the operator's to keep (an NFS export's client list, a cephx
+    user's caps); attachfs does not change it."""
 
     id: str = Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
     name: str = Field(min_length=1, max_length=255)
-    protocol: Literal["NFS"] = "NFS"
-    export: str = Field(min_length=1)  # host:/path or nfs://host[:port]/path
+    protocol: Literal["NFS", "CEPHFS"] = "NFS"
+    # NFS: host:/path or nfs://host[:port]/path. CEPHFS: mon[,mon…]:/path, as Manila gives it.
+    export: str = Field(min_length=1)
+    # CEPHFS: the cephx user hosts mount as, and a keyring file holding its key.
+    cephx_id: str = ""
+    cephx_keyring: str = ""
     size_gib: int = Field(default=1, ge=0)  # what the share API shows; the server enforces it
     project_id: str = ""  # visible to this project only; empty: to every project
     access_level: Literal["rw", "ro"] = "rw"  # "ro": the export is read-only, so are its attachments

@@ -11,7 +11,7 @@ from attachfs.config import StaticShare, load_config
 from attachfs.errors import BadRequest, NotFound, PermanentError
 from attachfs.storage.base import RequestContext
 from attachfs.storage.nfs import NfsConnector, NfsExport, parse_export
-from attachfs.storage.static import StaticShareProvider
+from attachfs.storage.static import StaticShareProvider, keyring_key
 
 SHARE = "6f1c5a2e-1b7d-4c39-9a51-3f4f0f6b2a10"
 ALICE = RequestContext("alice", "p1")
@@ -98,9 +98,31 @@ def test_static_shares_are_checked_when_loaded(tmp_path: Path) -> None:
         StaticShareProvider([_static(export="not-an-export")])
     conf = tmp_path / "attachfs.toml"
     conf.write_text(f'[[static_shares]]\nid = "{SHARE}"\nname = "data"\n'
-                    'export = "10.0.0.5:/srv/data"\nprotocol = "CEPHFS"\n')
+                    'export = "10.0.0.5:/srv/data"\nprotocol = "GLUSTERFS"\n')
     with pytest.raises(BadRequest, match="invalid configuration"):
-        load_config(conf)  # only NFS exports can be declared
+        load_config(conf)  # NFS and CEPHFS only
     conf.write_text(f'[[static_shares]]\nid = "{SHARE}"\nname = "data"\n'
                     'export = "10.0.0.5:/srv/data"\n')
     assert load_config(conf).static_shares[0].export == "10.0.0.5:/srv/data"
+
+
+def test_static_cephfs_share_reads_its_key_from_the_keyring(tmp_path: Path) -> None:
+    keyring = tmp_path / "ceph.client.web.keyring"
+    keyring.write_text("[client.other]\n\tkey = AAAAotherotherotherother==\n"
+                       "[client.web]\n\tkey = AQBwebwebwebwebwebweb==\n\tcaps mds = \"allow rw\"\n")
+    share = _static(protocol="CEPHFS", export="127.0.0.1:6789:/volumes/_nogroup/web",
+                    cephx_id="web", cephx_keyring=str(keyring))
+    provider = StaticShareProvider([share])
+    assert provider.get_share(SHARE, ALICE).protocol == "CEPHFS"
+    creds = provider.host_credentials(SHARE, "h1")
+    assert creds is not None and (creds.auth_id, creds.key) == ("web", "AQBwebwebwebwebwebweb==")
+    assert "AQB" not in repr(creds)  # a secret: kept out of logs
+    with pytest.raises(PermanentError, match="no key for client.nobody"):
+        keyring_key(keyring, "nobody")
+    with pytest.raises(PermanentError, match="cannot read the keyring"):
+        keyring_key(tmp_path / "missing", "web")
+    with pytest.raises(BadRequest, match="needs cephx_id and cephx_keyring"):
+        StaticShareProvider([_static(protocol="CEPHFS", export="127.0.0.1:6789:/v")])
+    with pytest.raises(BadRequest, match="CephFS export location"):
+        StaticShareProvider([_static(protocol="CEPHFS", export="no-path", cephx_id="web",
+                                     cephx_keyring=str(keyring))])

@@ -1,23 +1,28 @@
-"""The static provider: NFS exports the operator declares in the configuration
-([[static_shares]]: id, name, export, size, project, access level), for clouds with an NFS
-server and no share service.
+"""The static provider: NFS exports and CephFS paths the operator declares in the configuration
+([[static_shares]]: id, name, protocol, export, size, project, access level; for CephFS the
+cephx user and its keyring file), for clouds with storage and no share service.
 
-There is no rule service behind such an export: the operator's own export configuration says
-which hosts may mount it (an NFS-Ganesha or kernel `exports` client list), so granting and
-revoking a host are no-ops that are always in effect, and the declared access level is the most
-an attachment gets: a read-write attachment of a read-only export is refused with a message
-that says so, before anything is mounted.
+There is no rule service behind such a share: the operator's own configuration says which hosts
+may mount it (an NFS export's client list, a cephx user's caps), so granting and revoking a host
+are no-ops that are always in effect, and the declared access level is the most an attachment
+gets: a read-write attachment of a read-only share is refused with a message that says so,
+before anything is mounted. A CephFS share's key is read from its keyring file when a host
+mounts (never copied into attachfs's database).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 from attachfs.config import StaticShare
 from attachfs.core.rules import ShareProtocol
 from attachfs.errors import BadRequest, NotFound, PermanentError
+from attachfs.storage import cephfs, nfs
 from attachfs.storage.base import HostCredentials, RequestContext, ShareInfo
-from attachfs.storage.nfs import parse_export
+
+_KEY_LINE = re.compile(r"^\s*key\s*=\s*(\S+)\s*$")
 
 
 class StaticShareProvider:
@@ -31,7 +36,7 @@ class StaticShareProvider:
                 raise BadRequest(f"invalid configuration: static share id {share.id} is declared "
                                  "twice")
             try:
-                parse_export(share.export)
+                _check(share)
             except PermanentError as exc:
                 raise BadRequest(f"invalid configuration: static share {share.name}: {exc}") from exc
             self.shares[key] = share
@@ -52,7 +57,7 @@ class StaticShareProvider:
                                  or share.project_id == context.project_id):
             raise NotFound(f"Share {share_id} could not be found.")
         return ShareInfo(id=share.id.lower(), name=share.name, status="available",
-                         protocol=ShareProtocol.NFS, export_locations=(share.export,),
+                         protocol=ShareProtocol(share.protocol), export_locations=(share.export,),
                          project_id=share.project_id, size_gib=share.size_gib,
                          scope="project" if share.project_id else "global",
                          mount_point=share.mount_point or None)
@@ -73,4 +78,33 @@ class StaticShareProvider:
         return None if share is None else share.access_level
 
     def host_credentials(self, share_id: str, host: str) -> HostCredentials | None:
-        return None  # NFS with AUTH_SYS: the export trusts the host's address
+        share = self._share(share_id)
+        if share.protocol != ShareProtocol.CEPHFS:
+            return None  # NFS with AUTH_SYS: the export trusts the host's address
+        return HostCredentials(share.cephx_id, keyring_key(Path(share.cephx_keyring),
+                                                           share.cephx_id))
+
+
+def _check(share: StaticShare) -> None:
+    if share.protocol == ShareProtocol.NFS:
+        nfs.parse_export(share.export)
+        return
+    cephfs.parse_export(share.export)
+    if not share.cephx_id or not share.cephx_keyring:
+        raise PermanentError("a CEPHFS share needs cephx_id and cephx_keyring")
+
+
+def keyring_key(path: Path, auth_id: str) -> str:
+    """The key of client.<auth_id> in a Ceph keyring file."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise PermanentError(f"cannot read the keyring of client.{auth_id}: {exc}") from exc
+    section = ""
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1]
+        elif section == f"client.{auth_id}" and (m := _KEY_LINE.match(line)):
+            return m.group(1)
+    raise PermanentError(f"no key for client.{auth_id} in {path}")
