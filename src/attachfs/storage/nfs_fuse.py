@@ -1,0 +1,774 @@
+"""An NFS export mounted on the host through FUSE, with a userspace NFSv4.1 client (nfs-rs):
+for hosts whose kernel has no NFS client. Run as its own process, in the foreground, until
+unmounted:
+
+    python -m attachfs.storage.nfs_fuse --server HOST [--port 2049] --export /PATH
+        [--read-only] [--timeout 30] MOUNTPOINT
+
+It connects to the server first and checks that the export is a directory; if anything fails it
+prints one line, "attachfs-nfs-fuse: <what failed, naming server:port and export>", on stderr and
+exits 1 without mounting. Then it mounts (fsname "nfs:HOST:/PATH", type fuse.attachfs-nfs,
+allow_other, default_permissions, nosuid, nodev, ro with --read-only) and serves until the mount
+goes (`umount MOUNTPOINT`: exit 0) or SIGTERM/SIGINT (it unmounts itself, exit 0; but libfuse
+sets its handlers just after mounting, and a signal before that kills the process and leaves the
+mount dead: SigCgt in /proc/PID/status shows when they are set).
+
+Paths are named from the server's NFSv4 pseudo root ("PATH/…"): nfs-rs cannot stat or list the
+root of the mount it connected to ("bad name" from nfs-ganesha). A second client, connected to
+the export itself, answers statfs: the pseudo root's FSSTAT describes the pseudo filesystem
+(all zeros on nfs-ganesha), not the export.
+
+A server that stops answering fails operations with EIO after --timeout seconds. nfs-rs does not
+recover from a server that lost its session (a restart): its client then fails every call (the
+first one after about 5 s, or --timeout if shorter). So a call that fails with the connection
+makes a new client, and is retried once on it when that is safe (idempotent, or nfs-rs says
+the server never ran it); files open on the old client are reopened by name on the new one.
+
+FUSE through libfuse 2 (mfusepy's default): requests of at most 128 KiB, and utimensat changing
+one time alone (`touch -m`, `touch -a`) succeeds without changing anything, as libfuse 2.9 calls
+utimens only when both times are set. FUSE_LIBRARY_PATH=/lib/x86_64-linux-gnu/libfuse3.so.3 in
+the environment selects libfuse 3, which has neither limit (1 MiB requests: 64 MiB written in
+0.7 s rather than 1.6 s) but prints a warning about its thread limit when it mounts and exits 1
+after a SIGTERM.
+
+The nfs-rs synchronous client is shared by FUSE's threads: its blocking calls release the GIL,
+its files serialize only their cursor (unused here: every read and write is positional), and
+the documentation's one restriction on sharing is the asyncio client's event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import itertools
+import logging
+import math
+import os
+import select
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import quote
+
+import mfusepy
+import nfs_rs
+
+PROG = "attachfs-nfs-fuse"
+FS_SUBTYPE = "attachfs-nfs"  # the mount's type: fuse.attachfs-nfs
+DEFAULT_PORT = 2049
+DEFAULT_TIMEOUT = 30.0
+# libfuse 2 cannot raise the kernel's 32-page limit (FUSE_MAX_PAGES is libfuse 3): requests of
+# at most 128 KiB. Without big_writes the kernel would send every write in 4 KiB pages.
+IO_SIZE = 128 * 1024
+# How libfuse 2 passes utimensat's special times (tv_sec 0, tv_nsec one of these).
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+# A failed reconnection is not tried again sooner: calls meanwhile fail at once.
+RECONNECT_INTERVAL = 1.0
+# How long the process waits at exit for its NFS clients to close.
+CLOSE_WAIT = 2.0
+# How long a mount gone from this namespace may take to end the FUSE session by itself.
+UNMOUNT_GRACE = 1.0
+
+_TYPE_BITS = {
+    nfs_rs.FileType.FILE: stat.S_IFREG,
+    nfs_rs.FileType.DIRECTORY: stat.S_IFDIR,
+    nfs_rs.FileType.SYMLINK: stat.S_IFLNK,
+    nfs_rs.FileType.BLOCK_DEVICE: stat.S_IFBLK,
+    nfs_rs.FileType.CHARACTER_DEVICE: stat.S_IFCHR,
+    nfs_rs.FileType.FIFO: stat.S_IFIFO,
+    nfs_rs.FileType.SOCKET: stat.S_IFSOCK,
+}
+# NFS errors that nfs-rs may raise without an errno.
+_CODE_ERRNO = {
+    "NFS4ERR_BADNAME": errno.EINVAL,
+    "NFS4ERR_INVAL": errno.EINVAL,
+    "NFS4ERR_NOTSUPP": errno.EOPNOTSUPP,
+    "NFS4ERR_ROFS": errno.EROFS,
+    "NFS4ERR_NOSPC": errno.ENOSPC,
+    "NFS4ERR_DQUOT": errno.EDQUOT,
+    "NFS4ERR_FBIG": errno.EFBIG,
+    "NFS4ERR_STALE": errno.ESTALE,
+    "NFS4ERR_NOTEMPTY": errno.ENOTEMPTY,
+    "NFS4ERR_XDEV": errno.EXDEV,
+    "NFS4ERR_MLINK": errno.EMLINK,
+    "NFS4ERR_NAMETOOLONG": errno.ENAMETOOLONG,
+}
+# Failures of the connection rather than of the operation: the client may be beyond recovery.
+# (After a server restart nfs-rs 0.8.7 raises NfsRetryableError, then NfsOperationOutcomeError
+# "DefiniteFailure … recovery=Retry" for every call, forever; measured.)
+_LOST = (TimeoutError, ConnectionError, nfs_rs.NfsRetryableError,
+         nfs_rs.NfsOperationOutcomeError, nfs_rs.NfsStateLostError, nfs_rs.NfsClientClosedError)
+
+log = logging.getLogger(PROG)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno a FUSE caller gets for an nfs-rs (or other) exception. A server that does not
+    answer is EIO, not ETIMEDOUT: to a program, a mount that fails its I/O."""
+    if isinstance(exc, _LOST):
+        return errno.EIO
+    if isinstance(exc, nfs_rs.NfsClosedResourceError):
+        return errno.EBADF
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int) and code > 0:
+        return code
+    name = getattr(exc, "code_name", None)
+    if isinstance(name, str) and name in _CODE_ERRNO:
+        return _CODE_ERRNO[name]
+    if isinstance(exc, NotImplementedError):
+        return errno.EOPNOTSUPP
+    if isinstance(exc, ValueError):  # nfs-rs refuses a name before asking the server
+        return errno.EINVAL
+    return errno.EIO
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _close(client: nfs_rs.Client) -> None:
+    try:
+        client.close()
+    except Exception as exc:  # noqa: BLE001 - closing a client we are done with: say it, go on
+        log.info("closing an NFS client: %s", _one_line(exc))
+
+
+class Connection:
+    """An nfs-rs client, replaced by a new one (`connect()` again) when a call says the
+    connection is lost. `generation` counts the replacements: a file opened on an older client
+    is reopened."""
+
+    def __init__(self, connect: Callable[[], nfs_rs.Client], what: str) -> None:
+        self._connect = connect
+        self.what = what
+        self.client = connect()
+        self.generation = 0
+        self._lost = False
+        self._failed_at = -math.inf
+        self._lock = threading.Lock()
+        self.linked: Connection | None = None
+
+    def ready(self) -> int:
+        """The generation of a client believed usable: a new one if the last one was lost
+        (ConnectionError when the server still cannot be reached)."""
+        if self._lost:
+            self._reconnect()
+        return self.generation
+
+    def lost(self, generation: int) -> None:
+        """A call made on `generation` failed with the connection: replace that client, and
+        the linked connection's (to the same server, surely lost as well)."""
+        if generation == self.generation:
+            self._lost = True
+            if self.linked is not None:
+                self.linked._lost = True
+
+    def _reconnect(self) -> None:
+        with self._lock:
+            if not self._lost:
+                return  # another thread did
+            if time.monotonic() - self._failed_at < RECONNECT_INTERVAL:
+                raise ConnectionError(f"{self.what}: reconnecting failed less than "
+                                      f"{RECONNECT_INTERVAL:.0f}s ago")
+            try:
+                client = self._connect()
+            except Exception:
+                self._failed_at = time.monotonic()
+                raise
+            old, self.client = self.client, client
+            self.generation += 1
+            self._lost = False
+        log.warning("%s: reconnected (client %d)", self.what, self.generation)
+        # Closing a client whose server forgot it waits for the operation timeout.
+        threading.Thread(target=_close, args=(old,), daemon=True).start()
+
+    def close(self) -> None:
+        _close(self.client)
+
+
+def _mount_entries(text: str) -> list[tuple[str, str, str]]:
+    """(device major:minor, mount point, fs type) of each line of a mountinfo file."""
+    entries = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if " - " in line and len(fields) > 4:
+            fstype = line.split(" - ", 1)[1].split(" ", 1)[0]
+            point = fields[4].replace("\\040", " ").replace("\\011", "\t") \
+                .replace("\\012", "\n").replace("\\134", "\\")
+            entries.append((fields[2], point, fstype))
+    return entries
+
+
+def _read_all(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+class MountWatch:
+    """Ends the process when its mount has gone from this mount namespace (`umount`) while the
+    FUSE session lives on because another namespace holds a copy of the mount. libvirt starts
+    each qemu in a private mount namespace copied from the host's: every FUSE mount present
+    then is held there, and where / is not a shared mount (no systemd) the host's umount does
+    not reach the copy. Without this the process would serve the copy until that qemu exits.
+
+    A mount gone here but held only by files still open (`umount -l`) is left to the kernel,
+    which ends the session when they close."""
+
+    def __init__(self, mountpoint: Path, finished: threading.Event,
+                 end: Callable[[str], None]) -> None:
+        self.mountpoint = os.path.realpath(mountpoint)
+        self.finished = finished  # set when the FUSE session has ended by itself
+        self.end = end
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="mount-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._watch()
+        except Exception as exc:  # noqa: BLE001 - the mount works without the watch
+            log.warning("not watching %s: %s", self.mountpoint, _one_line(exc))
+
+    def _watch(self) -> None:
+        fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            devices = [dev for dev, point, fstype in _mount_entries(_read_all(fd))
+                       if point == self.mountpoint and fstype == f"fuse.{FS_SUBTYPE}"]
+            if not devices:
+                raise RuntimeError("the mount is not in /proc/self/mountinfo")
+            device = devices[-1]
+            poller = select.poll()
+            poller.register(fd, select.POLLPRI)  # the mount table changed
+            while any(dev == device for dev, _, _ in _mount_entries(_read_all(fd))):
+                poller.poll()
+        finally:
+            os.close(fd)
+        if self.finished.wait(UNMOUNT_GRACE):
+            return
+        holders = _namespaces_holding(device)
+        if holders:
+            self.end(f"{self.mountpoint} was unmounted here but the mount namespace of "
+                     f"pid {holders[0]} still holds a copy: ending the FUSE session")
+
+
+def _namespaces_holding(device: str) -> list[int]:
+    """One pid per other mount namespace that has a mount of `device` (an attachfs-nfs FUSE
+    connection)."""
+    seen = {os.readlink("/proc/self/ns/mnt")}
+    holders = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            namespace = os.readlink(f"/proc/{entry}/ns/mnt")
+            if namespace in seen:
+                continue
+            seen.add(namespace)
+            with open(f"/proc/{entry}/mountinfo") as f:
+                text = f.read()
+        except OSError:
+            continue  # gone, or a kernel thread
+        if any(dev == device and fstype == f"fuse.{FS_SUBTYPE}"
+               for dev, _, fstype in _mount_entries(text)):
+            holders.append(int(entry))
+    return holders
+
+
+def _mode(info: nfs_rs.FileInfo) -> int:
+    return _TYPE_BITS.get(info.type, 0) | (info.mode & 0o7777)
+
+
+@dataclass
+class _Open:
+    """A file the kernel opened: on a new client it is opened again by the name it had."""
+
+    path: str
+    mode: str  # "rb" or "r+b"
+    file: nfs_rs.File
+    generation: int
+
+
+Op = Callable[Concatenate["NfsOperations", P], R]
+
+
+def nfs_op(*, idempotent: bool, export: bool = False) -> Callable[[Op[P, R]], Op[P, R]]:
+    """A FUSE operation: exceptions become FuseOSError(errno) (anything else would reach the
+    caller as EINVAL, mfusepy's catch-all), EIO is logged (it hides the cause), and a call that
+    failed with the connection is retried once on a new client when that is safe: the
+    operation is `idempotent`, or nfs-rs says the server did not run it. `export`: it uses the
+    export's client rather than the pseudo root's."""
+
+    def decorate(fn: Op[P, R]) -> Op[P, R]:
+        @functools.wraps(fn)
+        def wrapper(self: NfsOperations, *args: P.args, **kwargs: P.kwargs) -> R:
+            conn = self.export_conn if export else self.conn
+            try:
+                for attempt in (1, 2):
+                    generation = conn.ready()
+                    try:
+                        return fn(self, *args, **kwargs)
+                    except _LOST as exc:
+                        conn.lost(generation)
+                        outcome = getattr(exc, "outcome", None)
+                        if attempt == 2 or not (idempotent or outcome in _NOT_RUN):
+                            raise
+                        log.info("%s%s: %s; again on a new client", fn.__name__, args[:1],
+                                 _one_line(exc))
+                raise AssertionError("unreachable")
+            except mfusepy.FuseOSError:
+                raise
+            except Exception as exc:
+                code = errno_of(exc)
+                if code == errno.EIO:
+                    log.warning("%s%s: %s", fn.__name__, args[:1], _one_line(exc))
+                raise mfusepy.FuseOSError(code) from exc
+
+        return wrapper
+
+    return decorate
+
+
+_NOT_RUN = (nfs_rs.OperationOutcome.DEFINITE_FAILURE, nfs_rs.OperationOutcome.SAFE_TO_RETRY)
+
+
+class NfsOperations(mfusepy.Operations):
+    """The FUSE operations over one export, `prefix` ("export", "volumes/x/y") from the pseudo
+    root `conn` is connected to; `export_conn` is connected to the export itself (statfs)."""
+
+    use_ns = True  # times in integer nanoseconds, as nfs-rs has them
+
+    def __init__(self, conn: Connection, export_conn: Connection, prefix: str,
+                 read_only: bool, watch: MountWatch | None = None) -> None:
+        self.conn = conn
+        self.watch = watch
+        self.export_conn = export_conn
+        self.prefix = prefix
+        self.read_only = read_only
+        # The identity of nfs-rs's AUTH_SYS credential: the owner the server gives new files.
+        self.uid, self.gid = os.geteuid(), os.getegid()
+        self._files: dict[int, _Open] = {}
+        self._handles = itertools.count(1)
+        self._lock = threading.Lock()
+
+    # ---- helpers -------------------------------------------------------------------------------
+    @property
+    def client(self) -> nfs_rs.Client:
+        return self.conn.client
+
+    def _path(self, path: str) -> str:
+        """A FUSE path ("/", "/a/b") as nfs-rs names it from the pseudo root."""
+        rel = path.strip("/")
+        return f"{self.prefix}/{rel}" if rel else self.prefix
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise mfusepy.FuseOSError(errno.EROFS)
+
+    def _open(self, fh: int) -> _Open:
+        try:
+            return self._files[fh]
+        except KeyError:
+            raise mfusepy.FuseOSError(errno.EBADF) from None
+
+    def _file(self, fh: int) -> nfs_rs.File:
+        """The nfs-rs file of `fh`, opened again if the client was replaced since."""
+        handle = self._open(fh)
+        with self._lock:
+            if handle.generation != self.conn.generation:
+                handle.file = self.client.open(handle.path, handle.mode)
+                handle.generation = self.conn.generation
+            return handle.file
+
+    def _add_file(self, path: str, mode: str, file: nfs_rs.File, generation: int) -> int:
+        with self._lock:
+            fh = next(self._handles)
+            self._files[fh] = _Open(path, mode, file, generation)
+        return fh
+
+    def _own(self, nfs_path: str) -> None:
+        """Make a new object the caller's, as a local filesystem would: its uid, and its gid
+        unless the directory is setgid (the server then gave it the directory's). A server
+        that refuses (root squashed) leaves it as it made it."""
+        uid, gid, _pid = mfusepy.fuse_get_context()
+        if (uid, gid) == (self.uid, self.gid):
+            return
+        if gid != self.gid and _mode(self.client.stat(nfs_path.rsplit("/", 1)[0])) & stat.S_ISGID:
+            gid = -1
+        try:
+            self.client.chown(nfs_path, uid if uid != self.uid else -1, gid)
+        except PermissionError as exc:
+            log.info("chown %s to %d:%d refused by the server: %s", nfs_path, uid, gid, exc)
+
+    def init(self, path: str) -> None:
+        """The kernel's FUSE_INIT: mounted."""
+        if self.watch is not None:
+            self.watch.start()
+
+    # ---- attributes ----------------------------------------------------------------------------
+    @nfs_op(idempotent=True)
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        info = self.client.stat(self._path(path))
+        return {"st_mode": _mode(info), "st_ino": info.fileid, "st_nlink": info.nlink,
+                "st_uid": info.uid, "st_gid": info.gid, "st_size": info.size,
+                "st_blocks": (info.used + 511) // 512, "st_blksize": IO_SIZE,
+                "st_atime": info.atime, "st_mtime": info.mtime, "st_ctime": info.ctime}
+
+    @nfs_op(idempotent=True)
+    def chmod(self, path: str, mode: int) -> None:
+        self._writable()
+        self.client.chmod(self._path(path), mode & 0o7777)
+
+    @nfs_op(idempotent=True)
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self._writable()
+        self.client.chown(self._path(path), uid, gid)
+
+    @nfs_op(idempotent=True)
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> None:
+        self._writable()
+        nfs_path = self._path(path)
+        now = time.time_ns()
+        if times is None:
+            self.client.utime(nfs_path, ns=(now, now))
+            return
+        atime, mtime = times
+        if UTIME_OMIT in (atime, mtime):
+            info = self.client.stat(nfs_path)
+            atime = info.atime if atime == UTIME_OMIT else atime
+            mtime = info.mtime if mtime == UTIME_OMIT else mtime
+        self.client.utime(nfs_path, ns=(now if atime == UTIME_NOW else atime,
+                                        now if mtime == UTIME_NOW else mtime))
+
+    @nfs_op(idempotent=True, export=True)
+    def statfs(self, path: str) -> dict[str, int]:
+        fs = self.export_conn.client.fs_stat()
+        frsize = 4096
+        return {"f_bsize": IO_SIZE, "f_frsize": frsize,
+                "f_blocks": fs.total_bytes // frsize, "f_bfree": fs.free_bytes // frsize,
+                "f_bavail": fs.available_bytes // frsize, "f_files": fs.total_files,
+                "f_ffree": fs.free_files, "f_favail": fs.available_files, "f_namemax": 255}
+
+    # ---- directories and names -----------------------------------------------------------------
+    @nfs_op(idempotent=True)
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        # A list, not a generator: an error while listing must be raised here, not later in
+        # mfusepy's loop. Every entry has its inode number (use_ino): readdir(3) skips an entry
+        # whose d_ino is 0.
+        nfs_path = self._path(path)
+        here = self.client.stat(nfs_path).fileid
+        up = self.client.stat(nfs_path.rsplit("/", 1)[0]).fileid if path.strip("/") else here
+        entries = [(".", {"st_mode": stat.S_IFDIR, "st_ino": here}, 0),
+                   ("..", {"st_mode": stat.S_IFDIR, "st_ino": up}, 0)]
+        for entry in self.client.scandir(nfs_path):
+            entries.append((entry.name, {"st_mode": _mode(entry.info),
+                                         "st_ino": entry.info.fileid}, 0))
+        return entries
+
+    @nfs_op(idempotent=False)
+    def mkdir(self, path: str, mode: int) -> None:
+        self._writable()
+        nfs_path = self._path(path)
+        self.client.mkdir(nfs_path, mode & 0o7777)
+        self._own(nfs_path)
+
+    @nfs_op(idempotent=False)
+    def rmdir(self, path: str) -> None:
+        # The kernel calls rmdir for directories only and unlink for the rest (nfs-rs's rmdir
+        # and unlink are both NFS REMOVE, which takes either).
+        self._writable()
+        self.client.rmdir(self._path(path))
+
+    @nfs_op(idempotent=False)
+    def unlink(self, path: str) -> None:
+        self._writable()
+        self.client.unlink(self._path(path))
+
+    @nfs_op(idempotent=False)
+    def rename(self, old: str, new: str) -> None:
+        self._writable()
+        self.client.rename(self._path(old), self._path(new))
+
+    @nfs_op(idempotent=False)
+    def symlink(self, target: str, source: str) -> None:
+        """`target`: the new link's path; `source`: its content (mfusepy's naming)."""
+        self._writable()
+        nfs_path = self._path(target)
+        self.client.symlink(source, nfs_path)
+        self._own(nfs_path)  # an NFS SETATTR of a symlink changes the link itself
+
+    @nfs_op(idempotent=True)
+    def readlink(self, path: str) -> str:
+        return self.client.readlink(self._path(path))
+
+    @nfs_op(idempotent=False)
+    def link(self, target: str, source: str) -> None:
+        """`target`: the new name; `source`: the existing file (mfusepy's naming)."""
+        self._writable()
+        self.client.link(self._path(source), self._path(target))
+
+    # ---- files ---------------------------------------------------------------------------------
+    @nfs_op(idempotent=True)
+    def open(self, path: str, flags: int) -> int:
+        # The kernel checked the caller's access (default_permissions) and places O_APPEND
+        # writes. O_TRUNC reaches here only where the kernel does not truncate first itself
+        # (atomic_o_trunc: libfuse 3's default).
+        mode = "rb" if flags & os.O_ACCMODE == os.O_RDONLY else "r+b"
+        if mode != "rb":
+            self._writable()
+        nfs_path, generation = self._path(path), self.conn.generation
+        file = self.client.open(nfs_path, mode)
+        if mode != "rb" and flags & os.O_TRUNC:
+            try:
+                file.truncate(0)
+            except BaseException:
+                file.close()
+                raise
+        return self._add_file(nfs_path, mode, file, generation)
+
+    @nfs_op(idempotent=False)
+    def create(self, path: str, mode: int, flags: int) -> int:
+        # Only for a name the kernel just looked up and did not find. nfs-rs has no exclusive
+        # create, and makes new files 0666: the mode is set here (after the chown, which
+        # clears set-id bits).
+        self._writable()
+        nfs_path, generation = self._path(path), self.conn.generation
+        file = self.client.open(nfs_path, "w+b")
+        try:
+            self._own(nfs_path)
+            self.client.chmod(nfs_path, mode & 0o7777)
+        except BaseException:
+            file.close()
+            raise
+        return self._add_file(nfs_path, "r+b", file, generation)
+
+    @nfs_op(idempotent=True)
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        return self._file(fh).read_at(offset, size)
+
+    @nfs_op(idempotent=True)  # the same bytes at the same offset
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        self._writable()
+        return self._file(fh).write_at(data, offset)
+
+    @nfs_op(idempotent=True)
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
+        self._writable()
+        if fh is not None and self._open(fh).mode != "rb":
+            self._file(fh).truncate(length)
+        elif path is not None:
+            self.client.truncate(self._path(path), length)
+        else:
+            raise mfusepy.FuseOSError(errno.EBADF)
+
+    def flush(self, path: str | None, fh: int) -> None:
+        # nfs-rs's writes are durable when they return: this waits for any still running. A
+        # file open for reading has nothing to wait for, even from a server that is down.
+        if self._open(fh).mode != "rb":
+            self._sync(fh)
+
+    def fsync(self, path: str | None, datasync: int, fh: int) -> None:
+        self.flush(path, fh)
+
+    @nfs_op(idempotent=True)
+    def _sync(self, fh: int) -> None:
+        self._file(fh).flush()
+
+    def release(self, path: str | None, fh: int) -> None:
+        # The kernel ignores what release returns: a file that cannot be closed (its client
+        # gone with the server) is only logged.
+        with self._lock:
+            handle = self._files.pop(fh, None)
+        if handle is not None:
+            try:
+                handle.file.close()
+            except Exception as exc:  # noqa: BLE001
+                log.info("closing %s: %s", handle.path, _one_line(exc))
+
+    def destroy(self, path: str) -> None:
+        """At unmount: close the files the kernel did not release (a lazy unmount, an abort)."""
+        with self._lock:
+            handles, self._files = list(self._files.values()), {}
+        for handle in handles:
+            try:
+                handle.file.close()
+            except Exception as exc:  # noqa: BLE001 - closing the rest matters more
+                log.info("closing %s at unmount: %s", handle.path, _one_line(exc))
+
+
+# ---- the command ---------------------------------------------------------------------------------
+class MountError(Exception):
+    """Why the export cannot be mounted, in one line naming the server and the export."""
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def connect(server: str, port: int, export: str, timeout: float
+            ) -> tuple[Connection, Connection, str]:
+    """(pseudo-root connection, export connection, the export's path from the pseudo root),
+    after checking that the export is a directory. MountError otherwise."""
+    where = f"NFS server {server}:{port}"
+    prefix = export.strip("/")
+    if not export.startswith("/") or not prefix or ".." in prefix.split("/"):
+        raise MountError(f"export {export!r} of {where} is not an absolute path below the "
+                         f"server's root")
+    options: dict[str, Any] = {
+        "versions": ["4.1"], "connect_timeout": timeout, "operation_timeout": timeout,
+        # a reserved source port needs root; a server that insists on one refuses others
+        "noresvport": os.geteuid() != 0}
+    base = f"nfs://{_url_host(server)}:{port}"
+
+    def to_root() -> nfs_rs.Client:
+        return nfs_rs.Client.connect(f"{base}/", **options)
+
+    def to_export() -> nfs_rs.Client:
+        return nfs_rs.Client.connect(f"{base}/{quote(prefix)}", **options)
+
+    try:
+        conn = Connection(to_root, f"{server}:{port}")
+    except Exception as exc:
+        raise MountError(f"cannot connect to {where} (export {export}): "
+                         f"{_one_line(exc)}") from exc
+    try:
+        try:
+            info = conn.client.stat(prefix)
+        except FileNotFoundError as exc:
+            raise MountError(f"export {export} not found on {where}") from exc
+        except Exception as exc:
+            raise MountError(f"cannot look up export {export} on {where}: "
+                             f"{_one_line(exc)}") from exc
+        if info.type != nfs_rs.FileType.DIRECTORY:
+            raise MountError(f"export {export} on {where} is not a directory "
+                             f"({info.type.value})")
+        try:
+            export_conn = Connection(to_export, f"{server}:{port}{export}")
+            conn.linked, export_conn.linked = export_conn, conn
+        except Exception as exc:
+            raise MountError(f"cannot connect to export {export} of {where}: "
+                             f"{_one_line(exc)}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn, export_conn, prefix
+
+
+def _fuse_option(value: str) -> str:
+    # libfuse splits -o on commas; a backslash escapes one.
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def mount_options(server: str, export: str, read_only: bool) -> dict[str, Any]:
+    """mfusepy's keyword options for the mount (a True flag is "-o name")."""
+    options = {
+        "foreground": True,  # no fork: nfs-rs's runtime threads would not survive it
+        "fsname": _fuse_option(f"nfs:{server}:{export}"),
+        "subtype": FS_SUBTYPE,
+        # virtiofsd serves the mount to guests and takes each guest user's uid for its
+        # thread: FUSE refuses any uid but the mounter's without allow_other.
+        "allow_other": True,
+        "default_permissions": True,  # the kernel enforces the mode bits
+        "ro": read_only,
+        "nosuid": True,
+        "nodev": True,
+        "big_writes": True,
+        "max_write": IO_SIZE,
+        "max_read": IO_SIZE,
+        "use_ino": True,  # st_ino is the NFS fileid
+        # nfs-rs keeps an unlinked open file readable through its NFSv4 open state: no
+        # ".fuse_hidden" renames
+        "hard_remove": True,
+    }
+    if mfusepy.fuse_version_major != 2:
+        # libfuse 3 (FUSE_LIBRARY_PATH=…/libfuse3.so.3) always writes big, negotiates up to
+        # 1 MiB per request itself, and refuses these options.
+        for name in ("big_writes", "max_write", "max_read"):
+            del options[name]
+    return options
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m attachfs.storage.nfs_fuse",
+                                     description="Mount an NFS export through FUSE (NFSv4.1, "
+                                                 "userspace client), in the foreground.")
+    parser.add_argument("--server", required=True, help="NFS server host name or address")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="NFS port (2049)")
+    parser.add_argument("--export", required=True, help="export path, e.g. /export")
+    parser.add_argument("--read-only", action="store_true", help="mount read-only")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help="seconds for connecting and for each NFS operation (30)")
+    parser.add_argument("mountpoint", type=Path)
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port {args.port} is not a port")
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format=f"{PROG}: %(levelname)s: %(message)s")
+    mountpoint = args.mountpoint.absolute()
+    try:
+        conn, export_conn, prefix = connect(args.server, args.port, args.export, args.timeout)
+    except MountError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        if not mountpoint.is_dir():
+            print(f"{PROG}: mount point {mountpoint} for {args.server}:{args.port} "
+                  f"{args.export} is not a directory", file=sys.stderr, flush=True)
+            return 1
+        finished = threading.Event()
+
+        def end(why: str) -> None:
+            # From the watch thread: libfuse offers no way out of its loop but a signal, whose
+            # teardown would unmount whatever is at the mount point by then. Exiting closes
+            # /dev/fuse, which ends the session wherever the mount is held.
+            log.warning("%s", why)
+            _close_all(conn, export_conn)
+            sys.stderr.flush()
+            os._exit(0)
+
+        watch = MountWatch(mountpoint, finished, end)
+        ops = NfsOperations(conn, export_conn, prefix, args.read_only, watch)
+        try:
+            mfusepy.FUSE(ops, str(mountpoint),
+                         **mount_options(args.server, args.export, args.read_only))
+        except RuntimeError as exc:  # libfuse printed its reason ("fuse: …") above
+            print(f"{PROG}: FUSE mount of {args.server}:{args.port} {args.export} on "
+                  f"{mountpoint} failed ({exc})", file=sys.stderr, flush=True)
+            return 1
+        finally:
+            finished.set()
+        return 0
+    finally:
+        _close_all(conn, export_conn)
+
+
+def _close_all(*conns: Connection) -> None:
+    """Close the clients, waiting CLOSE_WAIT s at most: closing only releases the server's
+    state (writes were durable already), and waits long for a server that is gone."""
+    closing = [threading.Thread(target=c.close, daemon=True) for c in conns]
+    for thread in closing:
+        thread.start()
+    deadline = time.monotonic() + CLOSE_WAIT
+    for thread in closing:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
