@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo demo-ceph test test-fast lint bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -14,12 +14,20 @@ setup:
 demo: setup
 	@bash scripts/demo.sh
 
+# A CephFS share from a real Ceph through Manila, attached with the openstack CLI and Keystone
+# on, read and written in a guest; everything torn down (docs/ceph.md). ~3 minutes.
+demo-ceph: setup
+	@bash scripts/demo-ceph.sh
+
 lint: setup
 	.venv/bin/ruff check src tests bench tools harness
 	.venv/bin/mypy
 
+# Two workers (tests/parallel.py): guests and services on one, in file order; the rest beside.
+# Then the tests that stop a shared service (PostgreSQL), alone.
 test: setup lint
-	.venv/bin/pytest -q -ra tests
+	.venv/bin/pytest -q -ra -n 2 --dist loadgroup -m "not exclusive" tests
+	.venv/bin/pytest -q -ra -m exclusive tests
 
 # Unit and API tests only (no guests): seconds.
 test-fast:

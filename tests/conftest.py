@@ -19,9 +19,13 @@ from attachfs.db.tables import Base, Server
 from attachfs.service import Parts, build_api, open_parts
 from attachfs.storage import mountinfo
 
-# The session's real Keystone (`keystone` fixture), for tests/keystone and tests/manila alike,
-# and its real Ceph (`ceph_cluster`), for tests/ceph and tests/manila.
-pytest_plugins = ["tests.keystone_fixture", "tests.ceph_fixture"]
+# The session's real Keystone (`keystone` fixture), for tests/keystone, tests/manila and
+# tests/clients alike, its real Ceph (`ceph_cluster`), for tests/ceph, tests/manila and
+# tests/clients, and its real Manila (`manila`, `manila_keystone`, `manila_cephfs`), for
+# tests/manila and tests/clients; its NFS-Ganesha (`ganesha_server`), for tests/nfs. And how the
+# suite splits over two workers (tests/parallel.py).
+pytest_plugins = ["tests.keystone_fixture", "tests.ceph_fixture", "tests.manila_fixture",
+                  "tests.nfs_fixture", "tests.parallel"]
 
 PG_ADMIN_URL = os.environ.get("ATTACHFS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 

@@ -9,9 +9,7 @@ do, so attachments stay `attaching`), and one against a real `attachfs serve` th
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,72 +20,9 @@ import uvicorn
 
 from attachfs.config import load_config
 from attachfs.service import build_api, open_parts
+from harness.openstack_cli import Cli, noauth_clouds_yaml
 from tests.conftest import make_image_dir, settle_server
 from tests.vm.harness import IMAGES_DIR, Serve, free_port, serving, wait_for
-
-REPO = Path(__file__).resolve().parents[2]
-CLIENTS_VENV = Path(os.environ.get("ATTACHFS_CLIENTS_VENV", REPO / ".venv-clients"))
-OPENSTACK = CLIENTS_VENV / "bin" / "openstack"
-CLI_TIMEOUT = 60  # one command: ~1.5 s is usual
-
-
-@pytest.fixture(scope="module")
-def openstack_exe() -> Path:
-    """The clients' virtualenv, created if missing (fast when it is already there)."""
-    try:
-        done = subprocess.run(["bash", str(REPO / "scripts" / "setup-clients.sh")],
-                              capture_output=True, text=True, timeout=900,
-                              env={**os.environ, "ATTACHFS_CLIENTS_VENV": str(CLIENTS_VENV)})
-        problem = done.stderr[-2000:] if done.returncode else ""
-    except (OSError, subprocess.SubprocessError) as exc:
-        problem = str(exc)
-    if not OPENSTACK.exists():
-        pytest.skip(f"{CLIENTS_VENV} is missing and scripts/setup-clients.sh could not create "
-                    f"it: {problem}")
-    assert not problem, f"scripts/setup-clients.sh failed: {problem}"
-    return OPENSTACK
-
-
-def clouds_yaml(directory: Path, url: str) -> Path:
-    """The clouds.yaml of docs/openstack-cli.md, for an attachfs listening at `url`."""
-    path = directory / "clouds.yaml"
-    path.write_text(f"""clouds:
-  attachfs:
-    auth_type: none
-    identity_endpoint_override: {url}/identity/v3
-    compute_endpoint_override: {url}/v2.1
-    shared_file_system_endpoint_override: {url}/share/v2
-    image_endpoint_override: {url}/image/v2
-""")
-    return path
-
-
-class Cli:
-    """Runs `openstack --os-cloud attachfs --os-compute-api-version 2.97 ARGS...`."""
-
-    def __init__(self, exe: Path, clouds: Path) -> None:
-        self.exe = exe
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-        self.env.update({"OS_CLIENT_CONFIG_FILE": str(clouds), "HOME": str(clouds.parent)})
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = [str(self.exe), "--os-cloud", "attachfs", "--os-compute-api-version", "2.97",
-                *args]
-        return subprocess.run(argv, capture_output=True, text=True, env=self.env,
-                              timeout=CLI_TIMEOUT)
-
-    def ok(self, *args: str) -> str:
-        done = self.run(*args)
-        assert done.returncode == 0, f"openstack {' '.join(args)}: {done.stderr}{done.stdout}"
-        return done.stdout
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.ok(*args, "-f", "json"))
-
-    def fails(self, *args: str) -> str:
-        done = self.run(*args)
-        assert done.returncode != 0, f"openstack {' '.join(args)} succeeded: {done.stdout}"
-        return done.stderr
 
 
 def _check_share_commands(cli: Cli, storage_root: Path) -> dict[str, Any]:
@@ -132,7 +67,7 @@ def api_only(tmp_path: Path) -> Iterator[tuple[str, Any]]:
 def test_cli_against_the_api(openstack_exe: Path, api_only: tuple[str, Any],
                              tmp_path: Path) -> None:
     url, parts = api_only
-    cli = Cli(openstack_exe, clouds_yaml(tmp_path, url))
+    cli = Cli(openstack_exe, noauth_clouds_yaml(tmp_path, url))
     share = _check_share_commands(cli, parts.config.storage_root)
 
     created = cli.json("server", "create", "--flavor", "1", "--image", "debian-busybox",
@@ -173,7 +108,7 @@ def serve() -> Iterator[Serve]:
 @pytest.mark.skipif(not (IMAGES_DIR / "debian-busybox" / "image.json").exists(),
                     reason="guest image missing: run `make setup`")
 def test_cli_end_to_end(openstack_exe: Path, serve: Serve, tmp_path: Path) -> None:
-    cli = Cli(openstack_exe, clouds_yaml(tmp_path, serve.url))
+    cli = Cli(openstack_exe, noauth_clouds_yaml(tmp_path, serve.url))
     storage_root = serve.state_dir / "shares"
     sid = ""
     try:
