@@ -47,13 +47,16 @@ def destroy_guests(owner: str) -> None:
 
 
 def remove_state(state: Path) -> bool:
-    """Unmount the host mounts (mounts/) and share filesystems (shares/) under `state`, then
-    remove it. Anything still mounted below it: leave it in place, say so, return False."""
+    """Unmount the host mounts (mounts/) and share filesystems (shares/) under `state`, and
+    `state` itself (the agent makes it a shared mount), then remove it. Anything still mounted
+    below it: leave it in place, say so, return False."""
     root = state.resolve()
     for point in mountinfo.mount_points(root / "mounts"):
         _try(mountinfo.unmount, point)
     for point in reversed(mountinfo.mount_points(root)):  # deepest first
         _try(lambda p: mountinfo.run(["umount", "-l", str(p)]), point)
+    if mountinfo.is_mountpoint(root):  # the agent's shared bind of its state dir
+        _try(lambda p: mountinfo.run(["umount", "-l", str(p)]), root)
     left = mountinfo.mount_points(root)
     if left:
         print(f"cleanup: NOT removing {state}: still mounted: {left}", flush=True)

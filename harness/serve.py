@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,18 @@ class Serve(Proc):
                 self.argv += ["--config", str(self.state_dir / "attachfs.toml")]
         super().start(probe, timeout)
 
+    @property
+    def owner(self) -> str:
+        """The owner tag of its guests: [agent] host (default this host's name) and state dir."""
+        agent_host = tomllib.loads(self.config).get("agent", {}).get("host")
+        return f"{agent_host}:{self.state_dir.resolve()}" if agent_host else host.owner_of(
+            self.state_dir)
+
     def cleanup(self) -> None:
         """Stop the service and remove what it left: only ITS guests (several test runs and
         benches may share this libvirtd), its host mounts, its state directory."""
         self.stop()
-        host.destroy_guests(host.owner_of(self.state_dir))
+        host.destroy_guests(self.owner)
         host.remove_state(self.state_dir)
 
     # ---- API helpers ---------------------------------------------------------------------

@@ -30,6 +30,8 @@ cleanup() {
     fi
     # share filesystems (loop-mounted images) a failed run left under the state directory
     grep -o " $STATE/[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l || true
+    # the service binds its state dir onto itself as a shared mount (see docs/architecture.md)
+    if mountpoint -q "$STATE"; then umount -l "$STATE" || true; fi
     rm -rf "$STATE"
     exit $rc
 }

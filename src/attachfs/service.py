@@ -22,6 +22,7 @@ from attachfs.db.engine import Database, migrate
 from attachfs.metadata.sockets import MetadataLimits, MetadataSockets
 from attachfs.notify.base import make_notifier
 from attachfs.paths import private_dir
+from attachfs.storage import mountinfo
 from attachfs.storage.bind import BindConnector
 from attachfs.storage.cephfs import CephFsConnector
 from attachfs.storage.local import LocalShareProvider
@@ -87,8 +88,20 @@ def configure_logging(config: Config) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def share_state_mounts(config: Config) -> None:
+    """Where an agent runs, before it mounts anything: unmounts under the state dir must reach
+    the guests' copies of this mount namespace (mountinfo.make_shared)."""
+    private_dir(config.state_path)
+    if not mountinfo.make_shared(config.state_path):
+        log.warning("%s is not a shared mount and has mounts below it: unmounts there will not "
+                    "reach the mount namespaces libvirt gives guests (a FUSE client can outlive "
+                    "its unmount until the guest stops); restart with nothing mounted below it, "
+                    "or make it shared (mount --make-shared)", config.state_path)
+
+
 def serve(config: Config) -> None:
     configure_logging(config)
+    share_state_mounts(config)
     parts = open_parts(config)
     agent = build_agent(parts)
     agent_thread = threading.Thread(target=agent.run, name="agent", daemon=True)
@@ -116,6 +129,7 @@ def run_agent(config: Config) -> None:
     import signal
 
     configure_logging(config)
+    share_state_mounts(config)
     parts = open_parts(config)
     agent = build_agent(parts)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())

@@ -27,7 +27,6 @@ import pytest
 
 from attachfs.storage import mountinfo
 from attachfs.virt.libvirt import LibvirtDriver
-from harness import host
 from tests.vm.harness import GUEST_TEST, Serve, serving, wait_for
 
 pytestmark = GUEST_TEST
@@ -130,7 +129,7 @@ class Matrix:
         busy += [(u, "", "", str(t), False) for u, (_, t, _) in servers.items() if t]
         if busy:
             return [f"in flight: {busy}"]
-        driver = LibvirtDriver(owner=host.owner_of(self.serve.state_dir))
+        driver = LibvirtDriver(owner=self.serve.owner)
         try:
             guests = driver.list_guests()
             devices = {u: {t: str(p) for t, p in driver.guest_devices(u).items()}

@@ -63,6 +63,40 @@ def is_mountpoint(path: Path) -> bool:
     return path in mount_points(path.parent)
 
 
+def propagation(path: Path) -> frozenset[str] | None:
+    """The propagation fields of the mount at `path` (the topmost), e.g. {"shared:12"}; empty
+    for a private mount; None if `path` is not a mount point."""
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if Path(_unescape(fields[4])) == path:
+                found = frozenset(fields[6:fields.index("-")])
+    return found
+
+
+def make_shared(path: Path) -> bool:
+    """Make `path` a mount point with shared propagation (bound onto itself if it is not one).
+
+    Why: libvirt gives each QEMU a mount namespace copied from this one and made a slave of it.
+    Below a shared mount, an unmount here reaches those copies; below a private one (`/` on a
+    host without systemd) it does not, and a copy keeps what was unmounted alive until that
+    guest stops: a FUSE client (ceph-fuse, the NFS client) whose mount is gone, a share's
+    filesystem whose image was released.
+
+    False, doing nothing, when `path` is not a mount point and has mounts below it: binding it
+    onto itself would hide them (and a recursive bind would leave the originals beneath)."""
+    fields = propagation(path)
+    if fields is None:
+        if mount_points(path):
+            return False
+        run(["mount", "--bind", str(path), str(path)])
+        fields = propagation(path) or frozenset()
+    if not any(f.startswith("shared:") for f in fields):
+        run(["mount", "--make-shared", str(path)])
+    return True
+
+
 def run(argv: list[str], timeout: float = 60) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
