@@ -1,6 +1,7 @@
 """Benchmark of share attachments (compute API 2.97) against the floor of this machine.
 
-    .venv/bin/python -m bench [--quick] [--json FILE] [--no-postgres] [--no-vm]   (make bench)
+    .venv/bin/python -m bench [--quick] [--json FILE] [--no-postgres] [--no-vm]
+                              [--no-datapath]                                   (make bench)
 
 1. attach/detach cycles through a real `attachfs serve` (embedded SQLite, in-process agent,
    libvirt) on a stopped server that booted a real guest (`attach.py`);
@@ -11,7 +12,10 @@
 4. hot attach/detach on the running server (POST -> the guest mounted it) against a guest of
    our own that mounts by itself every 50 ms (`hotplug.py`);
 5. power on with 0, 1, 4 and 8 shares: os-start -> ACTIVE and -> the guest is ready
-   (`power.py`).
+   (`power.py`);
+6. guest write/read throughput through a built-in, a CephFS (throw-away Ceph) and an NFS
+   (throw-away NFS-Ganesha) share, beside the host's own through the same clients
+   (`datapath.py`).
 
 Figures are printed (and written with --json), never asserted (`report.py`). The serve is
 driven through the harness the vm tests use (`harness/`). Not part of the runtime package:

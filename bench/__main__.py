@@ -14,6 +14,7 @@ from typing import Any
 
 import bench
 from bench.attach import vm_part
+from bench.datapath import datapath_part
 from bench.floor import floor_alone
 from bench.listing import listing_part
 from bench.measure import Figures, log
@@ -37,6 +38,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="also run part 3 on PostgreSQL at 127.0.0.1:5432 (default on)")
     p.add_argument("--vm", action=argparse.BooleanOptionalAction, default=True,
                    help="run part 1 (boots a guest); --no-vm measures the floor alone")
+    p.add_argument("--datapath", action=argparse.BooleanOptionalAction, default=True,
+                   help="run part 6: guest I/O through built-in, CephFS and NFS shares "
+                        "(starts a throw-away Ceph and NFS-Ganesha, boots a guest)")
     p.add_argument("--images-dir", default="/var/lib/attachfs/images")
     p.add_argument("--wait-foreign", type=float, default=300, metavar="SECONDS",
                    help="how long to wait for guests of other attachfs instances to stop "
@@ -58,6 +62,9 @@ def plan(args: argparse.Namespace, fig: Figures,
                       lambda: vm_part(STATE_ROOT, args, fig, errors)))
     else:
         parts.append(("floor", lambda: floor_alone(STATE_ROOT, args, fig)))
+    if args.vm and args.datapath:
+        parts.append(("data paths: built-in, CephFS, NFS",
+                      lambda: datapath_part(STATE_ROOT, args, fig)))
     parts.append(("listing on sqlite", lambda: listing_part("sqlite", STATE_ROOT, args, fig)))
     if args.postgres:
         parts.append(("listing on postgres",

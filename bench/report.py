@@ -79,7 +79,30 @@ def rows(fig: Figures) -> list[Row]:
     _floor_rows(add)
     _listing_rows(add)
     add("other guests running at the start", "other_guests_at_start", None, lambda v: f"{v:.0f}")
-    return out + hot_rows(fig) + power_rows(fig)
+    return out + hot_rows(fig) + power_rows(fig) + io_rows(fig)
+
+
+IO_KINDS = (("builtin", "built-in share (bind -> virtio-fs)", "host: the share's directory"),
+            ("cephfs", "CephFS (ceph-fuse -> virtio-fs)", "host: its own ceph-fuse"),
+            ("nfs", "NFS (FUSE client -> virtio-fs)", "host: its own FUSE NFS mount"))
+
+
+def io_rows(fig: Figures) -> list[Row]:
+    """Part 6: guest throughput per data path against the host's through the same client."""
+    out: list[Row] = []
+    for kind, label, base_label in IO_KINDS:
+        for op in ("write", "read"):
+            key, base = f"io_{kind}_guest_{op}_mib_s", f"io_{kind}_host_{op}_mib_s"
+            if key in fig and base in fig:
+                out.append((f"guest {op} 64 MiB, {label}", f"{fig[key]:.1f} MiB/s",
+                            f"{fig[base]:.1f} MiB/s ({base_label})",
+                            f"{fig[key] / fig[base]:.2f}x"))
+    if "io_cephfs_guest_write_mib_s" in fig and "io_builtin_guest_write_mib_s" in fig:
+        for op in ("write", "read"):
+            c, b = fig[f"io_cephfs_guest_{op}_mib_s"], fig[f"io_builtin_guest_{op}_mib_s"]
+            out.append((f"guest {op}: CephFS against built-in", f"{c:.1f} MiB/s",
+                        f"{b:.1f} MiB/s (built-in in the guest)", f"{c / b:.2f}x"))
+    return out
 
 
 def _ms0(v: float) -> str:
