@@ -50,8 +50,9 @@ BUSYBOX_PACKAGE = "busybox-static"
 GUEST_DIR = Path(attachfs.__file__).parent / "virt" / "guest"
 GUEST_FILES = ("init", "attachfs-guest-agent")
 # Bump when the layout of the initramfs changes in a way the hash of the inputs does not show.
-BUILD_FORMAT = 1
-# Modules (with their dependencies) loaded by /init, in this order.
+BUILD_FORMAT = 2
+# Modules (with their dependencies) /init loads before the network and the guest agent start:
+# the devices, virtio-fs, the config drive's, and the power button's.
 MODULES = (
     "virtio_pci",
     "virtio_net",
@@ -60,9 +61,6 @@ MODULES = (
     "virtio_scsi",
     "fuse",
     "virtiofs",
-    "9p",
-    "9pnet_virtio",
-    "nfsv4",
     "ahci",  # q35's SATA controller: where libvirt puts a cdrom (config drive)
     "sr_mod",
     "isofs",
@@ -72,6 +70,14 @@ MODULES = (
     "nls_cp437",
     "button",  # ACPI power button (libvirt domain.shutdown())
     "evdev",  # its /dev/input/event* for busybox acpid
+)
+# Loaded after them, in the background while DHCP and the agent's first round run: the 9p and
+# NFS clients (sunrpc, nfs and nfsv4 alone take ~1 s to load under TCG, half of all modules).
+# /run/modules-later.done appears when they are in.
+LATER_MODULES = (
+    "9p",
+    "9pnet_virtio",
+    "nfsv4",
 )
 _NAMESPACE = uuid.UUID("5d3b7a4e-9a57-4c1e-8f2e-6a7b0c1d2e3f")
 
@@ -85,6 +91,7 @@ def inputs_hash() -> str:
     h = hashlib.sha256()
     h.update(f"format={BUILD_FORMAT}\ncmdline={CMDLINE}\n".encode())
     h.update(("modules=" + " ".join(MODULES) + "\n").encode())
+    h.update(("later=" + " ".join(LATER_MODULES) + "\n").encode())
     for name in GUEST_FILES:
         data = (GUEST_DIR / name).read_bytes()
         h.update(f"{name} {len(data)}\n".encode())
@@ -133,19 +140,21 @@ def _download(packages: list[str], into: Path) -> list[Path]:
     return debs
 
 
-def _module_order(root: Path, kver: str) -> list[Path]:
-    """Paths (relative to root) of the .ko files to insmod, dependencies first, no repeats."""
+def _module_order(root: Path, kver: str, modules: tuple[str, ...],
+                  loaded: tuple[Path, ...] = ()) -> list[Path]:
+    """Paths (relative to root) of the .ko files to insmod, dependencies first, no repeats,
+    none of `loaded`."""
     _run(["depmod", "-b", str(root), kver])
-    out = _run(["modprobe", "-d", str(root), "-S", kver, "--show-depends", "-a", *MODULES])
+    out = _run(["modprobe", "-d", str(root), "-S", kver, "--show-depends", "-a", *modules])
     order: list[Path] = []
     for line in out.splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0] == "insmod":
             rel = Path(parts[1]).relative_to(root)
-            if rel not in order:
+            if rel not in order and rel not in loaded:
                 order.append(rel)
     if not order:
-        raise ImageError(f"modprobe found none of the modules {MODULES}")
+        raise ImageError(f"modprobe found none of the modules {modules}")
     return order
 
 
@@ -163,24 +172,27 @@ def _stage_busybox(busybox: Path, stage: Path) -> None:
 
 
 def _stage_modules(kroot: Path, kver: str, stage: Path) -> int:
-    """The modules, uncompressed, and /etc/modules.order for /init; how many."""
-    guest_modules = []
-    modules = _module_order(kroot, kver)
-    for rel in modules:
-        src = kroot / rel
-        if rel.suffix == ".xz":
-            rel = rel.with_suffix("")
-        dst = stage / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.suffix == ".xz":
-            dst.write_bytes(lzma.decompress(src.read_bytes()))
-        elif src.suffix == ".ko":
-            shutil.copyfile(src, dst)
-        else:
-            raise ImageError(f"unsupported module compression: {src.name}")
-        guest_modules.append("/" + str(rel))
-    (stage / "etc/modules.order").write_text("\n".join(guest_modules) + "\n")
-    return len(modules)
+    """The modules, uncompressed, and the lists /init loads: /etc/modules.order (first) and
+    /etc/modules.later (in the background); how many."""
+    first = _module_order(kroot, kver, MODULES)
+    later = _module_order(kroot, kver, LATER_MODULES, tuple(first))
+    for name, modules in (("modules.order", first), ("modules.later", later)):
+        guest_modules = []
+        for rel in modules:
+            src = kroot / rel
+            if rel.suffix == ".xz":
+                rel = rel.with_suffix("")
+            dst = stage / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.suffix == ".xz":
+                dst.write_bytes(lzma.decompress(src.read_bytes()))
+            elif src.suffix == ".ko":
+                shutil.copyfile(src, dst)
+            else:
+                raise ImageError(f"unsupported module compression: {src.name}")
+            guest_modules.append("/" + str(rel))
+        (stage / "etc" / name).write_text("\n".join(guest_modules) + "\n")
+    return len(first) + len(later)
 
 
 def _pack(stage: Path, out: Path) -> None:
