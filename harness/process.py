@@ -209,3 +209,10 @@ def processes_mentioning(path: Path) -> list[tuple[int, str]]:
         if any(a == root or a.startswith(root + "/") for a in argv):
             found.append((int(entry), " ".join(argv).strip()))
     return found
+
+
+def processes_running(program: str, under: Path) -> list[int]:
+    """PIDs of the processes running `program` (a command such as ceph-fuse, or a module run
+    with `python -m`) with `under`, or a path below it, among their arguments."""
+    return [pid for pid, cmd in processes_mentioning(under)
+            if any(a == program or a.endswith("/" + program) for a in cmd.split()[:3])]

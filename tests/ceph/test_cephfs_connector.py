@@ -17,7 +17,7 @@ from attachfs.storage import mountinfo
 from attachfs.storage.base import HostCredentials
 from attachfs.storage.cephfs import CephFsConnector
 from harness.ceph import CephCluster
-from harness.process import wait_for
+from harness.process import processes_running, wait_for
 from tests.ceph_fixture import CEPH_TEST
 
 pytestmark = CEPH_TEST
@@ -26,17 +26,7 @@ MIB = 1024 * 1024
 
 def ceph_fuse_for(path: Path) -> list[int]:
     """PIDs of ceph-fuse processes mounting `path`."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"ceph-fuse") and str(path).encode() in argv:
-            pids.append(int(proc.name))
-    return pids
+    return processes_running("ceph-fuse", path)
 
 
 def test_mount_share_and_release(ceph_cluster: CephCluster, tmp_path: Path) -> None:

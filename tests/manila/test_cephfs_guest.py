@@ -11,7 +11,6 @@ host mount and no device or a mount and no rule, and the monitor stopped during 
 from __future__ import annotations
 
 import base64
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,10 +21,10 @@ from typing import Any
 import pytest
 
 from harness.ceph import CephCluster
-from harness.process import wait_for
+from harness.process import processes_running, wait_for
 from tests.ceph_fixture import CEPH_TEST
 from tests.manila.conftest import CEPHFS_TYPE, Manila
-from tests.vm.harness import GUEST_TEST, Serve, serving
+from tests.vm.harness import GUEST_TEST, Serve, crash_after, serving
 
 pytestmark = [pytest.mark.manila, *CEPH_TEST, *GUEST_TEST,
               pytest.mark.filterwarnings("ignore:The 'service_type' parameter is unnecesary")]
@@ -59,17 +58,7 @@ echo "ping loop started"
 
 
 def ceph_fuse_pids(under: Path) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith("ceph-fuse") and any(a.startswith(str(under)) for a in argv):
-            pids.append(int(proc.name))
-    return pids
+    return processes_running("ceph-fuse", under)
 
 
 @dataclass
@@ -127,20 +116,9 @@ class World:
 
     def crash(self, point: str, request: Callable[[], None], restart: bool = True) -> None:
         """`attachfs serve` exits (SIGKILL's code) right after `point`; started again."""
-        serve = self.serve
-        serve.stop()
-        os.environ["ATTACHFS_CRASH_AFTER"] = point
-        try:
-            serve.start()
-        finally:
-            del os.environ["ATTACHFS_CRASH_AFTER"]
-        request()
-        wait_for(f"the crash after {point}",
-                 lambda: serve.proc is not None and serve.proc.poll() is not None, 120,
-                 interval=0.1)
-        assert serve.proc is not None and serve.proc.returncode == 137, point
+        crash_after(self.serve, point, request)
         if restart:
-            serve.start()
+            self.serve.start()
 
 
 

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from harness.ganesha import GaneshaServer
-from harness.process import free_port, wait_for
+from harness.process import free_port, processes_running, wait_for
 from tests.nfs_fixture import NFS_TEST
 from tests.vm.harness import GUEST_TEST, serving
 
@@ -44,17 +44,7 @@ echo "ping loop started"
 
 def fuse_clients(under: Path) -> list[int]:
     """The NFS FUSE client processes whose mount is below `under`."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if "attachfs.storage.nfs_fuse" in argv and any(a.startswith(str(under)) for a in argv):
-            pids.append(int(proc.name))
-    return pids
+    return processes_running("attachfs.storage.nfs_fuse", under)
 
 
 def ping(export: Path) -> None:

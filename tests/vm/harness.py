@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,7 +14,8 @@ import pytest
 from harness.process import free_port, wait_for
 from harness.serve import IMAGES_DIR, Serve
 
-__all__ = ["GUEST_TEST", "IMAGES_DIR", "TEST_STATE", "Serve", "free_port", "serving", "wait_for"]
+__all__ = ["GUEST_TEST", "IMAGES_DIR", "TEST_STATE", "Serve", "crash_after", "free_port",
+           "serving", "wait_for"]
 
 TEST_STATE = Path("/var/lib/attachfs/test-state")
 # The marks of a test that boots a real guest (a module's `pytestmark`): under CI=true a
@@ -36,3 +37,19 @@ def serving(config: str = "", prefix: str = "") -> Iterator[Serve]:
         yield s
     finally:
         s.cleanup()
+
+
+def crash_after(serve: Serve, point: str, request: Callable[[], object]) -> None:
+    """`serve` started again with ATTACHFS_CRASH_AFTER=<point> (operation:step), `request`
+    made, and the process gone right after that step (SIGKILL's exit code). Left stopped: the
+    caller starts it again when it wants."""
+    serve.stop()
+    os.environ["ATTACHFS_CRASH_AFTER"] = point
+    try:
+        serve.start()
+    finally:
+        del os.environ["ATTACHFS_CRASH_AFTER"]
+    request()
+    wait_for(f"the crash after {point}",
+             lambda: serve.proc is not None and serve.proc.poll() is not None, 120, interval=0.1)
+    assert serve.proc is not None and serve.proc.returncode == 137, (point, serve.proc.returncode)

@@ -16,7 +16,6 @@ host mount)."""
 from __future__ import annotations
 
 import base64
-import os
 import sqlite3
 import time
 import uuid
@@ -27,7 +26,7 @@ import pytest
 
 from attachfs.storage import mountinfo
 from attachfs.virt.libvirt import LibvirtDriver
-from tests.vm.harness import GUEST_TEST, Serve, serving, wait_for
+from tests.vm.harness import GUEST_TEST, Serve, crash_after, serving, wait_for
 
 pytestmark = GUEST_TEST
 EXT = {"OpenStack-API-Version": "compute 2.97, attachfs 1.1"}
@@ -93,20 +92,9 @@ class Matrix:
 
     # ---- the crash ----------------------------------------------------------------------------
     def crash(self, point: str, request: Callable[[], None]) -> None:
-        serve = self.serve
-        serve.stop()
-        os.environ["ATTACHFS_CRASH_AFTER"] = point
-        try:
-            serve.start()
-        finally:
-            del os.environ["ATTACHFS_CRASH_AFTER"]
-        request()
-        assert serve.proc is not None
-        wait_for(f"the crash after {point}", lambda: serve.proc.poll() is not None  # type: ignore[union-attr]
-                 or None, 120, interval=0.1)
-        assert serve.proc.returncode == 137, (point, serve.proc.returncode)
+        crash_after(self.serve, point, request)
         started = time.monotonic()
-        serve.start()
+        self.serve.start()
         self.converged(point)
         TIMES[point] = time.monotonic() - started
 
