@@ -23,10 +23,11 @@ lint: setup
 	.venv/bin/ruff check src tests bench tools harness
 	.venv/bin/mypy
 
-# Two workers (tests/parallel.py): guests and services on one, in file order; the rest beside.
+# Two workers (tests/parallel.py): session services (and their guests) as one group, the other
+# guests as another, each on one worker in file order; the rest fills in beside.
 # Then the tests that stop a shared service (PostgreSQL), alone.
 test: setup lint
-	.venv/bin/pytest -q -ra -n 2 --dist loadgroup -m "not exclusive" tests
+	.venv/bin/pytest -q -ra -n 2 --dist loadgroup --durations=25 -m "not exclusive" tests
 	.venv/bin/pytest -q -ra -m exclusive tests
 
 # Unit and API tests only (no guests): seconds.
