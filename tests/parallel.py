@@ -25,7 +25,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.getvalue("loadgroup"):  # set on xdist's workers under --dist loadgroup
+    if not getattr(config.option, "loadgroup", False):  # set on xdist's workers only
         return
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
