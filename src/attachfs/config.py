@@ -11,9 +11,12 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from attachfs.errors import BadRequest
+
+TransportName = Literal["virtiofs", "9p"]  # core.rules.Transport this build's agent can serve
+OFFERED_TRANSPORTS: tuple[TransportName, ...] = ("virtiofs", "9p")
 
 
 class _Section(BaseModel):
@@ -85,6 +88,19 @@ class AgentConfig(_Section):
     retry_base: float = Field(default=1.0, gt=0)
     retry_cap: float = Field(default=60.0, gt=0)
     retry_attempts: int = Field(default=8, ge=1, le=100)
+    # How this host hands shares to guests (docs/transports.md): the transports it offers,
+    # and the one an attachment gets when neither the attach body nor the server's flavor
+    # names one. virtiofs: hot-pluggable; 9p: at boot only (no hot plug with QEMU 7.2).
+    share_transports: list[TransportName] = Field(
+        default_factory=lambda: list(OFFERED_TRANSPORTS), min_length=1)
+    share_transport: TransportName = "virtiofs"
+
+    @model_validator(mode="after")
+    def _default_offered(self) -> AgentConfig:
+        if self.share_transport not in self.share_transports:
+            raise ValueError(f"share_transport {self.share_transport!r} is not among "
+                             f"share_transports {self.share_transports}")
+        return self
 
 
 class LibvirtConfig(_Section):

@@ -46,8 +46,16 @@ def devices_of(tmp_path: Path, devices: Any, **top: Any) -> list[tuple[str, ...]
     meta = tmp_path / "meta_data.json"
     meta.write_text(json.dumps({"uuid": str(uuid.uuid4()), "name": "vm", **top,
                                 "devices": devices}))
-    return [tuple(line.split("\t")) for line in agent(["devices_of", str(meta)],
-                                                       tmp_path).splitlines()]
+    return [_short(tuple(line.split("\t")))
+            for line in agent(["devices_of", str(meta)], tmp_path).splitlines()]
+
+
+def _short(row: tuple[str, ...]) -> tuple[str, ...]:
+    """An accepted virtio-fs device without extension keys as (ok, tag, path): its mount is
+    the default (virtiofs, the tag, defaults); anything else is kept whole."""
+    if row[0] == "ok" and row[3:] == ("virtiofs", row[1], "defaults"):
+        return row[:3]
+    return row
 
 
 def share(tag: Any, mount_point: Any = None, **extra: Any) -> dict[str, Any]:
@@ -126,7 +134,8 @@ def test_unicode_escapes_decode_before_checks(tmp_path: Path) -> None:
     meta.write_text('{"devices": [{"type": "sh\\u0061re", "t\\u0061g": "d\\u0061ta", '
                     '"mount_point": "\\u002fsrv\\/d"}, {"type": "share", "tag": "e", '
                     '"mount_point": "/srv/e\\u000a/x"}]}')
-    rows = [tuple(x.split("\t")) for x in agent(["devices_of", str(meta)], tmp_path).splitlines()]
+    rows = [_short(tuple(x.split("\t")))
+            for x in agent(["devices_of", str(meta)], tmp_path).splitlines()]
     assert rows == [("ok", "data", "/srv/d"),
                     ("bad", "e", "mount point has characters outside [A-Za-z0-9._+@-]")]
 
@@ -155,16 +164,58 @@ def test_is_mounted_decodes_proc_mounts_escapes(tmp_path: Path) -> None:
     patched = tmp_path / "agent"
     patched.write_text(text)
 
-    def mounted(tag: str, path: str) -> bool:
+    def mounted(tag: str, path: str, fstype: str = "virtiofs") -> bool:
         assert BUSYBOX is not None
-        return subprocess.run([BUSYBOX, "sh", "-c", f'. "{patched}"; is_mounted "$1" "$2"',
-                               "agent", tag, path], env={"ATTACHFS_AGENT_LIB": "1",
-                                                         "PATH": os.environ["PATH"]},
+        return subprocess.run([BUSYBOX, "sh", "-c", f'. "{patched}"; is_mounted "$@"',
+                               "agent", fstype, tag, path], env={"ATTACHFS_AGENT_LIB": "1",
+                                                                 "PATH": os.environ["PATH"]},
                               timeout=30).returncode == 0
 
     assert mounted("t1", "/srv/a b") and not mounted("t1", "/srv/a\\040b")
     assert mounted("t2", "/srv/plain") and not mounted("t4", "/srv/plain")  # not virtiofs
     assert mounted("t3", "/srv/nl\nx") and not mounted("t2", "/srv/plain/")
+    assert mounted("t4", "/srv/plain", "tmpfs") and not mounted("t2", "/srv/plain", "9p")
+
+
+def how(transport: str, fstype: str, source: str, options: str, target: str) -> dict[str, str]:
+    """The extension keys the metadata service adds with ?attachfs=1 (core/guest_mount)."""
+    return {"attachfs:transport": transport, "attachfs:fstype": fstype,
+            "attachfs:source": source, "attachfs:options": options, "attachfs:target": target}
+
+
+NFS_SOURCE = "169.254.169.254:/attachfs/0b4f3c1e-8d7a-4e55-9a8e-2f1d3c4b5a69"
+
+
+@needs_busybox
+def test_extension_keys_say_how_to_mount(tmp_path: Path) -> None:
+    rows = devices_of(tmp_path, [
+        share("v", **how("virtiofs", "virtiofs", "v", "ro", "/mnt/v")),
+        share("n", "/srv/n", **how("9p", "9p", "n", "trans=virtio,version=9p2000.L,ro",
+                                   "/srv/n")),
+        share("f", **how("nfs", "nfs4", NFS_SOURCE, "vers=4.1,proto=tcp,port=2049", "/mnt/f"))])
+    assert rows == [("ok", "v", "/mnt/v", "virtiofs", "v", "ro"),
+                    ("ok", "n", "/srv/n", "9p", "n", "trans=virtio,version=9p2000.L,ro"),
+                    ("ok", "f", "/mnt/f", "nfs4", NFS_SOURCE, "vers=4.1,proto=tcp,port=2049")]
+
+
+@needs_busybox
+@pytest.mark.parametrize(("keys", "reason"), [
+    (how("x", "ext4", "t", "rw", "/mnt/t"), "fstype is not virtiofs, 9p or nfs4"),
+    (how("x", "bind", "t", "rw", "/mnt/t"), "fstype is not virtiofs, 9p or nfs4"),
+    (how("9p", "9p", "other", "rw", "/mnt/t"), "source is not the tag"),
+    (how("9p", "9p", "/dev/sda", "rw", "/mnt/t"), "source is not the tag"),
+    (how("nfs", "nfs4", "evil.example:/x", "rw", "/mnt/t"), "nfs source is not ADDRESS:/PATH"),
+    (how("nfs", "nfs4", "10.0.0.1:/a/../..", "rw", "/mnt/t"), "nfs source is not ADDRESS:/PATH"),
+    (how("nfs", "nfs4", "10.0.0.1:/a b", "rw", "/mnt/t"), "nfs source is not ADDRESS:/PATH"),
+    (how("9p", "9p", "t", "rw,exec,suid ", "/mnt/t"), "options have characters outside [A-Za-z0-9=,.]"),
+    (how("9p", "9p", "t", "x\tz", "/mnt/t"), "options have characters outside [A-Za-z0-9=,.]"),
+    (how("9p", "9p", "t", "rw", "/etc"), "target is not the mount point"),
+])
+def test_extension_keys_are_checked(tmp_path: Path, keys: dict[str, str], reason: str) -> None:
+    """The host writes them, but the guest agent checks them as it checks a tenant's tag:
+    nothing outside a fixed alphabet reaches its fstab line."""
+    rows = devices_of(tmp_path, [share("t", **keys), share("ok1")])
+    assert rows == [("ok", "ok1", "/mnt/ok1"), ("bad", "t", reason)]
 
 
 # ---- in a real guest ------------------------------------------------------------------------

@@ -177,7 +177,8 @@ class Executor:
                                      GUEST_SAFE + (",ro" if step.read_only else ""))
             case Op.PLUG:
                 a.virt.attach_share(server.uuid, GuestShare(tag=m.tag, host_path=Path(step.path),
-                                                            read_only=m.read_only))
+                                                            read_only=m.read_only,
+                                                            transport=m.transport))
             case Op.UNPLUG:
                 a.virt.request_detach(server.uuid, step.tag)
                 self.unplug_asked(server.uuid, step.tag)

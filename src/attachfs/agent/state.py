@@ -99,7 +99,8 @@ def desired_of(s: Session, snap: Snapshot | None, uuid: str, mount_path: MountPa
         shares.append(DesiredShare(
             id=m.id, share_id=m.share_id, tag=m.tag, path=mount_path(m.share_id, m.read_only),
             read_only=m.read_only, status=m.status, protocol=m.share_proto,
-            export=m.export_location, release_started=memory.release_started.get(m.id)))
+            export=m.export_location, release_started=memory.release_started.get(m.id),
+            transport=m.transport))
     paths, access = _elsewhere(s, server, mount_path) if shares else (frozenset(), frozenset())
     power = Power.GONE if server.task_state == TaskState.DELETING else Power(server.power_intent)
     return Desired(
@@ -130,6 +131,7 @@ def observe(uuid: str, virt: VirtDriver, metadata: MetadataSockets, mounts: Moun
                   writable_devices=guest.writable if running else frozenset(),
                   shutdown_asked=memory.shutdown_asked.get(uuid),
                   guest_generation=guest.generation if running else None,
+                  fixed_devices=guest.fixed if running else frozenset(),
                   now=time.monotonic())
 
 

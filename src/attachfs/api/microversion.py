@@ -35,9 +35,11 @@ def fmt(v: tuple[int, int]) -> str:
 #   OpenStack-API-Version: compute 2.97, attachfs 1.1
 # 1.1: read-only attachments (`read_only` in the attach body and in attachment views).
 # 1.2: `retry` in the attach body drives an attachment in `error` again.
+# 1.3: `transport` (virtiofs, 9p, nfs) in the attach body and in attachment views;
+#      GET /servers/{id}/shares/{share_id}/mount_info.
 # Any extension version also adds `os-extended-shares:shares_attached` to server bodies.
 EXT_SERVICE = "attachfs"
-EXT_MAX = (1, 2)
+EXT_MAX = (1, 3)
 
 
 def parse_extension(openstack_header: str | None) -> Version | None:

@@ -42,7 +42,9 @@ class ApiState:
 
     @cached_property
     def env(self) -> Env:
-        api = self.config.api
+        api, agent = self.config.api, self.config.agent
         return Env(policy=self.policy, shares=self.provider, builtin=BuiltinShares(self.builtin),
-                   images=self.images, wake_agent=self.wake_agent, host=self.config.agent.host,
-                   hot_plug=api.hot_plug, max_attachments_per_server=api.max_attachments_per_server)
+                   images=self.images, wake_agent=self.wake_agent, host=agent.host,
+                   hot_plug=api.hot_plug, max_attachments_per_server=api.max_attachments_per_server,
+                   transports=frozenset(agent.share_transports),
+                   default_transport=agent.share_transport)

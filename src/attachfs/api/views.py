@@ -48,7 +48,8 @@ def flavor(f: Flavor, base: str, version: Version) -> dict[str, Any]:
         "id": f.id, "name": f.name, "vcpus": f.vcpus, "ram": f.ram_mib, "disk": f.disk_gib,
         "OS-FLV-EXT-DATA:ephemeral": 0, "swap": 0, "rxtx_factor": 1.0,
         "os-flavor-access:is_public": True, "OS-FLV-DISABLED:disabled": False,
-        "description": None, "extra_specs": {}, "links": link(base, "flavors", f.id)}
+        "description": None, "extra_specs": dict(f.extra_specs),
+        "links": link(base, "flavors", f.id)}
     if version.at_least("2.102"):  # both fields were dropped from flavor views at 2.102
         del view["rxtx_factor"], view["OS-FLV-DISABLED:disabled"]
     return view
@@ -75,7 +76,7 @@ def server_detail(s: ServerRecord, mappings: list[AttachmentRecord], base: str, 
     if version.at_least("2.47"):
         flavor_view = {"vcpus": s.vcpus, "ram": s.memory_mib, "disk": 0, "ephemeral": 0,
                        "swap": 0, "original_name": fl.name if fl else s.flavor_id,
-                       "extra_specs": {}}
+                       "extra_specs": dict(fl.extra_specs) if fl else {}}
     else:
         flavor_view = {"id": s.flavor_id, "links": link(base, "flavors", s.flavor_id)[1:]}
     image: dict[str, Any] = {"id": s.image_id, "links": link(base, "images", s.image_id)[1:]}

@@ -67,6 +67,7 @@ class AttachShare(Command):
     mount_point: str | None = None
     read_only: bool = False
     retry: bool = False  # drive an attachment in `error` again (else: already attached, 409)
+    transport: str | None = None  # None: the server's flavor, else the operator's default
 
 
 @dataclass(frozen=True)

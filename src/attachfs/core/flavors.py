@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
+from attachfs.core.rules import TRANSPORT_PROPERTY, Transport
 from attachfs.errors import NotFound
 
 
@@ -14,6 +17,12 @@ class Flavor:
     vcpus: int
     ram_mib: int
     disk_gib: int = 0
+    extra_specs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def share_transport(self) -> str | None:
+        """The transport this flavor's servers get shares over, when it says."""
+        return self.extra_specs.get(TRANSPORT_PROPERTY)
 
 
 FLAVORS = {f.id: f for f in (
@@ -21,6 +30,9 @@ FLAVORS = {f.id: f for f in (
     Flavor("2", "a1.small", 1, 256),
     Flavor("3", "a1.medium", 2, 512),
     Flavor("4", "a1.large", 2, 1024),
+    # 9p: for guests without a virtio-fs driver (seed 002's VirtFS); shares at boot only
+    Flavor("5", "a1.small.9p", 1, 256,
+           extra_specs=MappingProxyType({TRANSPORT_PROPERTY: Transport.NINEP.value})),
 )}
 
 

@@ -20,7 +20,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from attachfs.core.rules import BUILTIN_PROTOCOL
+from attachfs.core.rules import BUILTIN_PROTOCOL, HOT_PLUG_TRANSPORTS, Transport
 from attachfs.core.steps import Op, Operation, Step
 
 RUNNING, SHUTOFF, MISSING = "running", "shutoff", "missing"  # virt.base.PowerState values
@@ -66,6 +66,12 @@ class DesiredShare:
     protocol: str = BUILTIN_PROTOCOL
     export: str = ""
     release_started: float | None = None  # monotonic: when the agent first saw `detaching`
+    transport: str = Transport.VIRTIOFS
+
+    @property
+    def pluggable(self) -> bool:
+        """Its device can be added to a running guest (9p's only at boot)."""
+        return self.transport in HOT_PLUG_TRANSPORTS
 
     @property
     def phase(self) -> Phase:
@@ -100,6 +106,7 @@ class Actual:
     writable_devices: frozenset[str] = frozenset()  # devices whose daemon serves read-write
     shutdown_asked: tuple[float, float] | None = None  # (first, last) power button press
     guest_generation: int | None = None  # the server generation the running guest booted for
+    fixed_devices: frozenset[str] = frozenset()  # tags whose device stays until the guest stops
     now: float = 0.0  # monotonic, same clock as guest_report and release_started
 
 
@@ -155,8 +162,12 @@ class _Builder:
         return False
 
     def unplug(self, operation: Operation, s: DesiredShare | None, tag: str, why: str) -> None:
-        """Ask the guest for the device (again only after RESEND_UNPLUG), then look again."""
+        """Ask the guest for the device (again only after RESEND_UNPLUG), then look again. A
+        device that cannot leave a running guest (9p) is not asked for: it goes with the
+        guest's next stop, and until then its host mount stays (it is in `devices`)."""
         self.leaving.add(tag)
+        if tag in self.a.fixed_devices:
+            return
         asked = self.a.unplugging.get(tag)
         if asked is None or self.a.now - asked >= RESEND_UNPLUG:
             if s is not None:
@@ -280,6 +291,8 @@ def _plan_running(b: _Builder, keep: list[DesiredShare]) -> None:
         source = a.devices.get(s.tag)
         if s.tag in b.leaving:
             continue
+        if source is None and not s.pluggable:
+            continue  # a boot-time device (9p): it comes with the next start
         if source is None:
             operation = Operation.HOT_ATTACH if s.phase == Phase.REQUESTED else Operation.REPAIR
             b.add(operation, Op.PLUG, s)

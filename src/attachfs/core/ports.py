@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from attachfs.core.context import RequestContext, ShareInfo
+from attachfs.core.guest_mount import NfsLink
 
 
 class ServerRecord(Protocol):
@@ -52,6 +53,7 @@ class AttachmentRecord(Protocol):
     share_proto: str
     mount_point: str | None
     read_only: bool
+    transport: str
     fault_message: str | None
     user_id: str
     project_id: str
@@ -191,3 +193,6 @@ class Env:
     host: str
     hot_plug: bool
     max_attachments_per_server: int
+    transports: frozenset[str] = frozenset({"virtiofs"})  # what this host can serve
+    default_transport: str = "virtiofs"  # the operator's choice ([agent] share_transport)
+    nfs_link: NfsLink | None = None  # where guests reach this host's NFS server (transport nfs)

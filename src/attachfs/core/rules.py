@@ -85,3 +85,45 @@ def host_mount_name(share_id: str, read_only: bool) -> str:
     """The host mount handed to guests, under the mount root: one per share and access mode on
     a host, shared by the guests there (`<share>` or `<share>-ro`)."""
     return share_id + (HOST_MOUNT_READ_ONLY_SUFFIX if read_only else "")
+
+
+# ---- transports: how a host hands a share to its guest --------------------------------------
+class Transport(enum.StrEnum):
+    VIRTIOFS = "virtiofs"  # a vhost-user-fs device served by virtiofsd (hot-pluggable)
+    NINEP = "9p"  # a virtio-9p device served by QEMU itself (at boot only)
+    NFS = "nfs"  # the host's NFS-Ganesha, over the guest's private link (no device)
+
+
+DEFAULT_TRANSPORT = Transport.VIRTIOFS
+# Transports whose device can come and go while the guest runs. 9p cannot: QEMU 7.2's
+# virtio-9p-pci is not hot-pluggable through libvirt (measured: libvirt refuses the device).
+HOT_PLUG_TRANSPORTS = frozenset({Transport.VIRTIOFS, Transport.NFS})
+# The flavor extra spec (or image property) that picks a server's transport.
+TRANSPORT_PROPERTY = "attachfs:share_transport"
+
+
+def transport_problem(value: object) -> str | None:
+    if not isinstance(value, str) or value not in Transport.__members__.values():
+        return f"must be one of {', '.join(t.value for t in Transport)}"
+    return None
+
+
+def choose_transport(asked: str | None, server_default: str | None, host_default: str) -> str:
+    """The attach body's choice, else the server's flavor or image property, else the
+    operator's default (each already checked where it was read)."""
+    return asked or server_default or host_default
+
+
+def require_transport(transport: str, host_can: frozenset[str]) -> None:
+    """Before anything changes: the host must serve `transport` (a 409 that says why)."""
+    if transport not in host_can:
+        offered = ", ".join(sorted(host_can)) or "none"
+        raise Conflict(f"Transport {transport} is not available on this host (it offers: "
+                       f"{offered}).")
+
+
+def require_hot_pluggable(transport: str, running: bool) -> None:
+    """A running server takes (or gives back) a share only over a hot-pluggable transport."""
+    if running and transport not in HOT_PLUG_TRANSPORTS:
+        raise Conflict(f"Transport {transport} cannot be hot-plugged: stop the server, then "
+                       "attach or detach the share.")

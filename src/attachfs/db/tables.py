@@ -130,6 +130,9 @@ class ShareMapping(Base):
     share_proto: Mapped[str] = mapped_column(String(32), default="")
     mount_point: Mapped[str | None] = mapped_column(String(255), nullable=True)
     read_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # How the host hands the share to the guest (core.rules.Transport; migration 0007).
+    transport: Mapped[str] = mapped_column(String(16), default="virtiofs",
+                                           server_default="virtiofs")
     fault_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     user_id: Mapped[str] = mapped_column(String(255))
     project_id: Mapped[str] = mapped_column(String(255))

@@ -23,17 +23,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from attachfs.core.guest_mount import NfsLink, guest_mount
 from attachfs.core.model import AttachmentStatus, VmState
 from attachfs.core.rules import TAG_PATTERN
 from attachfs.db.engine import Database
 from attachfs.db.tables import Server, ShareMapping
 
 VERSIONS = ("2025-04-04", "latest")
+# `meta_data.json?attachfs=1`: each share device also says how to mount it (core/guest_mount):
+# attachfs's extension; without it the devices are the compute service's, key for key. The
+# config drive carries the extended file as attachfs/meta_data.json beside the plain one.
+EXTENSION_QUERY = "attachfs"
+CONFIG_DRIVE_EXTENDED = "attachfs/meta_data.json"
+MOUNT_KEYS = ("transport", "fstype", "source", "options", "target")
 # Attachments the guest should mount: present as devices. Detaching and failed ones are not.
 LISTED = (AttachmentStatus.ACTIVE, AttachmentStatus.INACTIVE)
 
 
-def share_devices(mappings: list[ShareMapping]) -> list[dict[str, Any]]:
+def share_devices(mappings: list[ShareMapping], extended: bool = False,
+                  nfs: NfsLink | None = None) -> list[dict[str, Any]]:
     devices = []
     for m in mappings:
         if m.status not in LISTED:
@@ -42,15 +50,19 @@ def share_devices(mappings: list[ShareMapping]) -> list[dict[str, Any]]:
                                   "bus": "none", "address": "none"}
         if m.mount_point:
             device["mount_point"] = m.mount_point
+        if extended:
+            mount = guest_mount(m.transport, m.tag, m.read_only, m.mount_point, m.uuid, nfs)
+            device.update({f"attachfs:{k}": v for k, v in mount.as_dict().items()})
         devices.append(device)
     return devices
 
 
-def meta_data(server: Server, mappings: list[ShareMapping]) -> dict[str, Any]:
+def meta_data(server: Server, mappings: list[ShareMapping], extended: bool = False,
+              nfs: NfsLink | None = None) -> dict[str, Any]:
     return {
         "uuid": server.uuid, "name": server.name, "hostname": server.name,
         "project_id": server.project_id, "availability_zone": "nova", "launch_index": 0,
-        "meta": server.meta or {}, "devices": share_devices(mappings),
+        "meta": server.meta or {}, "devices": share_devices(mappings, extended, nfs),
     }
 
 
@@ -80,10 +92,13 @@ MAX_REPORT = 64 * 1024
 MAX_REPORT_LINES = 1024
 
 
-def config_drive_files(server: Server, mappings: list[ShareMapping]) -> dict[str, bytes]:
+def config_drive_files(server: Server, mappings: list[ShareMapping],
+                       nfs: NfsLink | None = None) -> dict[str, bytes]:
     """The config drive holds what the metadata service would answer, at both versions."""
     meta = json.dumps(meta_data(server, mappings), indent=1).encode()
     files = {f"openstack/{version}/meta_data.json": meta for version in VERSIONS}
+    files[CONFIG_DRIVE_EXTENDED] = json.dumps(meta_data(server, mappings, True, nfs),
+                                              indent=1).encode()
     if server.user_data:
         for version in VERSIONS:
             files[f"openstack/{version}/user_data"] = base64.b64decode(server.user_data)
@@ -93,8 +108,9 @@ def config_drive_files(server: Server, mappings: list[ShareMapping]) -> dict[str
 class _GuestMetadata:
     """What one server's metadata socket answers (each socket serves exactly one server)."""
 
-    def __init__(self, db: Database, server_uuid: str, reports: GuestReports | None) -> None:
-        self.db, self.server_uuid, self.reports = db, server_uuid, reports
+    def __init__(self, db: Database, server_uuid: str, reports: GuestReports | None,
+                 nfs: NfsLink | None) -> None:
+        self.db, self.server_uuid, self.reports, self.nfs = db, server_uuid, reports, nfs
 
     def load(self) -> tuple[Server, list[ShareMapping]] | None:
         with self.db.read() as s:
@@ -126,7 +142,8 @@ class _GuestMetadata:
         found = self.load()
         if found is None or request.path_params["version"] not in VERSIONS:
             return _not_found()
-        return JSONResponse(meta_data(*found))
+        extended = EXTENSION_QUERY in request.query_params
+        return JSONResponse(meta_data(*found, extended, self.nfs))
 
     async def user_data(self, request: Request) -> Response:
         found = self.load()
@@ -171,8 +188,9 @@ async def _read_bounded(request: Request) -> bytes | None:
     return bytes(body)
 
 
-def make_app(db: Database, server_uuid: str, reports: GuestReports | None = None) -> Starlette:
-    guest = _GuestMetadata(db, server_uuid, reports)
+def make_app(db: Database, server_uuid: str, reports: GuestReports | None = None,
+             nfs: NfsLink | None = None) -> Starlette:
+    guest = _GuestMetadata(db, server_uuid, reports, nfs)
     return Starlette(routes=[
         Route("/attachfs/v1/mounts", guest.report_mounts, methods=["POST"]),
         Route("/", guest.root), Route("/openstack", guest.versions),

@@ -27,6 +27,7 @@ class GuestShare:
     tag: str
     host_path: Path  # the host-side mount (under the configured mount root)
     read_only: bool = False
+    transport: str = "virtiofs"  # core.rules.Transport: the device that carries it
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class GuestView:
     # cannot be told are left out.
     writable: frozenset[str] = frozenset()
     generation: int | None = None  # the GuestSpec.generation the running guest started with
+    # Tags of devices that cannot leave while the guest runs (9p: not hot-pluggable): the
+    # reconciler never asks for them; they go when the guest stops.
+    fixed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -102,8 +102,8 @@ class LibvirtDriver:
         self._conn: libvirt.virConnect | None = None
         self._events: DomainEvents | None = None
         self.capabilities = VirtCapabilities(
-            hot_plug=True, read_only_enforced_by_hypervisor=False, share_transports=("virtiofs",)
-        )
+            hot_plug=True, read_only_enforced_by_hypervisor=False,
+            share_transports=("virtiofs", "9p"))
 
     # -- connection ---------------------------------------------------------------------------
     @property
@@ -181,12 +181,13 @@ class LibvirtDriver:
         stream = stream_socket_path(spec.metadata_socket, spec.uuid)
         Path(spec.console_log).parent.mkdir(parents=True, exist_ok=True)
         self.networks.prepare(stream)
-        for share in spec.shares:
+        virtiofs = [s for s in spec.shares if s.transport == "virtiofs"]
+        for share in virtiofs:
             self.daemons.ensure(spec.uuid, share.tag, share.host_path)
         try:
             self.conn.createXML(xml, 0)
         except libvirt.libvirtError as e:
-            for share in spec.shares:
+            for share in virtiofs:
                 self.daemons.stop(spec.uuid, share.tag)
             raise VirtError(f"starting guest {spec.uuid}: {msg(e)}") from e
         # QEMU listens on the stream socket once createXML returns
@@ -278,13 +279,18 @@ class LibvirtDriver:
         shares = lx.live_shares(xml)
         writable = set()
         for tag, share in shares.items():
+            if share.transport == "9p":  # QEMU serves it: the live XML says how
+                if not share.read_only:
+                    writable.add(tag)
+                continue
             pid = self.daemons.pid(uuid, tag) if share.socket else \
                 pid_of(virtiofsd_pidfile(dom, share.alias))
             if pid is not None and root_writable(pid):
                 writable.add(tag)
         return GuestView(PowerState.RUNNING,
                          {tag: Path(self._source(uuid, s)) for tag, s in shares.items()},
-                         frozenset(writable), lx.boot_generation(xml))
+                         frozenset(writable), lx.boot_generation(xml),
+                         fixed=frozenset(t for t, s in shares.items() if s.transport == "9p"))
 
     def guest_share_tags(self, uuid: str) -> set[str]:
         xml = self._live_xml(uuid)
@@ -299,7 +305,7 @@ class LibvirtDriver:
         return {tag: Path(self._source(uuid, share)) for tag, share in lx.live_shares(xml).items()}
 
     def _source(self, uuid: str, share: lx.LiveShare) -> str:
-        if not share.socket:
+        if not share.socket:  # 9p, or
             return share.source  # a device libvirt runs the virtiofsd of (an older attachfs)
         if share.socket != str(self.daemons.socket(uuid, share.tag)):
             return ""
@@ -333,6 +339,8 @@ class LibvirtDriver:
 
     def attach_share(self, uuid: str, share: GuestShare) -> None:
         doing = f"attaching share {share.tag} to guest {uuid}"
+        if share.transport != "virtiofs":
+            raise VirtError(f"{doing}: a {share.transport} device cannot be hot-plugged")
         # validates tag and path first
         device = lx.to_xml(lx.filesystem_element(share, self.daemons.socket(uuid, share.tag)))
         dom, xml = self._running(uuid, doing)

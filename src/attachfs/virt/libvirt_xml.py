@@ -101,6 +101,31 @@ def filesystem_element(share: GuestShare, socket: Path) -> ET.Element:
     return fs
 
 
+def ninep_element(share: GuestShare) -> ET.Element:
+    """``<filesystem>`` for a 9p share: QEMU serves `host_path` itself (virtio-9p-pci, local
+    fsdev). ``passthrough``: files keep the guest's owners on the host (what virtio-fs does);
+    the host mount under it is nosuid,nodev, so a setuid file or device node a guest makes is
+    inert on the host. QEMU's local backend resolves every path component with O_NOFOLLOW
+    below the export root, so a symlink the guest makes never leads QEMU outside the share.
+    ``<readonly/>`` is honoured for 9p (QEMU's fsdev readonly=on). Boot-time only."""
+    tag = check_tag(share.tag)
+    fs = ET.Element("filesystem", {"type": "mount", "accessmode": "passthrough"})
+    _sub(fs, "driver", type="path")
+    _sub(fs, "source", dir=check_abs(f"share {tag} host path", share.host_path))
+    _sub(fs, "target", dir=tag)
+    if share.read_only:
+        _sub(fs, "readonly")
+    return fs
+
+
+def share_element(share: GuestShare, sockets: Mapping[str, Path]) -> ET.Element:
+    if share.transport == "9p":
+        return ninep_element(share)
+    if share.transport != "virtiofs":
+        raise VirtError(f"share {share.tag}: transport {share.transport!r} has no device")
+    return filesystem_element(share, sockets[share.tag])
+
+
 def cdrom_element(iso: Path | None) -> ET.Element:
     """The config drive: a read-only SATA cdrom; empty (no medium) when `iso` is None."""
     disk = ET.Element("disk", {"type": "file", "device": "cdrom"})
@@ -176,7 +201,7 @@ def _devices(devices: ET.Element, spec: GuestSpec, console_log: str, spare_root_
         _sub(devices, "controller", type="pci", index=str(i), model="pcie-root-port")
     _sub(devices, "controller", type="usb", model="none")
     for share in spec.shares:
-        devices.append(filesystem_element(share, sockets[share.tag]))
+        devices.append(share_element(share, sockets))
     # Always a cdrom (empty without a config drive): SATA cannot be hot-plugged, so this is
     # what lets set_config_drive insert a config drive into a guest booted without one.
     devices.append(cdrom_element(spec.config_drive))
@@ -207,6 +232,8 @@ class LiveShare:
     source: str
     socket: str  # a virtiofsd of attachfs's own serves it here (then `source` is empty)
     bus: int | None  # the pcie-root-port index it sits on
+    transport: str = "virtiofs"  # or "9p" (QEMU serves `source` itself)
+    read_only: bool = False  # <readonly/> (9p; virtio-fs cannot say it)
 
 
 def _int(value: str | None) -> int | None:
@@ -219,11 +246,13 @@ def _int(value: str | None) -> int | None:
 
 
 def live_shares(xml: str) -> dict[str, LiveShare]:
-    """The virtio-fs devices of a live domain, by tag."""
+    """The virtio-fs and 9p devices of a live domain, by tag."""
     found = {}
     for fs in ET.fromstring(xml).iterfind("./devices/filesystem"):
         driver, target = fs.find("driver"), fs.find("target")
-        if driver is None or driver.get("type") != "virtiofs" or target is None:
+        kind = driver.get("type") if driver is not None else "path"
+        if kind not in ("virtiofs", "path") or fs.get("type", "mount") != "mount" \
+                or target is None:
             continue
         tag = target.get("dir", "")
         if not tag:
@@ -236,6 +265,8 @@ def live_shares(xml: str) -> dict[str, LiveShare]:
             socket=source.get("socket", "") if source is not None else "",
             bus=_int(address.get("bus")) if address is not None and
             address.get("type") == "pci" else None,
+            transport="virtiofs" if kind == "virtiofs" else "9p",
+            read_only=fs.find("readonly") is not None,
         )
     return found
 

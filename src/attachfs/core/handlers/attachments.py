@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from attachfs.core.commands import AttachShare, DetachShare
 from attachfs.core.context import ShareInfo
+from attachfs.core.flavors import FLAVORS
 from attachfs.core.handlers.common import (
     NO_CELL,
     new_attachment,
@@ -15,6 +16,7 @@ from attachfs.core.handlers.common import (
 from attachfs.core.model import (
     ATTACH_ACTION,
     DETACH_ACTION,
+    VmState,
     already_attached,
     is_uuid,
     require_free_slot,
@@ -25,13 +27,17 @@ from attachfs.core.model import (
 )
 from attachfs.core.ports import AttachmentRecord, Env, Repositories, ServerRecord, UnitOfWork
 from attachfs.core.rules import (
+    choose_transport,
     guest_mount_point,
     mount_points_overlap,
     require_attachable,
+    require_hot_pluggable,
+    require_transport,
+    transport_problem,
     validate_tag,
 )
 from attachfs.core.validation import validate_mount_point
-from attachfs.errors import Conflict, Duplicate, NotFound
+from attachfs.errors import BadRequest, Conflict, Duplicate, NotFound
 
 RULE = "os_compute_api:os-server-shares:%s"
 
@@ -45,18 +51,21 @@ def attach_share(cmd: AttachShare, uow: UnitOfWork, env: Env) -> AttachmentRecor
     if cmd.tag is not None:
         validate_tag(cmd.tag)
     validate_mount_point(cmd.mount_point)
+    if cmd.transport is not None and (problem := transport_problem(cmd.transport)):
+        raise BadRequest(f"Invalid input for field/attribute transport: {problem}")
     with uow.read() as repos:
         server = visible_server(repos, cmd.server_id, ctx, missing=NO_CELL)
         env.policy.authorize(RULE % "create", ctx, server.project_id)
         require_share_change_allowed(server.uuid, server.vm_state, server.task_state,
                                      ATTACH_ACTION, env.hot_plug)
+        transport = _transport(cmd, server, env)
     share = env.shares.get_share(share_id, ctx)  # 404 when missing or not visible
     _require_attachable_share(share)
     tag = cmd.tag if cmd.tag is not None else share.id
     try:
         with uow.write() as repos:
             server = visible_server(repos, cmd.server_id, ctx, lock=True, missing=NO_CELL)
-            mapping = _record_attach(repos, env, cmd, server, share, tag)
+            mapping = _record_attach(repos, env, cmd, server, share, tag, transport)
             touch(server)
             record_action(repos, server.uuid, "attach_share", ctx, message=share.id)
             repos.flush()
@@ -64,6 +73,17 @@ def attach_share(cmd: AttachShare, uow: UnitOfWork, env: Env) -> AttachmentRecor
         raise already_attached(share.id, tag) from exc
     env.wake_agent()
     return mapping
+
+
+def _transport(cmd: AttachShare, server: ServerRecord, env: Env) -> str:
+    """The body's choice, else the flavor's, else the operator's; one this host serves and,
+    on a running server, one that can be hot-plugged."""
+    flavor = FLAVORS.get(server.flavor_id)
+    transport = choose_transport(cmd.transport, flavor.share_transport if flavor else None,
+                                 env.default_transport)
+    require_transport(transport, env.transports)
+    require_hot_pluggable(transport, server.vm_state == VmState.ACTIVE)
+    return transport
 
 
 def _require_attachable_share(share: ShareInfo) -> None:
@@ -76,16 +96,17 @@ def _require_attachable_share(share: ShareInfo) -> None:
 
 
 def _record_attach(repos: Repositories, env: Env, cmd: AttachShare, server: ServerRecord,
-                   share: ShareInfo, tag: str) -> AttachmentRecord:
+                   share: ShareInfo, tag: str, transport: str) -> AttachmentRecord:
     # again under the lock: the state may have changed since the first look
     require_share_change_allowed(server.uuid, server.vm_state, server.task_state,
                                  ATTACH_ACTION, env.hot_plug)
+    require_hot_pluggable(transport, server.vm_state == VmState.ACTIVE)
     existing = repos.attachments.get(server.uuid, share.id)
     if existing is not None:
         existing.status = status_after_retry(existing.status, share.id, tag, cmd.retry)
         existing.fault_message, existing.user_id = None, cmd.ctx.user_id
         existing.request_id, existing.read_only = cmd.ctx.request_id, cmd.read_only
-        existing.requester_token = cmd.ctx.auth_token
+        existing.requester_token, existing.transport = cmd.ctx.auth_token, transport
         return existing
     if repos.attachments.share_with_tag(server.uuid, tag) is not None:
         raise already_attached(share.id, tag)
@@ -96,7 +117,8 @@ def _record_attach(repos: Repositories, env: Env, cmd: AttachShare, server: Serv
         raise Conflict(f"Server already has {count} shares attached "
                        f"(limit {env.max_attachments_per_server})")
     require_free_slot(server.vm_state, server.share_slots, count)
-    return new_attachment(repos, server, share, tag, mount_point, cmd.ctx, cmd.read_only)
+    return new_attachment(repos, server, share, tag, mount_point, cmd.ctx, cmd.read_only,
+                          transport)
 
 
 def _require_free_mount_point(repos: Repositories, server: ServerRecord, path: str) -> None:
@@ -121,6 +143,7 @@ def detach_share(cmd: DetachShare, uow: UnitOfWork, env: Env) -> None:
             if is_uuid(cmd.share_id) else None
         if mapping is None:
             raise NotFound(f"Share {cmd.share_id} could not be found.")
+        require_hot_pluggable(mapping.transport, server.vm_state == VmState.ACTIVE)
         mapping.status = status_after_detach_request(mapping.status)
         mapping.fault_message, mapping.request_id = None, ctx.request_id
         mapping.user_id, mapping.project_id = ctx.user_id, ctx.project_id

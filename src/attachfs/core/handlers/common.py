@@ -39,10 +39,11 @@ def touch(server: ServerRecord) -> None:
 
 def new_attachment(repos: Repositories, server: ServerRecord, share: ShareInfo, tag: str,
                    mount_point: str | None, ctx: RequestContext,
-                   read_only: bool = False) -> AttachmentRecord:
+                   read_only: bool = False, transport: str = "virtiofs") -> AttachmentRecord:
     return repos.attachments.add(
         uuid=str(uuidlib.uuid4()), instance_uuid=server.uuid, share_id=share.id,
         status=AttachmentStatus.ATTACHING, tag=tag, export_location=share.preferred_export,
         share_proto=share.protocol, mount_point=mount_point, read_only=read_only,
+        transport=transport,
         user_id=ctx.user_id, project_id=ctx.project_id, request_id=ctx.request_id,
         requester_token=ctx.auth_token)

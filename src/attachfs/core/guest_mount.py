@@ -1,0 +1,61 @@
+"""How a workload mounts an attachment, per transport (seed 000's "get share info"). Pure.
+
+One description serves every reader: the API's mount_info extension, the metadata `devices`
+entry the guest agent mounts from, and the CLI's printed `mount` command. The guest agent
+checks each field again (it trusts its metadata no more than a tenant's input).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from attachfs.core.rules import Transport, guest_mount_point
+
+NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=512000"
+NFS_OPTIONS = "vers=4.1,proto=tcp"  # + port; the host's Ganesha speaks NFSv4 only
+NFS_EXPORT_ROOT = "/attachfs"  # Ganesha pseudo path of an attachment: /attachfs/<attachment>
+
+
+@dataclass(frozen=True)
+class NfsLink:
+    """Where a guest reaches its host's NFS server over its private link."""
+
+    address: str
+    port: int = 2049
+
+
+@dataclass(frozen=True)
+class GuestMount:
+    transport: str
+    fstype: str
+    source: str
+    options: str
+    target: str
+
+    @property
+    def command(self) -> str:
+        """The `mount` command a person would type in the guest (every field is from a
+        checked alphabet: no quoting needed)."""
+        return f"mount -t {self.fstype} -o {self.options} {self.source} {self.target}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"transport": self.transport, "fstype": self.fstype, "source": self.source,
+                "options": self.options, "target": self.target}
+
+
+def nfs_pseudo_path(attachment_uuid: str) -> str:
+    return f"{NFS_EXPORT_ROOT}/{attachment_uuid}"
+
+
+def guest_mount(transport: str, tag: str, read_only: bool, mount_point: str | None,
+                attachment_uuid: str, nfs: NfsLink | None = None) -> GuestMount:
+    target = guest_mount_point(mount_point, tag)
+    ro = ",ro" if read_only else ""
+    if transport == Transport.NINEP:
+        return GuestMount(transport, "9p", tag, NINEP_OPTIONS + ro, target)
+    if transport == Transport.NFS:
+        link = nfs or NfsLink("")
+        return GuestMount(transport, "nfs4", f"{link.address}:{nfs_pseudo_path(attachment_uuid)}",
+                          f"{NFS_OPTIONS},port={link.port}{ro}", target)
+    return GuestMount(Transport.VIRTIOFS, "virtiofs", tag, "ro" if read_only else "rw", target)
