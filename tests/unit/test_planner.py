@@ -257,6 +257,25 @@ CASES = [
     Case("a deleted server's metadata socket goes", Desired(UUID, Power.GONE, vm_state="deleted"),
          replace(down(), metadata=True), ["delete:remove_metadata"]),
     Case("nothing at all", Desired(UUID, Power.GONE, vm_state="deleted"), down(), []),
+    # ---- 9p: a device at boot only --------------------------------------------------------
+    Case("9p requested on a running guest is not plugged (it comes with the next start)",
+         running(share(1, "attaching", transport="9p")), up(mounts={path(1): RW}),
+         ["hot_attach:grant_access(t1)"]),
+    Case("9p comes with the boot", replace(running(share(1, "inactive", transport="9p")),
+                                           **POWER_ON), down(),
+         ["power_on:mount(t1)", "power_on:metadata", "power_on:start_guest",
+          "power_on:record(t1)", "power_on:finish"]),
+    Case("converged 9p", running(share(1, "active", transport="9p")),
+         up({"t1": path(1)}, {path(1): RW}, fixed_devices=frozenset({"t1"})), []),
+    Case("a 9p device of a detaching share stays until the guest stops, and its mount too",
+         running(share(1, "detaching", transport="9p", release_started=50.0)),
+         up({"t1": path(1)}, {path(1): RW}, fixed_devices=frozenset({"t1"})), []),
+    Case("an unclaimed 9p device is left to the next stop",
+         running(), up({"t9": path(9)}, {path(9): RW}, fixed_devices=frozenset({"t9"})), []),
+    Case("a read-only 9p device is not replaced while running",
+         running(share(1, "active", ro=True, transport="9p")),
+         up({"t1": path(1, True)}, {path(1, True): RO}, writable_devices=frozenset({"t1"}),
+            fixed_devices=frozenset({"t1"})), []),
 ]
 
 

@@ -196,6 +196,31 @@ def test_domain_xml_has_ports_and_a_cdrom() -> None:
     assert source is not None and source.get("file") == "/run/cd.iso"
 
 
+def test_9p_devices_in_domain_xml_and_read_back() -> None:
+    import xml.etree.ElementTree as ET
+
+    from attachfs.virt import libvirt_xml as lx
+    from attachfs.virt.base import BootImage, GuestShare, GuestSpec
+
+    image = BootImage(id="i", name="n", kernel=Path("/k"), initrd=Path("/i"))
+    spec = GuestSpec(uuid=str(uuid.uuid4()), name="vm", vcpus=1, memory_mib=256, image=image,
+                     console_log=Path("/run/c.log"), metadata_socket=Path("/run/m.sock"),
+                     shares=(GuestShare("v", Path("/srv/v")),
+                             GuestShare("n", Path("/srv/n"), read_only=True, transport="9p")))
+    xml = lx.domain_xml(spec, domain_type="qemu", owner="o", network_socket=Path("/run/n.sock"),
+                        spare_root_ports=1, sockets={"v": Path("/run/v.sock")})
+    fs = {f.find("target").get("dir"): f  # type: ignore[union-attr]
+          for f in ET.fromstring(xml).iterfind("./devices/filesystem")}
+    assert fs["n"].find("driver").get("type") == "path"  # type: ignore[union-attr]
+    assert fs["n"].find("source").get("dir") == "/srv/n"  # type: ignore[union-attr]
+    assert fs["n"].find("readonly") is not None and fs["v"].find("readonly") is None
+    live = lx.live_shares(xml)
+    assert (live["n"].transport, live["n"].read_only, live["n"].source) == ("9p", True, "/srv/n")
+    assert live["v"].transport == "virtiofs"
+    with pytest.raises(lx.VirtError, match="no device"):
+        lx.share_element(GuestShare("x", Path("/srv/x"), transport="nfs"), {})
+
+
 def test_build_config_drive(tmp_path: Path) -> None:
     import subprocess
 
