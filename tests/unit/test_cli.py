@@ -66,7 +66,7 @@ def cli(parts: Parts, monkeypatch: pytest.MonkeyPatch) -> Iterator[Run]:
     yield run
     assert seen, "the CLI made no request"
     for request in seen:
-        assert request.headers["OpenStack-API-Version"] == "compute 2.97, attachfs 1.0"
+        assert request.headers["OpenStack-API-Version"] == "compute 2.97, attachfs 1.3"
         assert request.headers["X-OpenStack-Nova-API-Version"] == "2.97"
 
 
@@ -330,9 +330,12 @@ def test_add_list_show_remove_share(cli: Run, parts: Parts) -> None:
     table = ok(cli("server", "share", "list", sid)).stdout
     assert "Share ID" in table and "attaching" in table
     admin = as_json(cli("server", "share", "show", sid, "data", "-f", "json", token="admin:admin"))
-    assert set(admin) == {"share_id", "status", "tag", "uuid", "export_location"}
+    assert set(admin) == {"share_id", "status", "tag", "uuid", "export_location", "read_only",
+                          "transport", "mount"}
     shown = as_json(cli("server", "share", "show", "vm1", share_id, "-f", "json"))
-    assert shown == {"share_id": share_id, "status": "attaching", "tag": "data"}
+    assert shown == {"share_id": share_id, "status": "attaching", "tag": "data",
+                     "read_only": False, "transport": "virtiofs",
+                     "mount": "mount -t virtiofs -o rw data /mnt/data"}
     assert as_json(cli("server", "list", "-f", "json"))[0]["Shares"] == ["data"]
     assert as_json(cli("share", "show", "data", "-f", "json"))["instances"] == [
         {"id": sid, "status": "attaching"}]
@@ -353,6 +356,19 @@ def test_add_list_show_remove_share(cli: Run, parts: Parts) -> None:
     assert absent.stderr.strip() == f"Error (HTTP 404): Share {other} could not be found."
 
 
+def test_add_share_with_transport_and_read_only(cli: Run, parts: Parts) -> None:
+    sid = make_server(cli)
+    settle_server(parts, sid, "stopped")
+    ninep = make_share(cli, "ninep")
+    nine = as_json(cli("server", "add", "share", "vm1", "ninep", "--transport", "9p",
+                       "--read-only", "-f", "json"))
+    assert (nine["transport"], nine["read_only"]) == ("9p", True)
+    assert as_json(cli("server", "share", "show", "vm1", ninep, "-f", "json"))["mount"] == (
+        f"mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro {ninep} /mnt/{ninep}")
+    bad = cli("server", "add", "share", "vm1", "ninep", "--transport", "nfs")
+    assert bad.exit_code == 1 and "HTTP 409" in bad.stderr
+
+
 def test_add_and_remove_share_wait(cli: Run, parts: Parts) -> None:
     sid = make_server(cli)
     settle_server(parts, sid, "stopped")
@@ -365,7 +381,8 @@ def test_add_and_remove_share_wait(cli: Run, parts: Parts) -> None:
                 "-f", "json")
     timer.join()
     assert json.loads(ok(added).stdout) == {"share_id": share_id, "status": "inactive",
-                                            "tag": share_id}
+                                            "tag": share_id, "read_only": False,
+                                            "transport": "virtiofs"}
     assert added.stderr.strip() == f"Share {share_id} on server vm1 is attached (inactive)."
 
     def detached(row: ShareMapping) -> None:

@@ -17,9 +17,10 @@ import httpx
 DEFAULT_URL = "http://127.0.0.1:8774"
 DEFAULT_TOKEN = "demo:demo"
 MICROVERSION = "2.97"
-# attachfs's extension 1.0 adds `os-extended-shares:shares_attached` to server bodies (the
-# server list shows each server's shares); without it bodies are exactly the compute service's.
-EXTENSION = "1.0"
+# attachfs's extension (api/microversion.py): 1.0 adds `os-extended-shares:shares_attached` to
+# server bodies (the server list shows each server's shares), 1.1 `read_only` and 1.3
+# `transport` to attachments; without it bodies are exactly the compute service's.
+EXTENSION = "1.3"
 API_HEADERS = {
     "OpenStack-API-Version": f"compute {MICROVERSION}, attachfs {EXTENSION}",
     "X-OpenStack-Nova-API-Version": MICROVERSION,
@@ -195,10 +196,19 @@ class Api:
     def get_attachment(self, server_id: str, share_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v2.1/servers/{server_id}/shares/{share_id}")["share"])
 
-    def attach(self, server_id: str, share_id: str, tag: str | None) -> dict[str, Any]:
+    def mount_info(self, server_id: str, share_id: str) -> dict[str, Any]:
+        path = f"/v2.1/servers/{server_id}/shares/{share_id}/mount_info"
+        return dict(self.request("GET", path)["mount_info"])
+
+    def attach(self, server_id: str, share_id: str, tag: str | None, read_only: bool = False,
+               transport: str | None = None) -> dict[str, Any]:
         spec: dict[str, Any] = {"share_id": share_id}
         if tag is not None:
             spec["tag"] = tag
+        if read_only:
+            spec["read_only"] = True
+        if transport is not None:
+            spec["transport"] = transport
         body = self.request("POST", f"/v2.1/servers/{server_id}/shares", {"share": spec})
         return dict(body["share"])
 

@@ -280,12 +280,17 @@ def _wait_attachment(client: Api, sid: str, share_id: str, gone: bool, timeout: 
 def server_add_share(ctx: typer.Context, server: ServerRef, share: ShareRef,
                      tag: Annotated[str | None, typer.Option(
                          help="virtio-fs tag the guest mounts (default: the share ID).")] = None,
+                     read_only: Annotated[bool, typer.Option(
+                         "--read-only", help="The guest may only read the share.")] = False,
+                     transport: Annotated[str | None, typer.Option(
+                         help="virtiofs, 9p (stopped servers only) or nfs; default: the "
+                              "server's flavor, else the host's.")] = None,
                      wait: Wait = False, timeout: Timeout = 300.0,
                      fmt: Fmt = OutputFormat.table) -> None:
-    """Attach a share to a stopped server."""
+    """Attach a share to a server (stopped; running too where the host hot-plugs)."""
     client = api(ctx)
     sid, share_id = client.resolve_server(server), client.resolve_share(share)
-    mapping = client.attach(sid, share_id, tag)
+    mapping = client.attach(sid, share_id, tag, read_only, transport)
     if wait:
         mapping = _wait_attachment(client, sid, share_id, False, timeout,
                                    f"{share} on server {server}")
@@ -320,6 +325,10 @@ def server_share_list(ctx: typer.Context, server: ServerRef,
 @handled
 def server_share_show(ctx: typer.Context, server: ServerRef, share: ShareRef,
                       fmt: Fmt = OutputFormat.table) -> None:
-    """Show one share attachment of a server."""
+    """Show one share attachment of a server, and how the guest mounts it."""
     client = api(ctx)
-    show(client.get_attachment(client.resolve_server(server), client.resolve_share(share)), fmt)
+    sid, share_id = client.resolve_server(server), client.resolve_share(share)
+    mapping = client.get_attachment(sid, share_id)
+    mount = client.mount_info(sid, share_id)
+    mapping["mount"] = mount.pop("command")
+    show(mapping, fmt)
