@@ -143,6 +143,16 @@ class StaticShare(_Section):
     mount_point: str = ""  # where guests should mount it, when the operator says
 
 
+class ContainersConfig(_Section):
+    """Servers of a container flavor (extra spec attachfs:virt=container) run as LXC
+    containers on this host (docs/containers.md)."""
+
+    enabled: bool = True
+    # Where shares without a mount point appear: /mnt/<tag> ("mnt"), or seed 000's
+    # /dev/manila/<share id> ("dev-manila").
+    mount_layout: Literal["mnt", "dev-manila"] = "mnt"
+
+
 class MetadataConfig(_Section):
     socket_dir: str = ""  # one unix socket per server; default STATE/metadata
     # false: no metadata service at all; guests learn their shares from the config drive only
@@ -183,6 +193,7 @@ class Config(_Section):
     manila: ManilaConfig = Field(default_factory=ManilaConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     libvirt: LibvirtConfig = Field(default_factory=LibvirtConfig)
+    containers: ContainersConfig = Field(default_factory=ContainersConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
@@ -228,6 +239,16 @@ class Config(_Section):
     def nfs_dir(self) -> Path:
         """NFS shares' host mounts (and their FUSE clients' logs), one directory per share."""
         return self.state_path / "nfs"
+
+    @property
+    def container_dir(self) -> Path:
+        """LXC's path: one directory (config, root filesystem) per running container."""
+        return self.state_path / "containers"
+
+    @property
+    def container_metadata_dir(self) -> Path:
+        """Each container's metadata, as files it sees read-only (its config drive)."""
+        return self.state_path / "container-metadata"
 
     @property
     def console_dir(self) -> Path:

@@ -29,6 +29,8 @@ from attachfs.storage.local import LocalShareProvider
 from attachfs.storage.nfs import NfsConnector
 from attachfs.storage.registry import ProviderChain, make_provider
 from attachfs.virt.images import load_images
+from attachfs.virt.lxc import LxcDriver
+from attachfs.virt.router import GuestRouter
 
 log = logging.getLogger("attachfs")
 
@@ -62,8 +64,13 @@ def build_agent(parts: Parts) -> Agent:
     from attachfs.virt.libvirt import LibvirtDriver  # libvirt only where an agent runs
 
     config = parts.config
-    for path in (config.config_drive_dir, config.metadata_socket_dir):
+    for path in (config.config_drive_dir, config.metadata_socket_dir,
+                 config.container_metadata_dir):
         private_dir(path)
+    vms = LibvirtDriver(config.libvirt.uri, spare_root_ports=config.libvirt.spare_root_ports,
+                        owner=f"{config.agent.host}:{config.state_path}",
+                        virtiofs_dir=config.virtiofs_dir)
+    containers = LxcDriver(config.container_dir) if config.containers.enabled else None
     attachments = Attachments(
         config, parts.db, parts.provider,
         {c.protocol: c for c in (BindConnector(config.storage_root, config.mount_root),
@@ -72,9 +79,7 @@ def build_agent(parts: Parts) -> Agent:
                                               config.storage.mount_timeout),
                                  CephFsConnector(config.mount_root, config.cephfs_dir,
                                                  mount_timeout=config.storage.mount_timeout))},
-        LibvirtDriver(config.libvirt.uri, spare_root_ports=config.libvirt.spare_root_ports,
-                      owner=f"{config.agent.host}:{config.state_path}",
-                      virtiofs_dir=config.virtiofs_dir),
+        GuestRouter(vms, containers),
         MetadataSockets(parts.db, config.metadata_socket_dir, config.metadata.enabled,
                         MetadataLimits.from_config(config.metadata)),
         make_notifier(config),

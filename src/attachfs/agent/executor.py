@@ -176,9 +176,11 @@ class Executor:
                 a.mounts.set_options(Path(step.path),
                                      GUEST_SAFE + (",ro" if step.read_only else ""))
             case Op.PLUG:
+                target = next((s.target for s in desired.shares if s.id == m.id), "")
                 a.virt.attach_share(server.uuid, GuestShare(tag=m.tag, host_path=Path(step.path),
                                                             read_only=m.read_only,
-                                                            transport=m.transport))
+                                                            transport=m.transport,
+                                                            target=target))
             case Op.UNPLUG:
                 a.virt.request_detach(server.uuid, step.tag)
                 self.unplug_asked(server.uuid, step.tag)

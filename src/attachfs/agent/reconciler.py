@@ -80,7 +80,7 @@ class Reconciler:
         with self.db.read() as s:
             snap = read_snapshot(s, uuid)
             desired = desired_of(s, snap, uuid, self.mount_path, self.memory,
-                                 self.config.agent)
+                                 self.config.agent, self.config.containers.mount_layout)
         actual = observe(uuid, self.virt, self.metadata, self.a.mounts, self.config.mount_root,
                          self.memory)
         if access_due(desired, self.memory, self.config.agent.access_check_interval,

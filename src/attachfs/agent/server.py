@@ -4,6 +4,7 @@ mounts and devices no attachment claims, and the server row's outcome (`finish`)
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +15,10 @@ from attachfs.agent.attachments import Attachments
 from attachfs.agent.executor import Outcome
 from attachfs.agent.state import PassMemory, Snapshot, read_snapshot
 from attachfs.config import Config
+from attachfs.core.flavors import server_kind
 from attachfs.core.model import PowerIntent, VmState
 from attachfs.core.planner import Desired, Phase
+from attachfs.core.rules import ServerKind
 from attachfs.core.steps import Op, Operation, Step
 from attachfs.db.engine import Database
 from attachfs.db.tables import InstanceAction, Server, utcnow
@@ -24,7 +27,7 @@ from attachfs.metadata.app import config_drive_files
 from attachfs.notify.payloads import instance_action_payload
 from attachfs.paths import under_root
 from attachfs.virt.base import BootImage, GuestShare, GuestSpec
-from attachfs.virt.configdrive import build_config_drive
+from attachfs.virt.configdrive import build_config_drive, write_metadata_dir
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +73,17 @@ class ServerSteps:
             raise PermanentError(f"image {server.image_id} is not on host {self.a.host}")
         self._power_notify(snap, "power_on.start")
         shares = tuple(GuestShare(tag=s.tag, host_path=Path(s.path), read_only=s.read_only,
-                                  transport=s.transport)
+                                  transport=s.transport, target=s.target)
                        for s in desired.shares
                        if s.phase in (Phase.REQUESTED, Phase.HELD)
                        and s.id not in out.failed and s.id not in out.pending)
-        drive = self._refresh_config_drive(uuid, live=False) if server.config_drive else None
+        drive = self._refresh_config_drive(uuid, live=False)
         spec = GuestSpec(uuid=uuid, name=server.name, vcpus=server.vcpus,
                          memory_mib=server.memory_mib, image=image,
                          console_log=self.console_log(uuid),
                          metadata_socket=self.metadata.ensure(uuid), shares=shares,
-                         config_drive=drive, generation=server.generation)
+                         config_drive=drive, generation=server.generation,
+                         kind=server_kind(server.flavor_id))
         self.virt.start_guest(spec)
         slots = len(shares) + self.virt.free_share_slots(uuid)
         with self.db.session() as s:
@@ -126,6 +130,7 @@ class ServerSteps:
                 return
             self.console_log(uuid).unlink(missing_ok=True)
             self.config_drive_path(uuid).unlink(missing_ok=True)
+            shutil.rmtree(self.container_metadata_path(uuid), ignore_errors=True)
             log.info("server %s: deleted", uuid)
         elif step.force:
             log.warning("server %s: its guest is not running although the server is ACTIVE; "
@@ -205,17 +210,27 @@ class ServerSteps:
     def config_drive_path(self, uuid: str) -> Path:
         return under_root(self.config.config_drive_dir, f"{uuid}.iso")
 
+    def container_metadata_path(self, uuid: str) -> Path:
+        return under_root(self.config.container_metadata_dir, uuid)
+
     def console_log(self, uuid: str) -> Path:
         return under_root(self.config.console_dir, f"{uuid}.log")
 
     def _refresh_config_drive(self, uuid: str, live: bool) -> Path | None:
-        """Rebuild the ISO from the rows; a running guest gets the new media live."""
+        """Rebuild the ISO from the rows; a running guest gets the new media live. A container's
+        is a directory of the same files, bound into it: rewritten, it shows at once."""
         snap = self._snapshot(uuid)
-        if snap is None or not snap.server.config_drive:
+        if snap is None:
+            return None
+        layout = self.config.containers.mount_layout
+        files = config_drive_files(snap.server, snap.mappings, layout=layout)
+        if server_kind(snap.server.flavor_id) == ServerKind.CONTAINER:
+            return write_metadata_dir(self.container_metadata_path(uuid), files)
+        if not snap.server.config_drive:
             return None
         path = self.config_drive_path(uuid)
         path.parent.mkdir(parents=True, exist_ok=True)
-        build_config_drive(path, config_drive_files(snap.server, snap.mappings))
+        build_config_drive(path, files)
         if live and self.virt.guest_state(uuid) == "running":
             try:
                 self.virt.set_config_drive(uuid, path)

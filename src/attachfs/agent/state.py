@@ -16,8 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from attachfs.config import AgentConfig
+from attachfs.core.flavors import server_kind
 from attachfs.core.model import AttachmentStatus, PowerIntent, TaskState, VmState
 from attachfs.core.planner import Actual, Desired, DesiredShare, Phase, Power, phase_of
+from attachfs.core.rules import ServerKind, container_target
 from attachfs.db.tables import Server, ShareMapping
 from attachfs.errors import BackendError
 from attachfs.metadata.sockets import MetadataSockets
@@ -87,26 +89,29 @@ def _elsewhere(s: Session, server: Server, mount_path: MountPath) -> tuple[froze
 
 
 def desired_of(s: Session, snap: Snapshot | None, uuid: str, mount_path: MountPath,
-               memory: PassMemory, agent: AgentConfig) -> Desired:
+               memory: PassMemory, agent: AgentConfig, layout: str = "mnt") -> Desired:
     if snap is None or snap.server.vm_state == VmState.DELETED:
         return Desired(uuid=uuid, power=Power.GONE, vm_state=VmState.DELETED,
                        stop_timeout=agent.stop_timeout)
     server, now = snap.server, time.monotonic()
+    container = server_kind(server.flavor_id) == ServerKind.CONTAINER
     shares = []
     for m in snap.mappings:
         if phase_of(m.status) == Phase.RELEASE:
             memory.release_started.setdefault(m.id, now)
+        target = container_target(m.mount_point, m.tag, m.share_id, layout) if container else ""
         shares.append(DesiredShare(
             id=m.id, share_id=m.share_id, tag=m.tag, path=mount_path(m.share_id, m.read_only),
             read_only=m.read_only, status=m.status, protocol=m.share_proto,
             export=m.export_location, release_started=memory.release_started.get(m.id),
-            transport=m.transport))
+            transport=m.transport, target=target))
     paths, access = _elsewhere(s, server, mount_path) if shares else (frozenset(), frozenset())
     power = Power.GONE if server.task_state == TaskState.DELETING else Power(server.power_intent)
     return Desired(
         uuid=uuid, power=power, vm_state=server.vm_state, task=server.task_state,
         settled=server.generation == server.observed_generation and server.task_state is None,
-        shares=tuple(shares), config_drive=server.config_drive,
+        # a container's metadata is always its "config drive" (a directory it sees)
+        shares=tuple(shares), config_drive=server.config_drive or container,
         generation=server.generation,
         paths_used_elsewhere=paths, access_used_elsewhere=access,
         detach_timeout=agent.detach_timeout, stop_timeout=agent.stop_timeout)
@@ -132,6 +137,7 @@ def observe(uuid: str, virt: VirtDriver, metadata: MetadataSockets, mounts: Moun
                   shutdown_asked=memory.shutdown_asked.get(uuid),
                   guest_generation=guest.generation if running else None,
                   fixed_devices=guest.fixed if running else frozenset(),
+                  cooperative=guest.cooperative,
                   now=time.monotonic())
 
 

@@ -47,4 +47,6 @@ class ApiState:
                    images=self.images, wake_agent=self.wake_agent, host=agent.host,
                    hot_plug=api.hot_plug, max_attachments_per_server=api.max_attachments_per_server,
                    transports=frozenset(agent.share_transports),
-                   default_transport=agent.share_transport)
+                   default_transport=agent.share_transport,
+                   containers=self.config.containers.enabled,
+                   container_layout=self.config.containers.mount_layout)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from attachfs.core.rules import TRANSPORT_PROPERTY, Transport
+from attachfs.core.rules import KIND_PROPERTY, TRANSPORT_PROPERTY, ServerKind, Transport
 from attachfs.errors import NotFound
 
 
@@ -24,6 +24,11 @@ class Flavor:
         """The transport this flavor's servers get shares over, when it says."""
         return self.extra_specs.get(TRANSPORT_PROPERTY)
 
+    @property
+    def kind(self) -> ServerKind:
+        return ServerKind(self.extra_specs.get(KIND_PROPERTY, ServerKind.VM))
+
+
 
 FLAVORS = {f.id: f for f in (
     Flavor("1", "a1.tiny", 1, 128),
@@ -33,6 +38,9 @@ FLAVORS = {f.id: f for f in (
     # 9p: for guests without a virtio-fs driver (seed 002's VirtFS); shares at boot only
     Flavor("5", "a1.small.9p", 1, 256,
            extra_specs=MappingProxyType({TRANSPORT_PROPERTY: Transport.NINEP.value})),
+    # an LXC container (virt/lxc.py): shares are bind mounts injected while it runs
+    Flavor("6", "c1.small", 1, 256,
+           extra_specs=MappingProxyType({KIND_PROPERTY: ServerKind.CONTAINER.value})),
 )}
 
 
@@ -43,3 +51,9 @@ def find_flavor(ref: str) -> Flavor:
         if ref in (flavor.id, flavor.name):
             return flavor
     raise NotFound(f"Flavor {ref} could not be found.")
+
+
+def server_kind(flavor_id: str) -> ServerKind:
+    """What a server of this flavor runs as (a flavor that is gone: a VM, as it was made)."""
+    flavor = FLAVORS.get(flavor_id)
+    return flavor.kind if flavor is not None else ServerKind.VM

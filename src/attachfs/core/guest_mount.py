@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from attachfs.core.rules import Transport, guest_mount_point
+from attachfs.core.rules import Transport, container_target, guest_mount_point
 
 NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=512000"
 NFS_OPTIONS = "vers=4.1,proto=tcp"  # + port; the host's Ganesha speaks NFSv4 only
@@ -36,7 +36,9 @@ class GuestMount:
     @property
     def command(self) -> str:
         """The `mount` command a person would type in the guest (every field is from a
-        checked alphabet: no quoting needed)."""
+        checked alphabet: no quoting needed). A container's bind mount is made by the host."""
+        if self.transport == Transport.BIND:
+            return f"none: the host mounts it at {self.target}"
         return f"mount -t {self.fstype} -o {self.options} {self.source} {self.target}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -49,9 +51,13 @@ def nfs_pseudo_path(attachment_uuid: str) -> str:
 
 
 def guest_mount(transport: str, tag: str, read_only: bool, mount_point: str | None,
-                attachment_uuid: str, nfs: NfsLink | None = None) -> GuestMount:
+                attachment_uuid: str, nfs: NfsLink | None = None, share_id: str = "",
+                layout: str = "mnt") -> GuestMount:
     target = guest_mount_point(mount_point, tag)
     ro = ",ro" if read_only else ""
+    if transport == Transport.BIND:  # the host's mount, injected (nosuid,nodev always)
+        return GuestMount(transport, "bind", "host", ("ro" if read_only else "rw") +
+                          ",nosuid,nodev", container_target(mount_point, tag, share_id, layout))
     if transport == Transport.NINEP:
         return GuestMount(transport, "9p", tag, NINEP_OPTIONS + ro, target)
     if transport == Transport.NFS:

@@ -67,6 +67,7 @@ class DesiredShare:
     export: str = ""
     release_started: float | None = None  # monotonic: when the agent first saw `detaching`
     transport: str = Transport.VIRTIOFS
+    target: str = ""  # where a container gets it (its bind mount); a VM's guest mounts itself
 
     @property
     def pluggable(self) -> bool:
@@ -107,6 +108,7 @@ class Actual:
     shutdown_asked: tuple[float, float] | None = None  # (first, last) power button press
     guest_generation: int | None = None  # the server generation the running guest booted for
     fixed_devices: frozenset[str] = frozenset()  # tags whose device stays until the guest stops
+    cooperative: bool = True  # a guest agent mounts and reports; False: the host does it all
     now: float = 0.0  # monotonic, same clock as guest_report and release_started
 
 
@@ -324,7 +326,8 @@ def _plan_release(b: _Builder, s: DesiredShare, running: bool, needed: set[str])
     a, operation = b.a, Operation.HOT_DETACH if running else Operation.DETACH
     report = a.guest_report
     started = s.release_started if s.release_started is not None else a.now
-    let_go = report is not None and report[0] > started and s.tag not in report[1]
+    let_go = not a.cooperative or (
+        report is not None and report[0] > started and s.tag not in report[1])
     if running and s.tag in a.devices:
         deadline = started + b.d.detach_timeout
         if let_go or a.now >= deadline:

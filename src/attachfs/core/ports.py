@@ -196,3 +196,5 @@ class Env:
     transports: frozenset[str] = frozenset({"virtiofs"})  # what this host can serve
     default_transport: str = "virtiofs"  # the operator's choice ([agent] share_transport)
     nfs_link: NfsLink | None = None  # where guests reach this host's NFS server (transport nfs)
+    containers: bool = False  # servers of a container flavor can run here
+    container_layout: str = "mnt"  # where a container's shares appear ([containers])

@@ -92,14 +92,36 @@ class Transport(enum.StrEnum):
     VIRTIOFS = "virtiofs"  # a vhost-user-fs device served by virtiofsd (hot-pluggable)
     NINEP = "9p"  # a virtio-9p device served by QEMU itself (at boot only)
     NFS = "nfs"  # the host's NFS-Ganesha, over the guest's private link (no device)
+    BIND = "bind"  # a container's: the host mount injected into its mount namespace
 
 
 DEFAULT_TRANSPORT = Transport.VIRTIOFS
 # Transports whose device can come and go while the guest runs. 9p cannot: QEMU 7.2's
 # virtio-9p-pci is not hot-pluggable through libvirt (measured: libvirt refuses the device).
-HOT_PLUG_TRANSPORTS = frozenset({Transport.VIRTIOFS, Transport.NFS})
+HOT_PLUG_TRANSPORTS = frozenset({Transport.VIRTIOFS, Transport.NFS, Transport.BIND})
+VM_TRANSPORTS = frozenset({Transport.VIRTIOFS, Transport.NINEP, Transport.NFS})
 # The flavor extra spec (or image property) that picks a server's transport.
 TRANSPORT_PROPERTY = "attachfs:share_transport"
+
+
+# ---- what a server runs as ----------------------------------------------------------------
+class ServerKind(enum.StrEnum):
+    VM = "vm"  # a libvirt/QEMU guest
+    CONTAINER = "container"  # an LXC container (virt/lxc.py)
+
+
+KIND_PROPERTY = "attachfs:virt"  # the flavor extra spec that makes a server a container
+# Where containers get shares without a mount point: /mnt/<tag>, or seed 000's layout
+# /dev/manila/<share id> when the operator chooses it ([containers] mount_layout).
+CONTAINER_LAYOUTS = ("mnt", "dev-manila")
+
+
+def container_target(mount_point: str | None, tag: str, share_id: str, layout: str) -> str:
+    if mount_point:
+        return mount_point
+    if layout == "dev-manila":
+        return f"/dev/manila/{share_id}"
+    return guest_mount_point(None, tag)
 
 
 def transport_problem(value: object) -> str | None:
@@ -108,9 +130,19 @@ def transport_problem(value: object) -> str | None:
     return None
 
 
-def choose_transport(asked: str | None, server_default: str | None, host_default: str) -> str:
+def choose_transport(asked: str | None, server_default: str | None, host_default: str,
+                     kind: str = ServerKind.VM) -> str:
     """The attach body's choice, else the server's flavor or image property, else the
-    operator's default (each already checked where it was read)."""
+    operator's default (each already checked where it was read). A container takes bind
+    mounts only, a VM never: asking otherwise is a 409."""
+    if kind == ServerKind.CONTAINER:
+        if asked not in (None, Transport.BIND):
+            raise Conflict(f"Transport {asked} is not possible for a container: its shares "
+                           "are bind mounts (transport bind).")
+        return Transport.BIND
+    if asked == Transport.BIND:
+        raise Conflict("Transport bind is for containers only; this server is a virtual "
+                       "machine (virtiofs, 9p or nfs).")
     return asked or server_default or host_default
 
 

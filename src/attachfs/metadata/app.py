@@ -41,7 +41,7 @@ LISTED = (AttachmentStatus.ACTIVE, AttachmentStatus.INACTIVE)
 
 
 def share_devices(mappings: list[ShareMapping], extended: bool = False,
-                  nfs: NfsLink | None = None) -> list[dict[str, Any]]:
+                  nfs: NfsLink | None = None, layout: str = "mnt") -> list[dict[str, Any]]:
     devices = []
     for m in mappings:
         if m.status not in LISTED:
@@ -51,18 +51,19 @@ def share_devices(mappings: list[ShareMapping], extended: bool = False,
         if m.mount_point:
             device["mount_point"] = m.mount_point
         if extended:
-            mount = guest_mount(m.transport, m.tag, m.read_only, m.mount_point, m.uuid, nfs)
+            mount = guest_mount(m.transport, m.tag, m.read_only, m.mount_point, m.uuid, nfs,
+                                m.share_id, layout)
             device.update({f"attachfs:{k}": v for k, v in mount.as_dict().items()})
         devices.append(device)
     return devices
 
 
 def meta_data(server: Server, mappings: list[ShareMapping], extended: bool = False,
-              nfs: NfsLink | None = None) -> dict[str, Any]:
+              nfs: NfsLink | None = None, layout: str = "mnt") -> dict[str, Any]:
     return {
         "uuid": server.uuid, "name": server.name, "hostname": server.name,
         "project_id": server.project_id, "availability_zone": "nova", "launch_index": 0,
-        "meta": server.meta or {}, "devices": share_devices(mappings, extended, nfs),
+        "meta": server.meta or {}, "devices": share_devices(mappings, extended, nfs, layout),
     }
 
 
@@ -93,11 +94,11 @@ MAX_REPORT_LINES = 1024
 
 
 def config_drive_files(server: Server, mappings: list[ShareMapping],
-                       nfs: NfsLink | None = None) -> dict[str, bytes]:
+                       nfs: NfsLink | None = None, layout: str = "mnt") -> dict[str, bytes]:
     """The config drive holds what the metadata service would answer, at both versions."""
     meta = json.dumps(meta_data(server, mappings), indent=1).encode()
     files = {f"openstack/{version}/meta_data.json": meta for version in VERSIONS}
-    files[CONFIG_DRIVE_EXTENDED] = json.dumps(meta_data(server, mappings, True, nfs),
+    files[CONFIG_DRIVE_EXTENDED] = json.dumps(meta_data(server, mappings, True, nfs, layout),
                                               indent=1).encode()
     if server.user_data:
         for version in VERSIONS:

@@ -15,7 +15,7 @@ from pathlib import Path
 from attachfs.errors import PermanentError, TemporaryError
 
 
-def _unescape(field: str) -> str:
+def unescape_field(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as octal.
     return (field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
             .replace("\\134", "\\"))
@@ -30,7 +30,7 @@ def mount_options(path: Path) -> frozenset[str] | None:
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            if Path(_unescape(fields[4])) == path:
+            if Path(unescape_field(fields[4])) == path:
                 found = frozenset(fields[5].split(","))
     return found
 
@@ -42,7 +42,7 @@ def mount_table(under: Path) -> dict[Path, frozenset[str]]:
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            point = Path(_unescape(fields[4]))
+            point = Path(unescape_field(fields[4]))
             if under in point.parents:
                 table[point] = frozenset(fields[5].split(","))
     return table
@@ -53,7 +53,7 @@ def mount_points(under: Path | None = None) -> list[Path]:
     points: list[Path] = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            point = Path(_unescape(line.split()[4]))
+            point = Path(unescape_field(line.split()[4]))
             if under is None or under in point.parents:
                 points.append(point)
     return points
@@ -70,7 +70,7 @@ def propagation(path: Path) -> frozenset[str] | None:
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            if Path(_unescape(fields[4])) == path:
+            if Path(unescape_field(fields[4])) == path:
                 found = frozenset(fields[6:fields.index("-")])
     return found
 

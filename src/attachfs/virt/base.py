@@ -28,6 +28,7 @@ class GuestShare:
     host_path: Path  # the host-side mount (under the configured mount root)
     read_only: bool = False
     transport: str = "virtiofs"  # core.rules.Transport: the device that carries it
+    target: str = ""  # where it appears in a container (bind); a VM's guest mounts it itself
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,10 @@ class GuestSpec:
     console_log: Path  # serial console of the guest is appended here
     metadata_socket: Path  # guest HTTP to 169.254.169.254:80 is relayed to this unix socket
     shares: tuple[GuestShare, ...] = field(default_factory=tuple)
-    config_drive: Path | None = None  # ISO 9660 image, label config-2, attached as a cdrom
+    # A VM's: an ISO 9660 image, label config-2, attached as a cdrom. A container's: a
+    # directory of the same files, bound read-only into it.
+    config_drive: Path | None = None
+    kind: str = "vm"  # core.rules.ServerKind: which driver runs it
     # The server generation this boot serves: kept with the guest, so a reboot requested at
     # generation G is done once a guest started for G (or later) runs, even across a crash.
     generation: int = 0
@@ -71,6 +75,9 @@ class GuestView:
     # Tags of devices that cannot leave while the guest runs (9p: not hot-pluggable): the
     # reconciler never asks for them; they go when the guest stops.
     fixed: frozenset[str] = frozenset()
+    # False: nothing in the guest mounts or reports (a container: the host injects and removes
+    # its mounts), so a detach does not wait for the guest to let go.
+    cooperative: bool = True
 
 
 @dataclass(frozen=True)

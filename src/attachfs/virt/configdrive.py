@@ -67,3 +67,25 @@ def build_config_drive(iso: Path, files: dict[str, bytes]) -> None:
         with open(out, "rb") as f:
             os.fsync(f.fileno())
         os.replace(out, iso)  # same directory: atomic
+
+
+def write_metadata_dir(directory: Path, files: dict[str, bytes]) -> Path:
+    """The config drive's files as a directory (a container's, bound into it read-only):
+    each file replaced by a rename, so a reader never sees half of one; files no longer
+    listed go."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    wanted = set()
+    for name, data in files.items():
+        rel = _relative(name)
+        dest = directory.joinpath(*rel.parts)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.chmod(0o644)
+        tmp.replace(dest)
+        wanted.add(dest)
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path not in wanted:
+            path.unlink()
+    return directory

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from attachfs.core.commands import AttachShare, DetachShare
 from attachfs.core.context import ShareInfo
-from attachfs.core.flavors import FLAVORS
+from attachfs.core.flavors import FLAVORS, server_kind
 from attachfs.core.handlers.common import (
     NO_CELL,
     new_attachment,
@@ -27,6 +27,7 @@ from attachfs.core.model import (
 )
 from attachfs.core.ports import AttachmentRecord, Env, Repositories, ServerRecord, UnitOfWork
 from attachfs.core.rules import (
+    Transport,
     choose_transport,
     guest_mount_point,
     mount_points_overlap,
@@ -80,8 +81,9 @@ def _transport(cmd: AttachShare, server: ServerRecord, env: Env) -> str:
     on a running server, one that can be hot-plugged."""
     flavor = FLAVORS.get(server.flavor_id)
     transport = choose_transport(cmd.transport, flavor.share_transport if flavor else None,
-                                 env.default_transport)
-    require_transport(transport, env.transports)
+                                 env.default_transport, server_kind(server.flavor_id))
+    if transport != Transport.BIND:  # a container's server was only made where they run
+        require_transport(transport, env.transports)
     require_hot_pluggable(transport, server.vm_state == VmState.ACTIVE)
     return transport
 

@@ -18,6 +18,7 @@ from attachfs.core.flavors import find_flavor
 from attachfs.core.handlers.common import new_attachment, record_action, touch, visible_server
 from attachfs.core.model import PowerIntent, TaskState, VmState, require_server_state
 from attachfs.core.ports import Env, ServerRecord, UnitOfWork
+from attachfs.core.rules import ServerKind, Transport, choose_transport
 from attachfs.errors import BadRequest, Conflict, NotFound
 
 RULE = "os_compute_api:servers:%s"
@@ -28,6 +29,12 @@ def create_server(cmd: CreateServer, uow: UnitOfWork, env: Env) -> ServerRecord:
     ctx = cmd.ctx
     env.policy.authorize(RULE % "create", ctx, ctx.project_id)
     flavor = find_flavor(cmd.flavor_ref)
+    if flavor.kind == ServerKind.CONTAINER and not env.containers:
+        raise Conflict(f"Flavor {flavor.name} makes a container, and this host runs none "
+                       "([containers] enabled is false).")
+    # project shares attached at creation: over bind mounts for a container, else as attach
+    transport = Transport.BIND if flavor.kind == ServerKind.CONTAINER else choose_transport(
+        None, flavor.share_transport, env.default_transport)
     image_id = env.images.image_id(cmd.image_ref)
     if any(env.images.image_id(ref) != image_id for ref in cmd.boot_image_refs):
         raise BadRequest("block_device_mapping_v2 must boot the image imageRef names")
@@ -42,7 +49,8 @@ def create_server(cmd: CreateServer, uow: UnitOfWork, env: Env) -> ServerRecord:
         repos.flush()
         for row in repos.shares.project_scoped(ctx.project_id):
             share = env.builtin.info(row)  # seed 003: project shares reach every new server
-            new_attachment(repos, server, share, share.id, share.mount_point, ctx)
+            new_attachment(repos, server, share, share.id, share.mount_point, ctx,
+                           transport=transport)
         record_action(repos, server.uuid, "create", ctx)
     env.wake_agent()
     return server
