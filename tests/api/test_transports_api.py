@@ -104,6 +104,19 @@ def test_the_flavor_then_the_operator_choose(client: TestClient, parts: Parts) -
     assert flavor["extra_specs"] == {"attachfs:share_transport": "9p"}
 
 
+def test_containers_take_bind_and_vms_never(client: TestClient, parts: Parts) -> None:
+    box = _stopped(client, parts, flavorRef="c1.small")
+    vm = _stopped(client, parts)
+    a, b = create_share(client), create_share(client)
+    r = _attach(client, box, a["id"], transport="9p")
+    assert r.status_code == 409 and "bind mounts" in r.text, r.text
+    assert _attach(client, box, a["id"]).json()["share"]["transport"] == "bind"
+    r = _attach(client, vm, b["id"], transport="bind")
+    assert r.status_code == 409 and "containers only" in r.text, r.text
+    info = client.get(f"/v2.1/servers/{box}/shares/{a['id']}/mount_info").json()["mount_info"]
+    assert info["target"] == f"/mnt/{a['id']}" and info["options"] == "rw,nosuid,nodev"
+
+
 def test_the_operator_default(tmp_path: Any) -> None:
     config = load_config(None, {"state_dir": str(tmp_path / "state"),
                                 "images.dir": str(make_image_dir(tmp_path)),

@@ -30,7 +30,6 @@ in ``/proc/<init>/mountinfo``: a record whose mount is gone is not a device.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -50,6 +49,7 @@ RECORD = "attachfs.json"
 # are), no device nodes, no modules, raw I/O, clock or reboot of the host.
 DROPPED_CAPS = "sys_admin sys_module sys_rawio sys_time sys_boot mknod mac_admin mac_override"
 MAX_SHARES = 256  # injected mounts need no slot; a bound all the same
+LEFTOVER_AGE = 120.0  # s after which a container made but never started is removed
 _TIMEOUT = 30.0
 
 RCS = """#!/bin/sh
@@ -108,6 +108,9 @@ class LxcDriver:
         fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
         state = fields.get("State", "STOPPED").strip()
         pid = fields.get("PID", "").strip()
+        if state == "STOPPED" and self._record(uuid).get("started"):
+            self._destroy(uuid)  # it powered off: like a transient domain, it is gone
+            return "MISSING", None
         return state, int(pid) if pid.isdigit() else None
 
     def _record(self, uuid: str) -> dict[str, Any]:
@@ -128,7 +131,7 @@ class LxcDriver:
         state, _ = self._info(spec.uuid)
         if state == "RUNNING":
             return
-        if self.owns(spec.uuid):  # stopped by itself, or a crash's leftover: start afresh
+        if self.owns(spec.uuid):  # a crash's leftover (never started): start afresh
             self._destroy(spec.uuid)
         self._create(spec)
         self._lxc("lxc-start", spec.uuid, "-d", what=f"starting container {spec.uuid}")
@@ -139,6 +142,9 @@ class LxcDriver:
             state, pid = self._info(spec.uuid)
         if state != "RUNNING" or pid is None:
             raise VirtError(f"container {spec.uuid} is {state}, not running")
+        record = self._record(spec.uuid)
+        record["started"] = True  # from now on, stopped means gone
+        self._save(spec.uuid, record)
         for share in spec.shares:
             self.attach_share(spec.uuid, share)
 
@@ -181,7 +187,7 @@ class LxcDriver:
         if not self.owns(uuid):
             return
         state, _ = self._info(uuid)
-        if state not in ("STOPPED", "MISSING"):
+        if state != "MISSING":
             args = ["-k"] if timeout <= 0 else ["-t", str(max(1, int(timeout)))]
             self._lxc("lxc-stop", uuid, *args, what=f"stopping container {uuid}",
                       timeout=max(timeout, 0) + _TIMEOUT)
@@ -191,7 +197,7 @@ class LxcDriver:
         try:
             self._lxc("lxc-destroy", uuid, "-f", what=f"destroying container {uuid}")
         except VirtError:
-            if self._info(uuid)[0] == "RUNNING":
+            if (self._dir(uuid) / "config").exists():  # still defined: the error stands
                 raise
         shutil.rmtree(self._dir(uuid), ignore_errors=True)
 
@@ -206,12 +212,17 @@ class LxcDriver:
         return PowerState.RUNNING if state == "RUNNING" else PowerState.SHUTOFF
 
     def list_guests(self) -> dict[str, PowerState]:
-        found = {}
+        found: dict[str, PowerState] = {}
         if self.path.is_dir():
             for d in self.path.iterdir():
                 if d.name.startswith(NAME_PREFIX) and d.is_dir():
                     uuid = d.name[len(NAME_PREFIX):]
-                    found[uuid] = self.guest_state(uuid)
+                    state = self.guest_state(uuid)
+                    if state == PowerState.SHUTOFF and _age(d) > LEFTOVER_AGE:
+                        self._destroy(uuid)  # made, never started (a crash in between)
+                        continue
+                    if state != PowerState.MISSING:
+                        found[uuid] = state
         return found
 
     def watch(self, changed: Callable[[str | None], None]) -> None:
@@ -294,5 +305,8 @@ def _mounts(pid: int) -> dict[str, frozenset[str]]:
     return table
 
 
-def host_can_run_containers() -> bool:
-    return shutil.which("lxc-start") is not None and BUSYBOX.exists() and os.geteuid() == 0
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
