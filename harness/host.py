@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +53,7 @@ def remove_state(state: Path) -> bool:
     `state` itself (the agent makes it a shared mount), then remove it. Anything still mounted
     below it: leave it in place, say so, return False."""
     root = state.resolve()
+    stop_host_daemons(root)
     for point in mountinfo.mount_points(root / "mounts"):
         _try(mountinfo.unmount, point)
     for point in reversed(mountinfo.mount_points(root)):  # deepest first
@@ -63,6 +66,24 @@ def remove_state(state: Path) -> bool:
         return False
     shutil.rmtree(state, ignore_errors=True)
     return True
+
+
+def stop_host_daemons(root: Path) -> None:
+    """What an agent under `root` started that outlives it: its containers (LXC path
+    containers/) and its NFS server (ganesha/), which hold its host mounts."""
+    lxc_path = root / "containers"
+    if lxc_path.is_dir():
+        for d in lxc_path.iterdir():
+            for tool in (["lxc-stop", "-k"], ["lxc-destroy", "-f"]):
+                subprocess.run([tool[0], "-P", str(lxc_path), "-n", d.name, *tool[1:]],
+                               capture_output=True, timeout=60, check=False)
+    pid_file = root / "ganesha" / "ganesha.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        if str(root).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 def _try(action: Callable[[Path], object], point: Path) -> None:

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from attachfs.errors import BadRequest
 
-TransportName = Literal["virtiofs", "9p"]  # core.rules.Transport this build's agent can serve
-OFFERED_TRANSPORTS: tuple[TransportName, ...] = ("virtiofs", "9p")
+TransportName = Literal["virtiofs", "9p", "nfs"]  # the VM transports of core.rules.Transport
+OFFERED_TRANSPORTS: tuple[TransportName, ...] = ("virtiofs", "9p", "nfs")
 
 
 class _Section(BaseModel):
@@ -90,7 +90,8 @@ class AgentConfig(_Section):
     retry_attempts: int = Field(default=8, ge=1, le=100)
     # How this host hands shares to guests (docs/transports.md): the transports it offers,
     # and the one an attachment gets when neither the attach body nor the server's flavor
-    # names one. virtiofs: hot-pluggable; 9p: at boot only (no hot plug with QEMU 7.2).
+    # names one. virtiofs: hot-pluggable; 9p: at boot only (no hot plug with QEMU 7.2); nfs:
+    # exported by this host's NFS-Ganesha to the guest alone ([nfs_server]).
     share_transports: list[TransportName] = Field(
         default_factory=lambda: list(OFFERED_TRANSPORTS), min_length=1)
     share_transport: TransportName = "virtiofs"
@@ -141,6 +142,13 @@ class StaticShare(_Section):
     project_id: str = ""  # visible to this project only; empty: to every project
     access_level: Literal["rw", "ro"] = "rw"  # "ro": the export is read-only, so are its attachments
     mount_point: str = ""  # where guests should mount it, when the operator says
+
+
+class NfsServerConfig(_Section):
+    """The host's NFS-Ganesha for transport nfs (virt/ganesha.py), on 127.0.0.1 only: guests
+    reach it over their own link as 169.254.169.254:2049, whatever the port here."""
+
+    port: int = Field(default=0, ge=0, le=65535)  # 0: one chosen once and kept
 
 
 class ContainersConfig(_Section):
@@ -194,6 +202,7 @@ class Config(_Section):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     libvirt: LibvirtConfig = Field(default_factory=LibvirtConfig)
     containers: ContainersConfig = Field(default_factory=ContainersConfig)
+    nfs_server: NfsServerConfig = Field(default_factory=NfsServerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     metadata: MetadataConfig = Field(default_factory=MetadataConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)

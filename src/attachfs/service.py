@@ -30,6 +30,7 @@ from attachfs.storage.nfs import NfsConnector
 from attachfs.storage.registry import ProviderChain, make_provider
 from attachfs.virt.images import load_images
 from attachfs.virt.lxc import LxcDriver
+from attachfs.virt.nfs_transport import NfsTransport
 from attachfs.virt.router import GuestRouter
 
 log = logging.getLogger("attachfs")
@@ -71,6 +72,8 @@ def build_agent(parts: Parts) -> Agent:
                         owner=f"{config.agent.host}:{config.state_path}",
                         virtiofs_dir=config.virtiofs_dir)
     containers = LxcDriver(config.container_dir) if config.containers.enabled else None
+    nfs = NfsTransport(config.state_path, config.metadata_socket_dir, config.nfs_server.port) \
+        if "nfs" in config.agent.share_transports else None
     attachments = Attachments(
         config, parts.db, parts.provider,
         {c.protocol: c for c in (BindConnector(config.storage_root, config.mount_root),
@@ -79,7 +82,7 @@ def build_agent(parts: Parts) -> Agent:
                                               config.storage.mount_timeout),
                                  CephFsConnector(config.mount_root, config.cephfs_dir,
                                                  mount_timeout=config.storage.mount_timeout))},
-        GuestRouter(vms, containers),
+        GuestRouter(vms, containers, nfs),
         MetadataSockets(parts.db, config.metadata_socket_dir, config.metadata.enabled,
                         MetadataLimits.from_config(config.metadata)),
         make_notifier(config),

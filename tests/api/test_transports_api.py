@@ -61,14 +61,24 @@ def test_transport_needs_the_extension_and_a_known_value(client: TestClient,
     assert _rows(parts) == []
 
 
-def test_a_transport_the_host_does_not_offer_is_409(client: TestClient, parts: Parts) -> None:
-    sid = _stopped(client, parts)
-    share = create_share(client)
-    r = _attach(client, sid, share["id"], transport="nfs")
-    assert r.status_code == 409, r.text
-    assert r.json()["conflictingRequest"]["message"] == (
-        "Transport nfs is not available on this host (it offers: 9p, virtiofs).")
-    assert _rows(parts) == []
+def test_a_transport_the_host_does_not_offer_is_409(tmp_path: Any) -> None:
+    config = load_config(None, {"state_dir": str(tmp_path / "state"),
+                                "images.dir": str(make_image_dir(tmp_path)),
+                                "agent.share_transports": ["virtiofs", "nfs"]})
+    parts = open_parts(config)
+    try:
+        with TestClient(build_api(parts)) as client:
+            client.headers.update({"X-Auth-Token": "alice:p1", **EXT})
+            sid = _stopped(client, parts)
+            share = create_share(client)
+            r = _attach(client, sid, share["id"], transport="9p")
+            assert r.status_code == 409, r.text
+            assert r.json()["conflictingRequest"]["message"] == (
+                "Transport 9p is not available on this host (it offers: nfs, virtiofs).")
+            assert _rows(parts) == []
+    finally:
+        parts.db.dispose()
+        parts.builtin.volumes.unmount_all()
 
 
 def test_9p_on_a_running_server_is_409_both_ways(client: TestClient, parts: Parts) -> None:

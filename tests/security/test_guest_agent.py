@@ -183,7 +183,7 @@ def how(transport: str, fstype: str, source: str, options: str, target: str) -> 
             "attachfs:source": source, "attachfs:options": options, "attachfs:target": target}
 
 
-NFS_SOURCE = "169.254.169.254:/attachfs/0b4f3c1e-8d7a-4e55-9a8e-2f1d3c4b5a69"
+NFS_SOURCE = "169.254.169.254:/attachfs-0b4f3c1e-8d7a-4e55-9a8e-2f1d3c4b5a69-data"
 
 
 @needs_busybox

@@ -87,11 +87,13 @@ def guest_mounts(guest: Guest) -> dict[str, tuple[str, str, str]]:
 
 
 def data_both_ways(guest: Guest, tag: str, host_dir: Path) -> None:
+    """New files each way (an NFS client may cache a file's attributes for a few seconds)."""
     token = uuid.uuid4().hex
-    (host_dir / "from-host").write_text(f"host {token}\n")
-    out = guest.run(f"cat /mnt/{tag}/from-host\necho guest {token} > /mnt/{tag}/from-guest\n")
+    (host_dir / f"from-host-{token}").write_text(f"host {token}\n")
+    out = guest.run(f"cat /mnt/{tag}/from-host-{token}\n"
+                    f"echo guest {token} > /mnt/{tag}/from-guest-{token}\n")
     assert f"host {token}" in out and "exit=0" in out, out
-    assert (host_dir / "from-guest").read_text() == f"guest {token}\n"
+    assert (host_dir / f"from-guest-{token}").read_text() == f"guest {token}\n"
 
 
 def read_only_holds(guest: Guest, tag: str, host_dir: Path) -> str:

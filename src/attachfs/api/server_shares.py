@@ -108,7 +108,7 @@ def show_mount_info(server_id: str, share_id: str, request: Request) -> dict[str
     env = deps.env(request)
     m = queries.show_attachment(deps.uow(request), env, deps.context(request), server_id,
                                 share_id)
-    mount = guest_mount(m.transport, m.tag, m.read_only, m.mount_point, m.uuid, env.nfs_link,
+    mount = guest_mount(m.transport, m.tag, m.read_only, m.mount_point, m.instance_uuid, env.nfs_link,
                         m.share_id, env.container_layout)
     return {"mount_info": {**mount.as_dict(), "command": mount.command}}
 

@@ -15,6 +15,7 @@ from attachfs.api.adapters import BuiltinShares, HostImages
 from attachfs.api.auth import Authenticator
 from attachfs.api.policy import PolicyEnforcer
 from attachfs.config import Config
+from attachfs.core.guest_mount import GUEST_NFS_ADDRESS, GUEST_NFS_PORT, NfsLink
 from attachfs.core.ports import Env
 from attachfs.db.engine import Database
 from attachfs.db.uow import SqlUnitOfWork
@@ -49,4 +50,5 @@ class ApiState:
                    transports=frozenset(agent.share_transports),
                    default_transport=agent.share_transport,
                    containers=self.config.containers.enabled,
+                   nfs_link=NfsLink(GUEST_NFS_ADDRESS, GUEST_NFS_PORT),
                    container_layout=self.config.containers.mount_layout)

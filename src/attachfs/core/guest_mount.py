@@ -14,7 +14,13 @@ from attachfs.core.rules import Transport, container_target, guest_mount_point
 
 NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=512000"
 NFS_OPTIONS = "vers=4.1,proto=tcp"  # + port; the host's Ganesha speaks NFSv4 only
-NFS_EXPORT_ROOT = "/attachfs"  # Ganesha pseudo path of an attachment: /attachfs/<attachment>
+# Ganesha pseudo path of an export: one name right under the pseudo root. Flat on purpose:
+# a client sees the pseudo root's intermediate directories but not exports it may not mount
+# (measured), so /attachfs/<server>/<tag> would show every guest the other servers' ids.
+NFS_EXPORT_PREFIX = "/attachfs-"
+# Where a guest reaches its host's NFS server: its own link (virt/nfs_link.py) answers on the
+# metadata address, port 2049.
+GUEST_NFS_ADDRESS, GUEST_NFS_PORT = "169.254.169.254", 2049
 
 
 @dataclass(frozen=True)
@@ -46,12 +52,12 @@ class GuestMount:
                 "options": self.options, "target": self.target}
 
 
-def nfs_pseudo_path(attachment_uuid: str) -> str:
-    return f"{NFS_EXPORT_ROOT}/{attachment_uuid}"
+def nfs_pseudo_path(server_uuid: str, tag: str) -> str:
+    return f"{NFS_EXPORT_PREFIX}{server_uuid}-{tag}"
 
 
 def guest_mount(transport: str, tag: str, read_only: bool, mount_point: str | None,
-                attachment_uuid: str, nfs: NfsLink | None = None, share_id: str = "",
+                server_uuid: str, nfs: NfsLink | None = None, share_id: str = "",
                 layout: str = "mnt") -> GuestMount:
     target = guest_mount_point(mount_point, tag)
     ro = ",ro" if read_only else ""
@@ -61,7 +67,7 @@ def guest_mount(transport: str, tag: str, read_only: bool, mount_point: str | No
     if transport == Transport.NINEP:
         return GuestMount(transport, "9p", tag, NINEP_OPTIONS + ro, target)
     if transport == Transport.NFS:
-        link = nfs or NfsLink("")
-        return GuestMount(transport, "nfs4", f"{link.address}:{nfs_pseudo_path(attachment_uuid)}",
+        link = nfs or NfsLink(GUEST_NFS_ADDRESS, GUEST_NFS_PORT)
+        return GuestMount(transport, "nfs4", f"{link.address}:{nfs_pseudo_path(server_uuid, tag)}",
                           f"{NFS_OPTIONS},port={link.port}{ro}", target)
     return GuestMount(Transport.VIRTIOFS, "virtiofs", tag, "ro" if read_only else "rw", target)

@@ -51,7 +51,7 @@ def share_devices(mappings: list[ShareMapping], extended: bool = False,
         if m.mount_point:
             device["mount_point"] = m.mount_point
         if extended:
-            mount = guest_mount(m.transport, m.tag, m.read_only, m.mount_point, m.uuid, nfs,
+            mount = guest_mount(m.transport, m.tag, m.read_only, m.mount_point, m.instance_uuid, nfs,
                                 m.share_id, layout)
             device.update({f"attachfs:{k}": v for k, v in mount.as_dict().items()})
         devices.append(device)

@@ -11,6 +11,8 @@ libslirp (Debian ``libslirp0``, the library QEMU's own user networking uses) thr
   metadata address becomes a NEW connection to this server's own metadata unix socket (no
   process per connection, unlike QEMU's ``guestfwd=...-cmd:``, and the server's identity is the
   socket, never anything the guest sends).
+- ``slirp_add_unix(NFS link socket, 169.254.169.254, 2049)`` the same way: the guest's private
+  link to the host's NFS server (virt/nfs_link.py); refused while nothing listens there.
 - IPv6 off, DNS off, host loopback off, DHCP on (the guest gets 169.254.169.15, gateway .2).
 - an empty network namespace (``unshare(CLONE_NEWNET)``) before anything else: even a libslirp
   bug finds no network interface to reach. Pathname unix sockets still work across namespaces.
@@ -52,6 +54,7 @@ from ctypes import (
 NETWORK, NETMASK = "169.254.169.0", "255.255.255.0"
 GATEWAY, NAMESERVER, DHCP_START = "169.254.169.2", "169.254.169.3", "169.254.169.15"
 METADATA_ADDR, METADATA_PORT = "169.254.169.254", 80
+NFS_PORT = 2049  # the same address's NFS: the host's NFS server over this guest's own link
 EXIT_GUEST_GONE, EXIT_NO_GUEST = 0, 3
 MAX_OPEN_FILES = 64  # stream, poll, libslirp and its relayed connections (~256 KiB each)
 MAX_ADDRESS_SPACE = 256 << 20  # a hard ceiling: past it an allocation fails, the helper
@@ -176,7 +179,8 @@ def slirp_config() -> SlirpConfig:
 class Relay:
     """One guest: the QEMU stream on one side, libslirp (and its unix connections) on the other."""
 
-    def __init__(self, lib: ctypes.CDLL, stream: socket.socket, metadata_socket: str) -> None:
+    def __init__(self, lib: ctypes.CDLL, stream: socket.socket, metadata_socket: str,
+                 nfs_socket: str | None = None) -> None:
         self.lib, self.stream = lib, stream
         self.inbuf = bytearray()  # bytes from QEMU not yet split into frames
         self.outbuf = bytearray()  # length-prefixed frames for QEMU not yet written
@@ -200,6 +204,9 @@ class Relay:
         if lib.slirp_add_unix(self.slirp, metadata_socket.encode(), byref(target),
                               METADATA_PORT) < 0:
             raise RuntimeError(f"slirp_add_unix({metadata_socket}) failed")
+        if nfs_socket is not None and lib.slirp_add_unix(
+                self.slirp, nfs_socket.encode(), byref(target), NFS_PORT) < 0:
+            raise RuntimeError(f"slirp_add_unix({nfs_socket}) failed")
         self._add_poll = _AddPoll(self._add_poll_fd)
         self._get_revents = _GetRevents(lambda idx, _o: self._revents[idx])
 
@@ -330,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", required=True, help="server uuid (for logs and ps)")
     parser.add_argument("--stream", required=True, help="QEMU's -netdev stream unix socket")
     parser.add_argument("--metadata-socket", required=True, help="this server's metadata socket")
+    parser.add_argument("--nfs-socket", help="this server's NFS link socket (virt/nfs_link.py)")
     args = parser.parse_args(argv)
     isolate()
     lib = load_libslirp()
@@ -343,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return EXIT_NO_GUEST
         raise
-    return Relay(lib, stream, args.metadata_socket).run()
+    return Relay(lib, stream, args.metadata_socket, args.nfs_socket).run()
 
 
 if __name__ == "__main__":

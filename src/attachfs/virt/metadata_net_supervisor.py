@@ -39,6 +39,12 @@ def stream_socket_path(metadata_socket: Path, server_uuid: str) -> Path:
     return under_root(metadata_socket.parent, "net", f"{server_uuid}.sock")
 
 
+def nfs_socket_path(metadata_socket: Path, server_uuid: str) -> Path:
+    """The guest's NFS link socket (virt/nfs_link.py): ``nfs/<uuid>.sock`` beside its
+    metadata socket."""
+    return under_root(metadata_socket.parent, "nfs", f"{server_uuid}.sock")
+
+
 @dataclass
 class _Helper:
     uuid: str
@@ -107,7 +113,8 @@ class MetadataNetworks:
     # -- internals -------------------------------------------------------------------------------
     def _start(self, server_uuid: str, stream: Path, metadata_socket: Path) -> None:
         argv = [self.python, "-m", HELPER_MODULE, "--server", server_uuid, "--stream", str(stream),
-                "--metadata-socket", str(metadata_socket)]
+                "--metadata-socket", str(metadata_socket),
+                "--nfs-socket", str(nfs_socket_path(metadata_socket, server_uuid))]
         # own session: no terminal signals from the agent's, and it outlives an agent restart
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True,
                                 start_new_session=True)

@@ -1,13 +1,17 @@
-"""One VirtDriver over this host's two kinds of guest: VMs (libvirt) and containers (LXC).
+"""One VirtDriver over this host's two kinds of guest, VMs (libvirt) and containers (LXC), and
+the host's NFS server as a third kind of VM device (transport nfs).
 
 The agent speaks to one driver; this one sends each call to the driver that runs the guest: a
 start by the spec's `kind`, everything else by who has the guest (the container driver knows
-its own from its directory, at the cost of a stat). Without containers it is the VM driver.
+its own from its directory, at the cost of a stat). A VM's shares over transport nfs are no
+device of the VM driver: they are exports (virt/nfs_transport.py), observed and changed here
+beside the VM's devices. Without containers or NFS it is the VM driver.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from attachfs.virt.base import (
@@ -20,14 +24,20 @@ from attachfs.virt.base import (
 )
 from attachfs.virt.libvirt_xml import VirtError
 from attachfs.virt.lxc import LxcDriver
+from attachfs.virt.nfs_transport import NfsTransport
+
+NFS = "nfs"
 
 
 class GuestRouter:
-    def __init__(self, vm: VirtDriver, container: LxcDriver | None) -> None:
+    def __init__(self, vm: VirtDriver, container: LxcDriver | None,
+                 nfs: NfsTransport | None = None) -> None:
         self.vm = vm
         self.container = container
+        self.nfs = nfs
         transports = tuple(self.vm.capabilities.share_transports) + (
-            container.capabilities.share_transports if container is not None else ())
+            container.capabilities.share_transports if container is not None else ()) + (
+            (NFS,) if nfs is not None else ())
         self.capabilities = VirtCapabilities(
             hot_plug=self.vm.capabilities.hot_plug,
             read_only_enforced_by_hypervisor=self.vm.capabilities.read_only_enforced_by_hypervisor,
@@ -43,11 +53,21 @@ class GuestRouter:
             if self.container is None:
                 raise VirtError(f"server {spec.uuid} is a container; this host runs none")
             self.container.start_guest(spec)
-        else:
-            self.vm.start_guest(spec)
+            return
+        exports = [s for s in spec.shares if s.transport == NFS]
+        if exports and self.nfs is None:
+            raise VirtError(f"server {spec.uuid} has shares over nfs; this host serves none")
+        self.vm.start_guest(replace(spec, shares=tuple(
+            s for s in spec.shares if s.transport != NFS)))
+        if self.nfs is not None:
+            self.nfs.link(spec.uuid)
+            for share in exports:
+                self.nfs.plug(spec.uuid, share)
 
     def stop_guest(self, uuid: str, timeout: float) -> None:
         self._for(uuid).stop_guest(uuid, timeout)
+        if self.nfs is not None:
+            self.nfs.forget(uuid)
 
     def request_shutdown(self, uuid: str) -> None:
         self._for(uuid).request_shutdown(uuid)
@@ -56,30 +76,52 @@ class GuestRouter:
         return self._for(uuid).guest_state(uuid)
 
     def observe(self, uuid: str) -> GuestView:
-        return self._for(uuid).observe(uuid)
+        view = self._for(uuid).observe(uuid)
+        if self.nfs is None or view.power != PowerState.RUNNING:
+            return view
+        exports, writable = self.nfs.devices(uuid)
+        if not exports:
+            return view
+        return replace(view, devices={**view.devices, **exports},
+                       writable=view.writable | writable)
 
     def watch(self, changed: Callable[[str | None], None]) -> None:
         self.vm.watch(changed)
 
     def list_guests(self) -> dict[str, PowerState]:
         guests = dict(self.vm.list_guests())
+        if self.nfs is not None:
+            self.nfs.tidy({u for u, p in guests.items() if p == PowerState.RUNNING})
         if self.container is not None:
             guests.update(self.container.list_guests())
         return guests
 
     def guest_share_tags(self, uuid: str) -> set[str]:
-        return self._for(uuid).guest_share_tags(uuid)
+        return set(self.observe(uuid).devices)
 
     def guest_devices(self, uuid: str) -> dict[str, Path]:
-        return self._for(uuid).guest_devices(uuid)
+        return self.observe(uuid).devices
 
     def attach_share(self, uuid: str, share: GuestShare) -> None:
+        if share.transport == NFS:
+            if self.nfs is None:
+                raise VirtError(f"share {share.tag}: this host serves no nfs transport")
+            if self.vm.guest_state(uuid) != PowerState.RUNNING:
+                raise VirtError(f"exporting share {share.tag}: guest {uuid} is not running")
+            self.nfs.plug(uuid, share)
+            return
         self._for(uuid).attach_share(uuid, share)
 
     def detach_share(self, uuid: str, tag: str, timeout: float) -> None:
+        if self.nfs is not None and self.nfs.has(uuid, tag):
+            self.nfs.unplug(uuid, tag)
+            return
         self._for(uuid).detach_share(uuid, tag, timeout)
 
     def request_detach(self, uuid: str, tag: str) -> None:
+        if self.nfs is not None and self.nfs.has(uuid, tag):
+            self.nfs.unplug(uuid, tag)
+            return
         self._for(uuid).request_detach(uuid, tag)
 
     def free_share_slots(self, uuid: str) -> int:
