@@ -19,6 +19,7 @@ from bench.floor import floor_alone
 from bench.listing import listing_part
 from bench.measure import Figures, log
 from bench.report import print_table, rows
+from bench.transports import transports_part
 
 STATE_ROOT = Path("/var/lib/attachfs/bench-state")
 
@@ -41,6 +42,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--datapath", action=argparse.BooleanOptionalAction, default=True,
                    help="run part 6: guest I/O through built-in, CephFS and NFS shares "
                         "(starts a throw-away Ceph and NFS-Ganesha, boots a guest)")
+    p.add_argument("--transports", action=argparse.BooleanOptionalAction, default=True,
+                   help="run part 7: the same I/O through virtio-fs, 9p and NFS from the "
+                        "host in one guest, against the host and the guest's tmpfs")
     p.add_argument("--images-dir", default="/var/lib/attachfs/images")
     p.add_argument("--wait-foreign", type=float, default=300, metavar="SECONDS",
                    help="how long to wait for guests of other attachfs instances to stop "
@@ -65,6 +69,9 @@ def plan(args: argparse.Namespace, fig: Figures,
     if args.vm and args.datapath:
         parts.append(("data paths: built-in, CephFS, NFS",
                       lambda: datapath_part(STATE_ROOT, args, fig)))
+    if args.vm and args.transports:
+        parts.append(("transports: virtio-fs, 9p, NFS from the host",
+                      lambda: transports_part(STATE_ROOT, args, fig)))
     parts.append(("listing on sqlite", lambda: listing_part("sqlite", STATE_ROOT, args, fig)))
     if args.postgres:
         parts.append(("listing on postgres",

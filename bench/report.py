@@ -79,7 +79,37 @@ def rows(fig: Figures) -> list[Row]:
     _floor_rows(add)
     _listing_rows(add)
     add("other guests running at the start", "other_guests_at_start", None, lambda v: f"{v:.0f}")
-    return out + hot_rows(fig) + power_rows(fig) + io_rows(fig)
+    return out + hot_rows(fig) + power_rows(fig) + io_rows(fig) + transport_rows(fig)
+
+
+TX_PLACES = (("vfs", "virtio-fs"), ("p9", "9p"), ("nfs", "NFS from the host's Ganesha"))
+TX_MEASURES = (("seq_write", "sequential write 64 MiB", "mib_s", "MiB/s"),
+               ("seq_read", "sequential read 64 MiB", "mib_s", "MiB/s"),
+               ("rnd_write", "random 4 KiB writes", "ops_s", "ops/s"),
+               ("rnd_read", "random 4 KiB reads", "ops_s", "ops/s"))
+
+
+def transport_rows(fig: Figures) -> list[Row]:
+    """Part 7: each transport against the host on the same share and against the guest's own
+    tmpfs; the guest's tmpfs against the host's (what TCG costs before any transport)."""
+    out: list[Row] = []
+    for what, label, unit_key, unit in TX_MEASURES:
+        def key(side: str, w: str = what, u: str = unit_key) -> str:
+            return f"tx_{side}_{w}_{u}"
+        for place, name in TX_PLACES:
+            g, h, t = key(f"{place}_guest"), key(f"{place}_host"), key("tmpfs_guest")
+            if g in fig and h in fig:
+                out.append((f"guest {label}, {name}", f"{fig[g]:.1f} {unit}",
+                            f"{fig[h]:.1f} {unit} (host, same share)",
+                            f"{fig[g] / fig[h]:.2f}x"))
+            if g in fig and t in fig:
+                out.append((f"  {name} against the guest's tmpfs", f"{fig[g]:.1f} {unit}",
+                            f"{fig[t]:.1f} {unit} (guest /tmp)", f"{fig[g] / fig[t]:.2f}x"))
+        g, h = key("tmpfs_guest"), key("tmpfs_host")
+        if g in fig and h in fig:
+            out.append((f"TCG: guest tmpfs {label}", f"{fig[g]:.1f} {unit}",
+                        f"{fig[h]:.1f} {unit} (host /dev/shm)", f"{fig[g] / fig[h]:.2f}x"))
+    return out
 
 
 IO_KINDS = (("builtin", "built-in share (bind -> virtio-fs)", "host: the share's directory"),

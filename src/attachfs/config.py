@@ -153,7 +153,7 @@ class NfsServerConfig(_Section):
 
 class ContainersConfig(_Section):
     """Servers of a container flavor (extra spec attachfs:virt=container) run as LXC
-    containers on this host (docs/containers.md)."""
+    containers on this host (docs/transports.md)."""
 
     enabled: bool = True
     # Where shares without a mount point appear: /mnt/<tag> ("mnt"), or seed 000's

@@ -103,14 +103,32 @@ def _body(serve: Serve) -> None:
     assert server.pid() == pid
     assert [e.tag for e in server.exports()] == ["nfsrw"]
 
+    # power off (the guest stops by itself): its exports go, its host mount can go; on again
+    assert serve.action(a, {"os-stop": None}).status_code == 202
+    serve.wait_status(a, "SHUTOFF")
+    assert server.exports() == []
+    wait_for("the host mount released", lambda: not any(
+        p.name.startswith(rw) for p in serve.host_mounts()), 30)
+    assert serve.action(a, {"os-start": None}).status_code == 202
+    serve.wait_status(a, "ACTIVE")
+    serve.wait_console(a, "runner started")
+    wait_for("the NFS mount again", lambda: "/mnt/nfsrw" in nfs_mounts(guest_a) or None, 90)
+    data_both_ways(guest_a, "nfsrw", rw_dir)
+
     t1 = time.monotonic()
     assert serve.http.delete(f"/v2.1/servers/{a}/shares/{rw}").status_code == 200
     wait_for("the attachment gone", lambda: serve.mapping(a, rw) is None, 90)
     print(f"hot detach over nfs: DELETE -> gone {time.monotonic() - t1:.1f} s")
     assert nfs_mounts(guest_a) == {} and server.exports() == [] and server.pid() == pid
 
+    # deleted while running with an export: nothing left (exports, links, mounts)
+    r = serve.http.post(f"/v2.1/servers/{a}/shares", headers=EXT,
+                        json={"share": {"share_id": rw, "tag": "again", "transport": "nfs"}})
+    assert r.status_code == 201, r.text
+    serve.wait_mapping(a, rw, "active")
     for sid in (a, b):
         assert serve.http.delete(f"/v2.1/servers/{sid}").status_code == 204
     for sid in (a, b):
         serve.wait_gone(sid)
-    assert serve.host_mounts() == []
+    assert serve.host_mounts() == [] and server.exports() == []
+    assert not list((serve.state_dir / "nfs-link").glob("*.addr"))

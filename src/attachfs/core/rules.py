@@ -100,7 +100,7 @@ DEFAULT_TRANSPORT = Transport.VIRTIOFS
 # virtio-9p-pci is not hot-pluggable through libvirt (measured: libvirt refuses the device).
 HOT_PLUG_TRANSPORTS = frozenset({Transport.VIRTIOFS, Transport.NFS, Transport.BIND})
 VM_TRANSPORTS = frozenset({Transport.VIRTIOFS, Transport.NINEP, Transport.NFS})
-# The flavor extra spec (or image property) that picks a server's transport.
+# The flavor extra spec that picks a server's transport (images carry no properties yet).
 TRANSPORT_PROPERTY = "attachfs:share_transport"
 
 
@@ -132,9 +132,9 @@ def transport_problem(value: object) -> str | None:
 
 def choose_transport(asked: str | None, server_default: str | None, host_default: str,
                      kind: str = ServerKind.VM) -> str:
-    """The attach body's choice, else the server's flavor or image property, else the
-    operator's default (each already checked where it was read). A container takes bind
-    mounts only, a VM never: asking otherwise is a 409."""
+    """The attach body's choice, else the server's flavor's extra spec, else the operator's
+    default (each already checked where it was read). A container takes bind mounts only, a
+    VM never: asking otherwise is a 409."""
     if kind == ServerKind.CONTAINER:
         if asked not in (None, Transport.BIND):
             raise Conflict(f"Transport {asked} is not possible for a container: its shares "

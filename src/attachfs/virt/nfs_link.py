@@ -133,6 +133,9 @@ class NfsLinks:
             entry[0].unlink(missing_ok=True)
         (self.dir / f"{uuid}.addr").unlink(missing_ok=True)
 
+    def has(self, uuid: str) -> bool:
+        return (self.dir / f"{uuid}.addr").exists()
+
     def known(self) -> set[str]:
         """Guests with an address (a link now or before an agent restart)."""
         if not self.dir.is_dir():

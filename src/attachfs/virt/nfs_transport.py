@@ -36,6 +36,10 @@ class NfsTransport:
     def unplug(self, uuid: str, tag: str) -> None:
         self.server.remove_export(uuid, tag)
 
+    def holds(self, uuid: str) -> bool:
+        """Anything of the guest's here: an export, or its link."""
+        return self.links.has(uuid) or any(e.server == uuid for e in self.server.exports())
+
     def has(self, uuid: str, tag: str) -> bool:
         return any(e.server == uuid and e.tag == tag for e in self.server.exports())
 

@@ -77,7 +77,13 @@ class GuestRouter:
 
     def observe(self, uuid: str) -> GuestView:
         view = self._for(uuid).observe(uuid)
-        if self.nfs is None or view.power != PowerState.RUNNING:
+        if self.nfs is None:
+            return view
+        if view.power != PowerState.RUNNING:
+            # it powered off by itself (no stop_guest here): like its devices, its exports and
+            # its link go (an export would keep its host mount busy)
+            if self.nfs.holds(uuid):
+                self.nfs.forget(uuid)
             return view
         exports, writable = self.nfs.devices(uuid)
         if not exports:
