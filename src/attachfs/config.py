@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from attachfs.errors import BadRequest
 
-TransportName = Literal["virtiofs", "9p", "nfs"]  # the VM transports of core.rules.Transport
-OFFERED_TRANSPORTS: tuple[TransportName, ...] = ("virtiofs", "9p", "nfs")
+# the VM transports of core.rules.Transport
+TransportName = Literal["virtiofs", "9p", "nfs", "direct"]
+OFFERED_TRANSPORTS: tuple[TransportName, ...] = ("virtiofs", "9p", "nfs", "direct")
 
 
 class _Section(BaseModel):
@@ -91,7 +92,8 @@ class AgentConfig(_Section):
     # How this host hands shares to guests (docs/transports.md): the transports it offers,
     # and the one an attachment gets when neither the attach body nor the server's flavor
     # names one. virtiofs: hot-pluggable; 9p: at boot only (no hot plug with QEMU 7.2); nfs:
-    # exported by this host's NFS-Ganesha to the guest alone ([nfs_server]).
+    # exported by this host's NFS-Ganesha to the guest alone ([nfs_server]); direct: a
+    # built-in NFS share's own export, mounted by the guest with a rule for its address.
     share_transports: list[TransportName] = Field(
         default_factory=lambda: list(OFFERED_TRANSPORTS), min_length=1)
     share_transport: TransportName = "virtiofs"

@@ -73,7 +73,7 @@ def build_agent(parts: Parts) -> Agent:
                         virtiofs_dir=config.virtiofs_dir)
     containers = LxcDriver(config.container_dir) if config.containers.enabled else None
     nfs = NfsTransport(config.state_path, config.metadata_socket_dir, config.nfs_server.port) \
-        if "nfs" in config.agent.share_transports else None
+        if {"nfs", "direct"} & set(config.agent.share_transports) else None
     attachments = Attachments(
         config, parts.db, parts.provider,
         {c.protocol: c for c in (BindConnector(config.storage_root, config.mount_root),
@@ -86,6 +86,7 @@ def build_agent(parts: Parts) -> Agent:
         MetadataSockets(parts.db, config.metadata_socket_dir, config.metadata.enabled,
                         MetadataLimits.from_config(config.metadata)),
         make_notifier(config),
+        guest_address=nfs.address if nfs is not None else None,
     )
     return Agent(Reconciler(config, parts.db, attachments, lambda: load_images(config.images_dir),
                             crash_after=crash_point()))

@@ -90,8 +90,26 @@ def test_filters(client: TestClient) -> None:
     assert len(client.get(f"{SHARES}?limit=1", headers=V).json()["shares"]) == 1
 
 
+def test_nfs_share_is_served_over_nfs(client: TestClient) -> None:
+    """A built-in NFS share: its NFS export first (preferred), then the host directory."""
+    r = client.post(SHARES, json={"share": {"share_proto": "nfs", "size": 1, "name": "n1"}},
+                    headers=V)
+    assert r.status_code == 200, r.text
+    share = r.json()["share"]
+    assert share["share_proto"] == "NFS"
+    locations = client.get(f"{SHARES}/{share['id']}/export_locations",
+                           headers=V).json()["export_locations"]
+    assert [(e["path"], e["preferred"]) for e in locations][0] == (
+        f"169.254.169.254:/share-{share['id']}", True)
+    assert locations[1]["path"].startswith("local:") and not locations[1]["preferred"]
+    one = client.get(f"{SHARES}/{share['id']}/export_locations/{locations[0]['id']}", headers=V)
+    assert one.json()["export_location"]["path"] == locations[0]["path"]
+    listed = client.get(f"{SHARES}/detail?share_proto=NFS", headers=V).json()["shares"]
+    assert [s["name"] for s in listed] == ["n1"]
+
+
 def test_bad_creates(client: TestClient) -> None:
-    for share in ({"share_proto": "NFS", "size": 1}, {"share_proto": "LOCAL", "size": 0},
+    for share in ({"share_proto": "CEPHFS", "size": 1}, {"share_proto": "LOCAL", "size": 0},
                   {"share_proto": "LOCAL"}, {"share_proto": "LOCAL", "size": 1, "bogus": 1},
                   {"share_proto": "LOCAL", "size": 1, "name": "bad name"},
                   {"share_proto": "LOCAL", "size": 1, "snapshot_id": "x"},
@@ -99,7 +117,7 @@ def test_bad_creates(client: TestClient) -> None:
                   {"share_proto": "LOCAL", "size": 1, "share_type": "gold"}):
         r = client.post(SHARES, json={"share": share}, headers=V)
         assert r.status_code == 400 and r.json()["badRequest"]["code"] == 400, (share, r.text)
-    r = client.post(SHARES, json={"share": {"share_proto": "nfs", "size": 1}}, headers=V)
+    r = client.post(SHARES, json={"share": {"share_proto": "cifs", "size": 1}}, headers=V)
     assert "protocol LOCAL" in r.json()["badRequest"]["message"]
     _create(client, "dup")
     r = client.post(SHARES, json={"share": {"share_proto": "LOCAL", "size": 1, "name": "dup"}},

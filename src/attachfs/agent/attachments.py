@@ -8,15 +8,16 @@ run (and whether a host mount or access rule is still needed elsewhere) is the p
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from attachfs.config import Config
 from attachfs.core.model import AttachmentStatus
-from attachfs.core.rules import host_mount_name
+from attachfs.core.rules import Transport, host_mount_name
 from attachfs.core.services import finish_action
 from attachfs.db.engine import Database
 from attachfs.db.tables import Server, ShareMapping
-from attachfs.errors import BackendError
+from attachfs.errors import BackendError, PermanentError
 from attachfs.metadata.sockets import MetadataSockets
 from attachfs.notify.base import Notifier
 from attachfs.notify.payloads import fault_payload, instance_action_payload
@@ -40,12 +41,24 @@ class Attachments:
     def __init__(self, config: Config, db: Database, provider: ShareProvider,
                  connectors: dict[str, HostConnector], virt: VirtDriver,
                  metadata: MetadataSockets, notifier: Notifier,
-                 mounts: MountTable | None = None) -> None:
+                 mounts: MountTable | None = None,
+                 guest_address: Callable[[str], str] | None = None) -> None:
         self.config, self.db, self.provider = config, db, provider
         self.connectors, self.virt, self.metadata = connectors, virt, metadata
         self.notifier = notifier
         self.mounts: MountTable = mounts if mounts is not None else KernelMounts()
         self.host = config.agent.host
+        self._guest_address = guest_address
+
+    def grantee(self, m: ShareMapping) -> str:
+        """Who an attachment's access rule is for: this host, which mounts the share; for
+        transport direct the guest itself (the address its NFS connections come from)."""
+        if m.transport != Transport.DIRECT:
+            return self.host
+        if self._guest_address is None:
+            raise PermanentError("transport direct needs this host's NFS server ([agent] "
+                                 "share_transports lists no nfs)")
+        return self._guest_address(m.instance_uuid)
 
     # ---- rows --------------------------------------------------------------------------------
     def set_status(self, mapping_id: int, status: str | None, fault: str | None = None,

@@ -165,7 +165,8 @@ class Executor:
         self._notify_start(server, m)
         match step.op:
             case Op.GRANT_ACCESS:
-                return a.provider.grant_access(m.share_id, a.host, "ro" if m.read_only else "rw",
+                return a.provider.grant_access(m.share_id, a.grantee(m),
+                                               "ro" if m.read_only else "rw",
                                                reason=f"attached to server {m.instance_uuid}",
                                                requester=requester(m))
             case Op.MOUNT:
@@ -180,14 +181,15 @@ class Executor:
                 a.virt.attach_share(server.uuid, GuestShare(tag=m.tag, host_path=Path(step.path),
                                                             read_only=m.read_only,
                                                             transport=m.transport,
-                                                            target=target))
+                                                            target=target,
+                                                            share_id=m.share_id))
             case Op.UNPLUG:
                 a.virt.request_detach(server.uuid, step.tag)
                 self.unplug_asked(server.uuid, step.tag)
             case Op.UNMOUNT:
                 a.unmount(under_root(a.config.mount_root, Path(step.path).name))
             case Op.REVOKE_ACCESS:
-                return a.provider.revoke_access(m.share_id, a.host, requester(m))
+                return a.provider.revoke_access(m.share_id, a.grantee(m), requester(m))
             case Op.RECORD:
                 self._record(step, m, server)
             case _:

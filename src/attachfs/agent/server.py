@@ -73,7 +73,8 @@ class ServerSteps:
             raise PermanentError(f"image {server.image_id} is not on host {self.a.host}")
         self._power_notify(snap, "power_on.start")
         shares = tuple(GuestShare(tag=s.tag, host_path=Path(s.path), read_only=s.read_only,
-                                  transport=s.transport, target=s.target)
+                                  transport=s.transport, target=s.target,
+                                  share_id=s.share_id)
                        for s in desired.shares
                        if s.phase in (Phase.REQUESTED, Phase.HELD)
                        and s.id not in out.failed and s.id not in out.pending)

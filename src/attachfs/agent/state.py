@@ -19,11 +19,12 @@ from attachfs.config import AgentConfig
 from attachfs.core.flavors import server_kind
 from attachfs.core.model import AttachmentStatus, PowerIntent, TaskState, VmState
 from attachfs.core.planner import Actual, Desired, DesiredShare, Phase, Power, phase_of
-from attachfs.core.rules import ServerKind, container_target
+from attachfs.core.rules import ServerKind, Transport, container_target
 from attachfs.db.tables import Server, ShareMapping
 from attachfs.errors import BackendError
 from attachfs.metadata.sockets import MetadataSockets
 from attachfs.storage.base import MountTable, ShareProvider
+from attachfs.storage.local import EXPORT_PREFIX
 from attachfs.virt.base import PowerState, VirtDriver
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,9 @@ def _elsewhere(s: Session, server: Server, mount_path: MountPath) -> tuple[froze
                             Server.vm_state, Server.power_intent)
                      .join(Server, Server.uuid == ShareMapping.instance_uuid)
                      .where(Server.host == server.host, Server.uuid != server.uuid,
-                            ShareMapping.share_id.in_(mine)))
+                            ShareMapping.share_id.in_(mine),
+                            # a direct attachment holds neither a host mount nor the host's rule
+                            ShareMapping.transport != Transport.DIRECT))
     paths, shares = set(), set()
     for share_id, read_only, status, vm_state, intent in rows:
         shares.add(share_id)
@@ -100,8 +103,11 @@ def desired_of(s: Session, snap: Snapshot | None, uuid: str, mount_path: MountPa
         if phase_of(m.status) == Phase.RELEASE:
             memory.release_started.setdefault(m.id, now)
         target = container_target(m.mount_point, m.tag, m.share_id, layout) if container else ""
+        # direct: no host mount; the host's NFS server exports the share's own directory
+        path = m.export_location.removeprefix(EXPORT_PREFIX) if m.transport == Transport.DIRECT \
+            else mount_path(m.share_id, m.read_only)
         shares.append(DesiredShare(
-            id=m.id, share_id=m.share_id, tag=m.tag, path=mount_path(m.share_id, m.read_only),
+            id=m.id, share_id=m.share_id, tag=m.tag, path=path,
             read_only=m.read_only, status=m.status, protocol=m.share_proto,
             export=m.export_location, release_started=memory.release_started.get(m.id),
             transport=m.transport, target=target))
@@ -152,7 +158,8 @@ def access_due(desired: Desired, memory: PassMemory, interval: float, now: float
 def observe_access(provider: ShareProvider, host: str, desired: Desired) -> frozenset[str] | None:
     """The shares of this server's held attachments that have a rule for this host, as the
     provider has them (a call per share); None, "unknown", when the provider cannot answer."""
-    held = sorted({s.share_id for s in desired.shares if s.phase == Phase.HELD})
+    held = sorted({s.share_id for s in desired.shares
+                   if s.phase == Phase.HELD and not s.own_rule})
     try:
         return frozenset(share for share in held if provider.access_of(share, host) is not None)
     except BackendError as exc:

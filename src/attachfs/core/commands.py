@@ -87,6 +87,7 @@ class CreateShare(Command):
     project_id: str
     mount_point: str | None = None
     taken_message: str = ""  # the 409 when the name is taken, in the calling API's words
+    protocol: str = "LOCAL"  # or NFS: also served over NFS (transport direct)
 
 
 @dataclass(frozen=True)

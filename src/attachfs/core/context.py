@@ -20,6 +20,8 @@ class ShareInfo:
     size_gib: int
     scope: str = "instance"  # instance | project | global (built-in provider)
     mount_point: str | None = None  # where the guest should mount it, when the share says
+    # A built-in NFS share's export, for transport direct (the guest mounts it itself)
+    nfs_export: str = ""
 
     @property
     def preferred_export(self) -> str:

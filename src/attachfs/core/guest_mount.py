@@ -53,7 +53,18 @@ class GuestMount:
 
 
 def nfs_pseudo_path(server_uuid: str, tag: str) -> str:
+    """Transport nfs: the export of one attachment's host mount."""
     return f"{NFS_EXPORT_PREFIX}{server_uuid}-{tag}"
+
+
+def share_pseudo_path(share_id: str) -> str:
+    """Transport direct: the export of a built-in NFS share itself, one for all its clients."""
+    return f"/share-{share_id}"
+
+
+def share_nfs_export(share_id: str, address: str = GUEST_NFS_ADDRESS) -> str:
+    """A built-in NFS share's export location: what a client with a rule mounts."""
+    return f"{address}:{share_pseudo_path(share_id)}"
 
 
 def guest_mount(transport: str, tag: str, read_only: bool, mount_point: str | None,
@@ -66,6 +77,10 @@ def guest_mount(transport: str, tag: str, read_only: bool, mount_point: str | No
                           ",nosuid,nodev", container_target(mount_point, tag, share_id, layout))
     if transport == Transport.NINEP:
         return GuestMount(transport, "9p", tag, NINEP_OPTIONS + ro, target)
+    if transport == Transport.DIRECT:  # the guest mounts the share's own export itself
+        link = nfs or NfsLink(GUEST_NFS_ADDRESS, GUEST_NFS_PORT)
+        return GuestMount(transport, "nfs4", share_nfs_export(share_id, link.address),
+                          f"{NFS_OPTIONS},port={link.port}{ro}", target)
     if transport == Transport.NFS:
         link = nfs or NfsLink(GUEST_NFS_ADDRESS, GUEST_NFS_PORT)
         return GuestMount(transport, "nfs4", f"{link.address}:{nfs_pseudo_path(server_uuid, tag)}",

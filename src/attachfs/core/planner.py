@@ -20,7 +20,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from attachfs.core.rules import BUILTIN_PROTOCOL, HOT_PLUG_TRANSPORTS, Transport
+from attachfs.core.rules import BUILTIN_PROTOCOL, HOST_MOUNTED, HOT_PLUG_TRANSPORTS, Transport
 from attachfs.core.steps import Op, Operation, Step
 
 RUNNING, SHUTOFF, MISSING = "running", "shutoff", "missing"  # virt.base.PowerState values
@@ -68,6 +68,17 @@ class DesiredShare:
     release_started: float | None = None  # monotonic: when the agent first saw `detaching`
     transport: str = Transport.VIRTIOFS
     target: str = ""  # where a container gets it (its bind mount); a VM's guest mounts itself
+
+    @property
+    def host_mounted(self) -> bool:
+        """The host mounts it (at `path`); transport direct: the guest mounts the share's own
+        export, and `path` is the share's directory the host's NFS server exports."""
+        return self.transport in HOST_MOUNTED
+
+    @property
+    def own_rule(self) -> bool:
+        """Its access rule is the guest's own (direct), not this host's shared one."""
+        return self.transport == Transport.DIRECT
 
     @property
     def pluggable(self) -> bool:
@@ -214,7 +225,7 @@ def plan(d: Desired, a: Actual) -> Plan:
     keep = [s for s in d.shares if s.phase in (Phase.REQUESTED, Phase.HELD)]
     booting = want_on and not running
     _plan_access(b, keep, running, booting)
-    needed = {s.path for s in keep} if (running or want_on) else set()
+    needed = {s.path for s in keep if s.host_mounted} if (running or want_on) else set()
     _plan_mounts(b, keep, needed, running, booting)
     if booting:
         _plan_boot(b, keep)
@@ -249,7 +260,8 @@ def _plan_access(b: _Builder, keep: list[DesiredShare], running: bool, booting: 
     """A requested attachment gets its rule (idempotent); a held one whose rule is observed
     missing gets it back."""
     for s in keep:
-        lost = b.a.access is not None and s.share_id not in b.a.access
+        # a direct attachment's rule is the guest's, not looked up with the host's
+        lost = not s.own_rule and b.a.access is not None and s.share_id not in b.a.access
         if s.phase == Phase.REQUESTED:
             b.add(_attach_operation(running, booting), Op.GRANT_ACCESS, s)
         elif lost:
@@ -260,7 +272,7 @@ def _plan_mounts(b: _Builder, keep: list[DesiredShare], needed: set[str], runnin
                  booting: bool) -> None:
     seen: set[str] = set()
     for s in keep:
-        if s.path not in needed or s.path in seen:
+        if not s.host_mounted or s.path not in needed or s.path in seen:
             continue
         seen.add(s.path)
         options = b.a.mounts.get(s.path)
@@ -336,7 +348,7 @@ def _plan_release(b: _Builder, s: DesiredShare, running: bool, needed: set[str])
             b.wait(min(POLL_GUEST, deadline - a.now), f"the guest to unmount {s.tag}")
         return
     b.unmount(operation, s.path, needed)
-    if s.share_id not in b.d.access_used_elsewhere:
+    if s.own_rule or s.share_id not in b.d.access_used_elsewhere:
         b.add(operation, Op.REVOKE_ACCESS, s)
     note = None
     if operation == Operation.HOT_DETACH and not let_go and s.release_started is not None:
@@ -378,7 +390,7 @@ def _plan_delete(b: _Builder) -> None:
         return  # no row left (or already deleted): only the host side is cleaned
     for s in d.shares:
         b.unmount(Operation.DELETE, s.path, set())
-        if s.share_id not in d.access_used_elsewhere:
+        if s.own_rule or s.share_id not in d.access_used_elsewhere:
             b.add(Operation.DELETE, Op.REVOKE_ACCESS, s)
         b.add(Operation.DELETE, Op.RECORD, s, status=None)
     b.add(Operation.DELETE, Op.FINISH, vm_state="deleted")

@@ -71,6 +71,7 @@ class BuiltinShareRecord(Protocol):
     status: str
     mount_point: str | None
     created_at: dt.datetime
+    protocol: str
 
 
 class ActionRecord(Protocol):

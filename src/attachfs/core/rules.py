@@ -93,13 +93,18 @@ class Transport(enum.StrEnum):
     NINEP = "9p"  # a virtio-9p device served by QEMU itself (at boot only)
     NFS = "nfs"  # the host's NFS-Ganesha, over the guest's private link (no device)
     BIND = "bind"  # a container's: the host mount injected into its mount namespace
+    # a built-in NFS share's own export, mounted by the guest itself with a rule for its
+    # address (seed 002's direct IP); the host mounts nothing
+    DIRECT = "direct"
 
 
 DEFAULT_TRANSPORT = Transport.VIRTIOFS
 # Transports whose device can come and go while the guest runs. 9p cannot: QEMU 7.2's
 # virtio-9p-pci is not hot-pluggable through libvirt (measured: libvirt refuses the device).
-HOT_PLUG_TRANSPORTS = frozenset({Transport.VIRTIOFS, Transport.NFS, Transport.BIND})
-VM_TRANSPORTS = frozenset({Transport.VIRTIOFS, Transport.NINEP, Transport.NFS})
+HOT_PLUG_TRANSPORTS = frozenset({Transport.VIRTIOFS, Transport.NFS, Transport.BIND,
+                                 Transport.DIRECT})
+# Transports whose share the host mounts (the others: the guest mounts the export itself).
+HOST_MOUNTED = frozenset({Transport.VIRTIOFS, Transport.NINEP, Transport.NFS, Transport.BIND})
 # The flavor extra spec that picks a server's transport (images carry no properties yet).
 TRANSPORT_PROPERTY = "attachfs:share_transport"
 
@@ -142,7 +147,7 @@ def choose_transport(asked: str | None, server_default: str | None, host_default
         return Transport.BIND
     if asked == Transport.BIND:
         raise Conflict("Transport bind is for containers only; this server is a virtual "
-                       "machine (virtiofs, 9p or nfs).")
+                       "machine (virtiofs, 9p, nfs or direct).")
     return asked or server_default or host_default
 
 
@@ -152,6 +157,13 @@ def require_transport(transport: str, host_can: frozenset[str]) -> None:
         offered = ", ".join(sorted(host_can)) or "none"
         raise Conflict(f"Transport {transport} is not available on this host (it offers: "
                        f"{offered}).")
+
+
+def require_direct_export(transport: str, share_id: str, nfs_export: str) -> None:
+    """Transport direct needs a share this host serves over NFS itself."""
+    if transport == Transport.DIRECT and not nfs_export:
+        raise Conflict(f"Transport direct needs a share served over NFS by this host (a "
+                       f"built-in share of protocol NFS); share {share_id} is not one.")
 
 
 def require_hot_pluggable(transport: str, running: bool) -> None:

@@ -92,6 +92,9 @@ class Share(Base):
     status: Mapped[str] = mapped_column(String(32))
     mount_point: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # LOCAL, or NFS: also served by this host's NFS server to the clients granted (migration
+    # 0008; transport direct)
+    protocol: Mapped[str] = mapped_column(String(16), default="LOCAL", server_default="LOCAL")
 
 
 class ShareAccess(Base):

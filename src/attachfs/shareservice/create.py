@@ -10,6 +10,9 @@ from attachfs.errors import BadRequest
 from attachfs.shareservice.discovery import DEFAULT_TYPE_ID
 
 PROTOCOL = BUILTIN_PROTOCOL
+# LOCAL: a directory on the host, handed to guests through it; NFS: the same, also served by
+# the host's NFS server to clients granted a rule (transport direct, docs/transports.md)
+PROTOCOLS = (BUILTIN_PROTOCOL, "NFS")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")  # os-filesystem's form
 
 # Keys a create may carry (the CLI sends most of them, as null); those the built-in provider
@@ -24,7 +27,7 @@ _UNSUPPORTED = ("description", "display_description", "snapshot_id", "share_netw
                 "encryption_key_ref")
 
 
-def parse_create(body: Any) -> tuple[str | None, int, bool]:
+def parse_create(body: Any) -> tuple[str | None, int, bool, str]:
     if not isinstance(body, dict) or not isinstance(body.get("share"), dict):
         raise BadRequest("The request body must be {\"share\": {...}}")
     spec: dict[str, Any] = body["share"]
@@ -32,10 +35,11 @@ def parse_create(body: Any) -> tuple[str | None, int, bool]:
     if unknown:
         raise BadRequest(f"Unknown keys in the share: {', '.join(unknown)}")
     proto = spec.get("share_proto")
-    if not isinstance(proto, str) or proto.upper() != PROTOCOL:
+    if not isinstance(proto, str) or proto.upper() not in PROTOCOLS:
         raise BadRequest(f"Invalid share protocol {proto!r}: attachfs's built-in shares are "
-                         f"protocol {PROTOCOL} (a directory on the host, handed to guests over "
-                         f"virtio-fs); create them with share_proto {PROTOCOL}")
+                         f"protocol {PROTOCOL} (a directory on the host, handed to guests "
+                         "through it) or NFS (the same, also served over NFS to the guests "
+                         "granted a rule)")
     size = spec.get("size")
     # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
     if isinstance(size, bool) or not isinstance(size, int | str) \
@@ -60,4 +64,4 @@ def parse_create(body: Any) -> tuple[str | None, int, bool]:
     public = spec.get("is_public")
     if isinstance(public, str):
         public = public.lower() in ("1", "true", "yes")
-    return name, int(size), bool(public)
+    return name, int(size), bool(public), proto.upper()

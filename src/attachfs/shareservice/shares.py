@@ -17,7 +17,7 @@ from attachfs.core.handlers import queries, shares
 from attachfs.core.model import ShareScope
 from attachfs.core.ports import BuiltinShareRecord
 from attachfs.errors import BadRequest, NotFound
-from attachfs.shareservice.create import PROTOCOL, parse_create
+from attachfs.shareservice.create import parse_create
 from attachfs.shareservice.versions import PREFIX, ShareRoute
 
 router = APIRouter(prefix=PREFIX, route_class=ShareRoute)
@@ -50,7 +50,7 @@ def _matches(sh: BuiltinShareRecord, q: QueryParams, ctx: RequestContext,
         "name" not in q or sh.name == q["name"],
         "name~" not in q or q["name~"].lower() in sh.name.lower(),
         "status" not in q or sh.status == q["status"].lower(),
-        "share_proto" not in q or q["share_proto"].upper() == PROTOCOL,
+        "share_proto" not in q or q["share_proto"].upper() == sh.protocol,
         not ("is_public" in q and q["is_public"].lower() in _YES and not own_or_public),
         # nothing here is ever soft-deleted (kept in a recycle bin)
         q.get("is_soft_deleted", "false").lower() not in _YES,
@@ -95,29 +95,30 @@ def show_share(share_id: str, request: Request) -> dict[str, Any]:
 @router.get("/v2/shares/{share_id}/export_locations")
 def list_export_locations(share_id: str, request: Request) -> dict[str, Any]:
     share = _shown(request, share_id)
-    return {"export_locations": [views.export_location(request, share,
-                                                       deps.context(request).is_admin)]}
+    return {"export_locations": views.export_locations(request, share,
+                                                       deps.context(request).is_admin)}
 
 
 @router.get("/v2/shares/{share_id}/export_locations/{export_id}")
 def show_export_location(share_id: str, export_id: str, request: Request) -> dict[str, Any]:
     share = _shown(request, share_id)
-    if export_id != views.export_id(share.uuid):
-        raise NotFound(f"Export location {export_id} could not be found.")
-    return {"export_location": views.export_location(request, share,
-                                                     deps.context(request).is_admin)}
+    for location in views.export_locations(request, share, deps.context(request).is_admin):
+        if location["id"] == export_id:
+            return {"export_location": location}
+    raise NotFound(f"Export location {export_id} could not be found.")
 
 
 @router.post("/v2/shares", status_code=200)
 def create_share(request: Request, body: Any = Body(None)) -> dict[str, Any]:
     ctx = deps.context(request)
-    name, size, public = parse_create(body)
+    name, size, public, protocol = parse_create(body)
     where = "among the public shares" if public else "in this project"
     cmd = CreateShare(
         ctx, name=name or "", size_gib=size, project_id=ctx.project_id,
         scope=ShareScope.GLOBAL if public else ShareScope.INSTANCE,
         taken_message=f"A share named {name} already exists {where} (attachfs keeps share "
-                      "names unique per project, and among public shares)")
+                      "names unique per project, and among public shares)",
+        protocol=protocol)
     share = shares.create_share(cmd, deps.uow(request), deps.env(request))
     return {"share": views.detail(request, share, ctx.is_admin)}
 

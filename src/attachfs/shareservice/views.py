@@ -12,7 +12,6 @@ from attachfs.api import deps
 from attachfs.api.views import iso
 from attachfs.core.model import ShareScope
 from attachfs.core.ports import BuiltinShareRecord
-from attachfs.core.rules import BUILTIN_PROTOCOL
 from attachfs.shareservice.discovery import DEFAULT_TYPE_ID, NAMESPACE
 from attachfs.shareservice.versions import at_least, base
 
@@ -23,21 +22,25 @@ def links(request: Request, share_id: str) -> list[dict[str, str]]:
             {"rel": "bookmark", "href": f"{root}/shares/{share_id}"}]
 
 
-def export_id(share_id: str) -> str:
-    return str(uuidlib.uuid5(NAMESPACE, f"export:{share_id}"))
-
-
-def export_location(request: Request, share: BuiltinShareRecord, admin: bool) -> dict[str, Any]:
-    view: dict[str, Any] = {"id": export_id(share.uuid),
-                            "path": _path(request, share)}
-    if at_least(request, 14):
-        view["preferred"] = True
-    if admin:
-        view["share_instance_id"] = share.uuid
-        view["is_admin_only"] = False
-    if at_least(request, 87):
-        view["metadata"] = {}
-    return view
+def export_locations(request: Request, share: BuiltinShareRecord,
+                     admin: bool) -> list[dict[str, Any]]:
+    """An NFS share's NFS export first (preferred: what its clients mount), then the host
+    directory every built-in share has."""
+    info = deps.env(request).builtin.info(share)
+    paths = [(f"nfs-export:{share.uuid}", info.nfs_export)] if info.nfs_export else []
+    paths.append((f"export:{share.uuid}", info.preferred_export))
+    out = []
+    for i, (name, path) in enumerate(paths):
+        view: dict[str, Any] = {"id": str(uuidlib.uuid5(NAMESPACE, name)), "path": path}
+        if at_least(request, 14):
+            view["preferred"] = i == 0
+        if admin:
+            view["share_instance_id"] = share.uuid
+            view["is_admin_only"] = False
+        if at_least(request, 87):
+            view["metadata"] = {}
+        out.append(view)
+    return out
 
 
 def summary(request: Request, share: BuiltinShareRecord) -> dict[str, Any]:
@@ -45,18 +48,18 @@ def summary(request: Request, share: BuiltinShareRecord) -> dict[str, Any]:
 
 
 def detail(request: Request, share: BuiltinShareRecord, admin: bool) -> dict[str, Any]:
-    path = _path(request, share)
+    paths = [e["path"] for e in export_locations(request, share, False)]
     view: dict[str, Any] = {
         "id": share.uuid, "name": share.name, "size": share.size_gib, "status": share.status,
         "availability_zone": "nova", "created_at": iso(share.created_at), "description": None,
         "project_id": share.project_id, "snapshot_id": None, "share_network_id": None,
-        "share_proto": BUILTIN_PROTOCOL, "metadata": {}, "share_type": DEFAULT_TYPE_ID,
+        "share_proto": share.protocol, "metadata": {}, "share_type": DEFAULT_TYPE_ID,
         "volume_type": "default", "is_public": share.scope == ShareScope.GLOBAL,
         "links": links(request, share.uuid),
     }
     if not at_least(request, 9):  # later microversions moved these to export_locations
-        view["export_location"] = path
-        view["export_locations"] = [path]
+        view["export_location"] = paths[0]
+        view["export_locations"] = paths
     if admin:
         view["host"] = "attachfs@local#local"
         view["share_server_id"] = None
@@ -82,8 +85,3 @@ def detail(request: Request, share: BuiltinShareRecord, admin: bool) -> dict[str
     if at_least(request, 4) and not at_least(request, 31):
         view.update({"consistency_group_id": None, "source_cgsnapshot_member_id": None})
     return view
-
-
-
-def _path(request: Request, share: BuiltinShareRecord) -> str:
-    return deps.env(request).builtin.info(share).preferred_export

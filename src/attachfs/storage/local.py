@@ -14,8 +14,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from attachfs.core.guest_mount import share_nfs_export
 from attachfs.core.model import share_visible
-from attachfs.core.rules import BUILTIN_PROTOCOL
+from attachfs.core.rules import BUILTIN_PROTOCOL, ShareProtocol
 from attachfs.db.engine import Database
 from attachfs.db.tables import Share, ShareAccess
 from attachfs.errors import BadRequest, NotFound, PermanentError
@@ -30,6 +31,8 @@ def export_location(storage_root: Path, share_id: str) -> str:
 
 
 def share_info(share: Share, storage_root: Path) -> ShareInfo:
+    """What the core sees: always a directory of this host to bind (protocol LOCAL for the
+    host's connector), and for an NFS share also its NFS export (transport direct)."""
     return ShareInfo(
         id=share.uuid,
         name=share.name,
@@ -40,6 +43,7 @@ def share_info(share: Share, storage_root: Path) -> ShareInfo:
         size_gib=share.size_gib,
         scope=share.scope,
         mount_point=share.mount_point,
+        nfs_export=share_nfs_export(share.uuid) if share.protocol == ShareProtocol.NFS else "",
     )
 
 

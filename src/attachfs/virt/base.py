@@ -29,6 +29,7 @@ class GuestShare:
     read_only: bool = False
     transport: str = "virtiofs"  # core.rules.Transport: the device that carries it
     target: str = ""  # where it appears in a container (bind); a VM's guest mounts it itself
+    share_id: str = ""  # transport direct: the share whose own export the guest mounts
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from attachfs.core.guest_mount import nfs_pseudo_path
 from attachfs.virt.libvirt_xml import VirtError
 
 GANESHA = "ganesha.nfsd"
@@ -40,20 +39,29 @@ MAX_EXPORT_ID = 65535
 
 
 @dataclass(frozen=True)
+class Client:
+    """One guest allowed on an export: its link's address, and the attachment it serves."""
+
+    address: str
+    server: str  # the server uuid
+    tag: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
 class Export:
     export_id: int
-    server: str  # the server uuid it is for
-    tag: str
-    path: str  # the host mount
-    pseudo: str  # what the guest mounts (core.guest_mount.nfs_pseudo_path)
-    client: str  # the one address that may mount it (the guest's link)
-    read_only: bool
+    path: str  # the host mount (transport nfs) or the share's own directory (direct)
+    pseudo: str  # what guests mount (core.guest_mount)
+    clients: tuple[Client, ...]
 
 
 def _conf(directory: Path, port: int, exports: list[Export]) -> str:
     blocks = []
     for e in sorted(exports, key=lambda x: x.export_id):
-        access = "RO" if e.read_only else "RW"
+        clients = "\n".join(
+            f"    CLIENT {{ Clients = {c.address}; Access_Type = {'RO' if c.read_only else 'RW'}; }}"
+            for c in e.clients)
         blocks.append(f"""EXPORT {{
     Export_Id = {e.export_id};
     Path = "{e.path}";
@@ -65,7 +73,7 @@ def _conf(directory: Path, port: int, exports: list[Export]) -> str:
     # the share is also written by the host and by guests over other transports: Ganesha
     # keeps no attributes of its own (the guest's NFS client still caches for its acregmin)
     Attr_Expiration_Time = 0;
-    CLIENT {{ Clients = {e.client}; Access_Type = {access}; }}
+{clients}
     FSAL {{ Name = VFS; }}
 }}""")
     return f"""# written by attachfs (virt/ganesha.py): do not edit, it is rewritten
@@ -137,10 +145,12 @@ class HostNfsServer:
             rows = json.loads((self.dir / "exports.json").read_text())
         except (OSError, ValueError):
             return []
-        return [Export(**row) for row in rows]
+        return [Export(row["export_id"], row["path"], row["pseudo"],
+                       tuple(Client(**c) for c in row["clients"])) for row in rows]
 
     def _save(self, exports: list[Export]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        exports = [e for e in exports if e.clients]  # an export nobody may mount goes
         for name, text in (("exports.json", json.dumps([asdict(e) for e in exports])),
                            ("ganesha.conf", _conf(self.dir, self.port, exports))):
             tmp = self.dir / f".{name}.tmp"
@@ -204,33 +214,42 @@ class HostNfsServer:
                 time.sleep(0.02)
 
     # ---- exports ----------------------------------------------------------------------------
-    def set_export(self, server: str, tag: str, path: Path, client: str,
-                   read_only: bool) -> Export:
-        """Export `path` to `client` only (idempotent), where that guest mounts it."""
+    def allow(self, pseudo: str, path: Path, client: Client) -> None:
+        """`client` may mount `path` at `pseudo` (the export is made when it is the first);
+        idempotent. An export's path never changes under its clients."""
         with self._lock:
             exports = self.exports()
-            pseudo = nfs_pseudo_path(server, tag)
-            same = [e for e in exports if e.pseudo == pseudo]
-            if same and (same[0].path, same[0].client, same[0].read_only) == (
-                    str(path), client, read_only):
-                return same[0]
+            found = next((e for e in exports if e.pseudo == pseudo), None)
+            if found is not None and client in found.clients:
+                return
+            if found is not None and found.path != str(path):
+                raise VirtError(f"NFS export {pseudo} serves {found.path}, not {path}")
+            others = tuple(c for c in (found.clients if found else ())
+                           if (c.server, c.tag) != (client.server, client.tag)
+                           and c.address != client.address)
+            if found is None:
+                used = {e.export_id for e in exports}
+                export_id = next((i for i in range(2, MAX_EXPORT_ID) if i not in used), None)
+                if export_id is None:
+                    raise VirtError("no free NFS export id on this host")
+            else:
+                export_id = found.export_id
             exports = [e for e in exports if e.pseudo != pseudo]
-            used = {e.export_id for e in exports}
-            export_id = next((i for i in range(2, MAX_EXPORT_ID) if i not in used), None)
-            if export_id is None:
-                raise VirtError("no free NFS export id on this host")
-            export = Export(export_id, server, tag, str(path), pseudo, client, read_only)
-            self._reload(exports + [export])
-            return export
+            self._reload(exports + [Export(export_id, str(path), pseudo, others + (client,))])
 
-    def remove_export(self, server: str, tag: str | None = None) -> None:
-        """The export of `tag` (every export of `server` when None) goes; others stay."""
+    def deny(self, server: str, tag: str | None = None) -> None:
+        """The server's clients (of `tag` only, when given) go from every export; an export
+        left without clients goes. The others stay."""
         with self._lock:
             exports = self.exports()
-            keep = [e for e in exports
-                    if not (e.server == server and (tag is None or e.tag == tag))]
-            if len(keep) != len(exports):
-                self._reload(keep)
+            changed = [Export(e.export_id, e.path, e.pseudo, tuple(
+                c for c in e.clients if not (c.server == server and tag in (None, c.tag))))
+                for e in exports]
+            if changed != exports:
+                self._reload(changed)
+
+    def clients_of(self, server: str) -> list[tuple[Export, Client]]:
+        return [(e, c) for e in self.exports() for c in e.clients if c.server == server]
 
     def _reload(self, exports: list[Export], timeout: float = 10.0) -> None:
         """Write the new exports and have the running daemon reread them (SIGHUP): it says so

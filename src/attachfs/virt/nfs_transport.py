@@ -1,20 +1,29 @@
-"""Transport `nfs` as the router's third kind of device: an export of the host's NFS server
-(virt/ganesha.py) to one guest, reached over that guest's private link (virt/nfs_link.py).
+"""Transports `nfs` and `direct` as the router's third kind of device: exports of the host's
+NFS server (virt/ganesha.py) that a guest reaches over its private link (virt/nfs_link.py).
 
-For the reconciler an export is a device like a virtio-fs one: `devices` observes the guest's
-exports (only while the server process runs: a dead server has none, and the next pass exports
-again, which starts it), `plug` exports, `unplug` withdraws, both without a restart of the server
-or a change to any other export. The guest mounts ``169.254.169.254:/attachfs-<server>-<tag>``.
+- `nfs`: one export per attachment, of its host mount, to that guest alone
+  (``169.254.169.254:/attachfs-<server>-<tag>``).
+- `direct` (seed 002's direct IP): one export per built-in NFS share, of the share's own
+  directory, with one client per guest that holds an access rule for its address
+  (``169.254.169.254:/share-<share id>``, the share's export location). The host mounts nothing.
+
+For the reconciler either is a device like a virtio-fs one: `devices` observes the guest's
+clients on live exports (none while the server process is down: the next pass allows again,
+which starts it), `plug` allows, `unplug` withdraws, each without a restart of the server or a
+change for any other guest.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from attachfs.core.guest_mount import nfs_pseudo_path, share_pseudo_path
 from attachfs.virt.base import GuestShare
-from attachfs.virt.ganesha import HOST, HostNfsServer
+from attachfs.virt.ganesha import HOST, Client, HostNfsServer
 from attachfs.virt.metadata_net_supervisor import nfs_socket_path
 from attachfs.virt.nfs_link import NfsLinks
+
+EXPORTED = ("nfs", "direct")
 
 
 class NfsTransport:
@@ -27,39 +36,45 @@ class NfsTransport:
         """The guest's link listens (its helper forwards the guest's NFS connections there)."""
         self.links.ensure(uuid, nfs_socket_path(self.metadata_dir / f"{uuid}.sock", uuid))
 
+    def address(self, uuid: str) -> str:
+        """The address the NFS server sees the guest's connections come from."""
+        return self.links.address(uuid)
+
     def plug(self, uuid: str, share: GuestShare) -> None:
         self.server.ensure_running()
         self.link(uuid)
-        self.server.set_export(uuid, share.tag, share.host_path, self.links.address(uuid),
-                               share.read_only)
+        pseudo = share_pseudo_path(share.share_id) if share.transport == "direct" \
+            else nfs_pseudo_path(uuid, share.tag)
+        self.server.allow(pseudo, share.host_path,
+                          Client(self.address(uuid), uuid, share.tag, share.read_only))
 
     def unplug(self, uuid: str, tag: str) -> None:
-        self.server.remove_export(uuid, tag)
-
-    def holds(self, uuid: str) -> bool:
-        """Anything of the guest's here: an export, or its link."""
-        return self.links.has(uuid) or any(e.server == uuid for e in self.server.exports())
+        self.server.deny(uuid, tag)
 
     def has(self, uuid: str, tag: str) -> bool:
-        return any(e.server == uuid and e.tag == tag for e in self.server.exports())
+        return any(c.tag == tag for _, c in self.server.clients_of(uuid))
+
+    def holds(self, uuid: str) -> bool:
+        """Anything of the guest's here: an export client, or its link."""
+        return self.links.has(uuid) or bool(self.server.clients_of(uuid))
 
     def devices(self, uuid: str) -> tuple[dict[str, Path], frozenset[str]]:
-        """(tag -> host mount, tags exported read-write) of the guest's live exports."""
+        """(tag -> what is exported, tags exported read-write) of the guest's live exports."""
         if self.server.pid() is None:
             return {}, frozenset()
-        mine = [e for e in self.server.exports() if e.server == uuid]
-        return ({e.tag: Path(e.path) for e in mine},
-                frozenset(e.tag for e in mine if not e.read_only))
+        mine = self.server.clients_of(uuid)
+        return ({c.tag: Path(e.path) for e, c in mine},
+                frozenset(c.tag for _, c in mine if not c.read_only))
 
     def forget(self, uuid: str) -> None:
-        """The guest is gone: its exports and its link go."""
-        self.server.remove_export(uuid)
+        """The guest is gone: its clients, exports only it had, and its link go."""
+        self.server.deny(uuid)
         self.links.remove(uuid)
 
     def tidy(self, running: set[str]) -> None:
         """Running guests keep (or get back, after an agent restart) their links; the exports
         and links of guests no longer running go."""
-        exported = {e.server for e in self.server.exports()}
+        exported = {c.server for e in self.server.exports() for c in e.clients}
         for uuid in (exported | self.links.known()) - running:
             self.forget(uuid)
         for uuid in running & (exported | self.links.known()):

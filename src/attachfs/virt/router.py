@@ -24,7 +24,7 @@ from attachfs.virt.base import (
 )
 from attachfs.virt.libvirt_xml import VirtError
 from attachfs.virt.lxc import LxcDriver
-from attachfs.virt.nfs_transport import NfsTransport
+from attachfs.virt.nfs_transport import EXPORTED, NfsTransport
 
 NFS = "nfs"
 
@@ -37,7 +37,7 @@ class GuestRouter:
         self.nfs = nfs
         transports = tuple(self.vm.capabilities.share_transports) + (
             container.capabilities.share_transports if container is not None else ()) + (
-            (NFS,) if nfs is not None else ())
+            EXPORTED if nfs is not None else ())
         self.capabilities = VirtCapabilities(
             hot_plug=self.vm.capabilities.hot_plug,
             read_only_enforced_by_hypervisor=self.vm.capabilities.read_only_enforced_by_hypervisor,
@@ -54,11 +54,11 @@ class GuestRouter:
                 raise VirtError(f"server {spec.uuid} is a container; this host runs none")
             self.container.start_guest(spec)
             return
-        exports = [s for s in spec.shares if s.transport == NFS]
+        exports = [s for s in spec.shares if s.transport in EXPORTED]
         if exports and self.nfs is None:
-            raise VirtError(f"server {spec.uuid} has shares over nfs; this host serves none")
+            raise VirtError(f"server {spec.uuid} has shares over NFS; this host serves none")
         self.vm.start_guest(replace(spec, shares=tuple(
-            s for s in spec.shares if s.transport != NFS)))
+            s for s in spec.shares if s.transport not in EXPORTED)))
         if self.nfs is not None:
             self.nfs.link(spec.uuid)
             for share in exports:
@@ -109,9 +109,9 @@ class GuestRouter:
         return self.observe(uuid).devices
 
     def attach_share(self, uuid: str, share: GuestShare) -> None:
-        if share.transport == NFS:
+        if share.transport in EXPORTED:
             if self.nfs is None:
-                raise VirtError(f"share {share.tag}: this host serves no nfs transport")
+                raise VirtError(f"share {share.tag}: this host serves no NFS")
             if self.vm.guest_state(uuid) != PowerState.RUNNING:
                 raise VirtError(f"exporting share {share.tag}: guest {uuid} is not running")
             self.nfs.plug(uuid, share)

@@ -32,6 +32,7 @@ from attachfs.core.rules import (
     guest_mount_point,
     mount_points_overlap,
     require_attachable,
+    require_direct_export,
     require_hot_pluggable,
     require_transport,
     transport_problem,
@@ -62,6 +63,7 @@ def attach_share(cmd: AttachShare, uow: UnitOfWork, env: Env) -> AttachmentRecor
         transport = _transport(cmd, server, env)
     share = env.shares.get_share(share_id, ctx)  # 404 when missing or not visible
     _require_attachable_share(share)
+    require_direct_export(transport, share.id, share.nfs_export)
     tag = cmd.tag if cmd.tag is not None else share.id
     try:
         with uow.write() as repos:

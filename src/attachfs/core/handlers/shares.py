@@ -38,7 +38,7 @@ def create_share(cmd: CreateShare, uow: UnitOfWork, env: Env) -> BuiltinShareRec
             share = repos.shares.add(
                 uuid=share_id, name=cmd.name or share_id, project_id=cmd.project_id,
                 user_id=ctx.user_id, size_gib=cmd.size_gib, scope=cmd.scope,
-                status="available", mount_point=cmd.mount_point)
+                status="available", mount_point=cmd.mount_point, protocol=cmd.protocol)
             repos.flush()
             if cmd.scope == ShareScope.PROJECT:
                 _attach_to_project_servers(repos, env, ctx, share)
