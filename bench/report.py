@@ -83,8 +83,8 @@ def rows(fig: Figures) -> list[Row]:
 
 
 TX_PLACES = (("vfs", "virtio-fs"), ("p9", "9p"), ("nfs", "NFS from the host's Ganesha"))
-TX_MEASURES = (("seq_write", "sequential write 64 MiB", "mib_s", "MiB/s"),
-               ("seq_read", "sequential read 64 MiB", "mib_s", "MiB/s"),
+TX_MEASURES = (("seq_write", "sequential write 256 MiB", "mib_s", "MiB/s"),
+               ("seq_read", "sequential read 256 MiB", "mib_s", "MiB/s"),
                ("rnd_write", "random 4 KiB writes", "ops_s", "ops/s"),
                ("rnd_read", "random 4 KiB reads", "ops_s", "ops/s"))
 

@@ -5,7 +5,8 @@ One guest of a real `attachfs serve` has three built-in shares (ext4 images on t
 per transport: virtio-fs (`vfs`, also the command channel), 9p (`p9`, attached while stopped:
 no hot plug) and NFS from the host's NFS-Ganesha over the guest's private link (`nfs`). In each,
 and in the guest's own tmpfs (/tmp), the guest runs as root:
-- sequential: write SIZE_MIB with dd (bs 1 MiB) and fsync; read it back after dropping caches;
+- sequential: write SIZE_MIB with dd (bs 1 MiB) and fsync; read it back after dropping caches
+  (the guest's and the host's);
 - random: RANDOM_OPS 4 KiB writes (then one fsync) and reads at random offsets of a 16 MiB file,
   each a busybox dd (a process per operation: the guest's tmpfs row shows that cost alone).
 The host does the same on the shares' directories and on its own tmpfs (/dev/shm), from Python
@@ -28,7 +29,7 @@ from pathlib import Path
 from bench.measure import Figures, log
 from harness.serve import Serve
 
-SIZE_MIB = 64
+SIZE_MIB = 256  # ~0.3 s at the fastest: /proc/uptime's 10 ms steps are ~3 %
 RANDOM_OPS = 200
 RANDOM_FILE_MIB = 16
 TRANSPORTS = (("vfs", "virtiofs"), ("p9", "9p"), ("nfs", "nfs"))
@@ -49,28 +50,36 @@ RUNNER = r"""#!/bin/sh
 ) </dev/null >/dev/console 2>&1 &
 echo "bench runner started"
 """
-# Each prints "<what> <seconds>", timed with /proc/uptime (10 ms steps).
-GUEST_IO = """d={dir}
-now() {{ cut -d' ' -f1 /proc/uptime; }}
-sync; echo 3 > /proc/sys/vm/drop_caches
-t0=$(now); dd if=/dev/zero of=$d/seq.dat bs=1M count={size} conv=fsync 2>/dev/null; t1=$(now)
+# Each step prints "<what> <seconds>", timed with /proc/uptime (10 ms steps); the host drops
+# its page cache before each read step, as it does before its own reads.
+GUEST_STEPS = {
+    "seq-write": """d={dir}; rm -f $d/seq.dat; sync; echo 3 > /proc/sys/vm/drop_caches
+t0=$(cut -d' ' -f1 /proc/uptime)
+dd if=/dev/zero of=$d/seq.dat bs=1M count={size} conv=fsync 2>/dev/null
+t1=$(cut -d' ' -f1 /proc/uptime)
 echo "seq-write $(echo "$t1 $t0" | awk '{{print $1 - $2}}')"
-sync; echo 3 > /proc/sys/vm/drop_caches
-t0=$(now); dd if=$d/seq.dat of=/dev/null bs=1M 2>/dev/null; t1=$(now)
+""",
+    "seq-read": """d={dir}; echo 3 > /proc/sys/vm/drop_caches
+t0=$(cut -d' ' -f1 /proc/uptime)
+dd if=$d/seq.dat of=/dev/null bs=1M 2>/dev/null
+t1=$(cut -d' ' -f1 /proc/uptime)
 echo "seq-read $(echo "$t1 $t0" | awk '{{print $1 - $2}}')"
 rm -f $d/seq.dat
-dd if=/dev/zero of=$d/rnd.dat bs=1M count={rsize} conv=fsync 2>/dev/null
-t0=$(now)
+""",
+    "rnd-write": """d={dir}; dd if=/dev/zero of=$d/rnd.dat bs=1M count={rsize} conv=fsync 2>/dev/null
+t0=$(cut -d' ' -f1 /proc/uptime)
 for o in {offsets}; do dd if=/dev/zero of=$d/rnd.dat bs=4k count=1 seek=$o conv=notrunc 2>/dev/null; done
-sync; t1=$(now)
+sync; t1=$(cut -d' ' -f1 /proc/uptime)
 echo "rnd-write $(echo "$t1 $t0" | awk '{{print $1 - $2}}')"
-sync; echo 3 > /proc/sys/vm/drop_caches
-t0=$(now)
+""",
+    "rnd-read": """d={dir}; echo 3 > /proc/sys/vm/drop_caches
+t0=$(cut -d' ' -f1 /proc/uptime)
 for o in {offsets}; do dd if=$d/rnd.dat of=/dev/null bs=4k count=1 skip=$o 2>/dev/null; done
-t1=$(now)
+t1=$(cut -d' ' -f1 /proc/uptime)
 echo "rnd-read $(echo "$t1 $t0" | awk '{{print $1 - $2}}')"
 rm -f $d/rnd.dat
-"""
+""",
+}
 
 
 def offsets(seed: int) -> list[int]:
@@ -127,25 +136,28 @@ def host_io(directory: Path, seed: int) -> dict[str, float]:
 
 
 def guest_io(ctl: Path, directory: str, seed: int) -> dict[str, float]:
-    n = uuid.uuid4().hex[:12]
-    script = GUEST_IO.format(dir=directory, size=SIZE_MIB, rsize=RANDOM_FILE_MIB,
-                             offsets=" ".join(map(str, offsets(seed))))
-    tmp = ctl / "cmd" / f".{n}"
-    tmp.write_text(script)
-    tmp.rename(ctl / "cmd" / f"{n}.sh")
-    out = ctl / "out" / n
-    deadline = time.monotonic() + 900
-    while not out.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the guest did not run its I/O in {directory}")
-        time.sleep(0.2)
     found = {}
-    for line in out.read_text().splitlines():
-        what, _, value = line.partition(" ")
-        if what in ("seq-write", "seq-read", "rnd-write", "rnd-read"):
-            found[what] = max(float(value), 0.01)  # /proc/uptime has 10 ms steps
-    if len(found) != 4:
-        raise RuntimeError(f"guest I/O in {directory}: {out.read_text()[-500:]}")
+    for what, template in GUEST_STEPS.items():
+        if what.endswith("read"):
+            drop_host_caches()
+        script = template.format(dir=directory, size=SIZE_MIB, rsize=RANDOM_FILE_MIB,
+                                 offsets=" ".join(map(str, offsets(seed))))
+        n = uuid.uuid4().hex[:12]
+        tmp = ctl / "cmd" / f".{n}"
+        tmp.write_text(script)
+        tmp.rename(ctl / "cmd" / f"{n}.sh")
+        out = ctl / "out" / n
+        deadline = time.monotonic() + 900
+        while not out.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the guest did not run {what} in {directory}")
+            time.sleep(0.1)
+        for line in out.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == what:
+                found[what] = max(float(value), 0.01)  # /proc/uptime has 10 ms steps
+        if what not in found:
+            raise RuntimeError(f"guest {what} in {directory}: {out.read_text()[-500:]}")
     return found
 
 
@@ -174,7 +186,7 @@ def _measure(serve: Serve, args: argparse.Namespace, fig: Figures) -> None:
     (ctl / "cmd").mkdir()
     (ctl / "out").mkdir()
     r = serve.http.post("/v2.1/servers", json={"server": {
-        "name": "bench-tx", "flavorRef": "2", "imageRef": "debian-busybox",
+        "name": "bench-tx", "flavorRef": "4", "imageRef": "debian-busybox",  # 1 GiB: tmpfs
         "user_data": base64.b64encode(RUNNER.encode()).decode()}})
     r.raise_for_status()
     sid = str(r.json()["server"]["id"])
