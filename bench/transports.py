@@ -18,7 +18,6 @@ and against the guest's tmpfs; the guest's tmpfs against the host's tmpfs says h
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import random
 import tempfile
@@ -26,7 +25,9 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.datapath import drop_host_caches
 from bench.measure import Figures, log
+from harness.guest_shell import READY, GuestShell, user_data
 from harness.serve import Serve
 
 SIZE_MIB = 256  # ~0.3 s at the fastest: /proc/uptime's 10 ms steps are ~3 %
@@ -34,22 +35,6 @@ RANDOM_OPS = 200
 RANDOM_FILE_MIB = 16
 TRANSPORTS = (("vfs", "virtiofs"), ("p9", "9p"), ("nfs", "nfs"))
 EXT = {"OpenStack-API-Version": "compute 2.97, attachfs 1.3"}
-# Runs /mnt/vfs/cmd/<n>.sh as root when it appears; output to /mnt/vfs/out/<n>.
-RUNNER = r"""#!/bin/sh
-(
-  while true; do
-    for c in /mnt/vfs/cmd/*.sh; do
-      [ -f "$c" ] || continue
-      n=$(basename "$c" .sh)
-      sh "$c" > "/mnt/vfs/out/$n.tmp" 2>&1
-      mv "/mnt/vfs/out/$n.tmp" "/mnt/vfs/out/$n"
-      rm -f "$c"
-    done
-    sleep 0.2
-  done
-) </dev/null >/dev/console 2>&1 &
-echo "bench runner started"
-"""
 # Each step prints "<what> <seconds>", timed with /proc/uptime (10 ms steps); the host drops
 # its page cache before each read step, as it does before its own reads.
 GUEST_STEPS = {
@@ -85,11 +70,6 @@ rm -f $d/rnd.dat
 def offsets(seed: int) -> list[int]:
     rng = random.Random(seed)
     return [rng.randrange(RANDOM_FILE_MIB * 256) for _ in range(RANDOM_OPS)]
-
-
-def drop_host_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def host_io(directory: Path, seed: int) -> dict[str, float]:
@@ -135,29 +115,19 @@ def host_io(directory: Path, seed: int) -> dict[str, float]:
     return out
 
 
-def guest_io(ctl: Path, directory: str, seed: int) -> dict[str, float]:
+def guest_io(shell: GuestShell, directory: str, seed: int) -> dict[str, float]:
     found = {}
     for what, template in GUEST_STEPS.items():
         if what.endswith("read"):
             drop_host_caches()
-        script = template.format(dir=directory, size=SIZE_MIB, rsize=RANDOM_FILE_MIB,
-                                 offsets=" ".join(map(str, offsets(seed))))
-        n = uuid.uuid4().hex[:12]
-        tmp = ctl / "cmd" / f".{n}"
-        tmp.write_text(script)
-        tmp.rename(ctl / "cmd" / f"{n}.sh")
-        out = ctl / "out" / n
-        deadline = time.monotonic() + 900
-        while not out.exists():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the guest did not run {what} in {directory}")
-            time.sleep(0.1)
-        for line in out.read_text().splitlines():
+        out = shell.run(template.format(dir=directory, size=SIZE_MIB, rsize=RANDOM_FILE_MIB,
+                                        offsets=" ".join(map(str, offsets(seed)))), 900)
+        for line in out.splitlines():
             key, _, value = line.partition(" ")
             if key == what:
                 found[what] = max(float(value), 0.01)  # /proc/uptime has 10 ms steps
         if what not in found:
-            raise RuntimeError(f"guest {what} in {directory}: {out.read_text()[-500:]}")
+            raise RuntimeError(f"guest {what} in {directory}: {out[-500:]}")
     return found
 
 
@@ -182,12 +152,10 @@ def transports_part(state_root: Path, args: argparse.Namespace, fig: Figures) ->
 def _measure(serve: Serve, args: argparse.Namespace, fig: Figures) -> None:
     shares = {tag: serve.new_share(f"bench-{tag}-{uuid.uuid4().hex[:6]}")
               for tag, _ in TRANSPORTS}
-    ctl = shares["vfs"][1]
-    (ctl / "cmd").mkdir()
-    (ctl / "out").mkdir()
+    shell = GuestShell(shares["vfs"][1])
     r = serve.http.post("/v2.1/servers", json={"server": {
         "name": "bench-tx", "flavorRef": "4", "imageRef": "debian-busybox",  # 1 GiB: tmpfs
-        "user_data": base64.b64encode(RUNNER.encode()).decode()}})
+        "user_data": user_data("vfs")}})
     r.raise_for_status()
     sid = str(r.json()["server"]["id"])
     serve.wait_status(sid, "ACTIVE", 900, 0.2)
@@ -202,14 +170,14 @@ def _measure(serve: Serve, args: argparse.Namespace, fig: Figures) -> None:
     serve.wait_status(sid, "ACTIVE", 900, 0.2)
     for tag, _ in TRANSPORTS:
         serve.wait_console(sid, f"attachfs-guest: mounted share {tag} at", 300)
-    serve.wait_console(sid, "bench runner started", 300)
+    serve.wait_console(sid, READY, 300)
     runs = 1 if args.quick else 3
     try:
         places = [(tag, f"/mnt/{tag}", shares[tag][1]) for tag, _ in TRANSPORTS]
         places.append(("tmpfs", "/tmp", Path("/dev/shm")))
         for side, guest_dir, host_dir in places:
             host = [host_io(host_dir, seed) for seed in range(runs)]
-            guest = [guest_io(ctl, guest_dir, seed) for seed in range(runs)]
+            guest = [guest_io(shell, guest_dir, seed) for seed in range(runs)]
             _record(fig, f"{side}_host", host)
             _record(fig, f"{side}_guest", guest)
             log(f"{side}: guest seq write {fig[f'tx_{side}_guest_seq_write_mib_s']:.1f} MiB/s "

@@ -27,6 +27,7 @@ from typing import Any
 import nfs_rs
 
 from attachfs.storage import mountinfo
+from attachfs.virt.ganesha import Client, Export, ganesha_conf
 from harness.process import Tracked, free_port, processes_mentioning
 
 __all__ = ["EXPORT_PSEUDO", "GaneshaServer", "running_ganesha"]
@@ -37,57 +38,11 @@ EXPORT_PSEUDO = "/export"
 
 
 def _conf(directory: Path, port: int) -> str:
-    return f"""# written by harness/ganesha.py
-NFS_CORE_PARAM {{
-    Bind_Addr = {HOST};
-    NFS_Port = {port};
-    # NFSv4 only: NFSv3 needs MOUNT and rpcbind, which this server does without (without
-    # rpcbind, its log says "Cannot register NFS V4 on TCP": harmless, as are the DBUS lines).
-    Protocols = 4;
-    Enable_NLM = false;
-    Enable_RQUOTA = false;
-    Enable_UDP = false;
-}}
-NFSV4 {{
-    # serve at once after a (re)start, without the 90 s reclaim window
-    Graceless = true;
-    RecoveryBackend = fs;
-    RecoveryRoot = {directory / "recovery"};
-    # owners as numbers: no idmapd, and a chown to any uid works
-    Only_Numeric_Owners = true;
-}}
-EXPORT {{
-    Export_Id = 1;
-    Path = {directory / "export"};
-    Pseudo = {EXPORT_PSEUDO};
-    Protocols = 4;
-    Access_Type = RW;
-    Squash = No_Root_Squash;
-    SecType = sys;
-    # Tests change the exported directory behind the server's back: no attribute caching.
-    Attr_Expiration_Time = 0;
-    CLIENT {{
-        Clients = {HOST};
-        Protocols = 4;
-        Access_Type = RW;
-    }}
-    FSAL {{
-        Name = VFS;
-    }}
-}}
-MDCACHE {{
-    # ... nor directory listings: no dirent cache, every READDIR reads the directory.
-    Dir_Chunk = 0;
-}}
-LOG {{
-    Default_Log_Level = EVENT;
-    COMPONENTS {{
-        # nfs-rs keeps asking for pNFS layouts (thousands for a 64 MiB file), which FSAL VFS
-        # refuses with a WARN line each time.
-        PNFS = CRIT;
-    }}
-}}
-"""
+    """attachfs's own configuration (virt/ganesha.py) with one export of export/ to
+    127.0.0.1, read-write."""
+    client = Client(HOST, "harness", "export", read_only=False)
+    return ganesha_conf(directory, port, [Export(1, str(directory / "export"), EXPORT_PSEUDO,
+                                                 (client,))])
 
 
 class GaneshaServer:

@@ -4,6 +4,9 @@ changes; mount_info; the metadata devices' extension keys; the config drive's ex
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -61,24 +64,31 @@ def test_transport_needs_the_extension_and_a_known_value(client: TestClient,
     assert _rows(parts) == []
 
 
-def test_a_transport_the_host_does_not_offer_is_409(tmp_path: Any) -> None:
+@contextmanager
+def _configured(tmp_path: Path, **settings: object) -> Iterator[tuple[TestClient, Parts]]:
+    """An app on its own config (SQLite) with `settings` (dotted keys) over the defaults."""
     config = load_config(None, {"state_dir": str(tmp_path / "state"),
-                                "images.dir": str(make_image_dir(tmp_path)),
-                                "agent.share_transports": ["virtiofs", "nfs"]})
+                                "images.dir": str(make_image_dir(tmp_path)), **settings})
     parts = open_parts(config)
     try:
         with TestClient(build_api(parts)) as client:
             client.headers.update({"X-Auth-Token": "alice:p1", **EXT})
-            sid = _stopped(client, parts)
-            share = create_share(client)
-            r = _attach(client, sid, share["id"], transport="9p")
-            assert r.status_code == 409, r.text
-            assert r.json()["conflictingRequest"]["message"] == (
-                "Transport 9p is not available on this host (it offers: nfs, virtiofs).")
-            assert _rows(parts) == []
+            yield client, parts
     finally:
         parts.db.dispose()
         parts.builtin.volumes.unmount_all()
+
+
+def test_a_transport_the_host_does_not_offer_is_409(tmp_path: Path) -> None:
+    with _configured(tmp_path, **{"agent.share_transports": ["virtiofs", "nfs"]}) as (
+            client, parts):
+        sid = _stopped(client, parts)
+        share = create_share(client)
+        r = _attach(client, sid, share["id"], transport="9p")
+        assert r.status_code == 409, r.text
+        assert r.json()["conflictingRequest"]["message"] == (
+            "Transport 9p is not available on this host (it offers: nfs, virtiofs).")
+        assert _rows(parts) == []
 
 
 def test_9p_on_a_running_server_is_409_both_ways(client: TestClient, parts: Parts) -> None:
@@ -127,20 +137,11 @@ def test_containers_take_bind_and_vms_never(client: TestClient, parts: Parts) ->
     assert info["target"] == f"/mnt/{a['id']}" and info["options"] == "rw,nosuid,nodev"
 
 
-def test_the_operator_default(tmp_path: Any) -> None:
-    config = load_config(None, {"state_dir": str(tmp_path / "state"),
-                                "images.dir": str(make_image_dir(tmp_path)),
-                                "agent.share_transport": "9p"})
-    parts = open_parts(config)
-    try:
-        with TestClient(build_api(parts)) as client:
-            client.headers.update({"X-Auth-Token": "alice:p1", **EXT})
-            sid = _stopped(client, parts)
-            share = create_share(client)
-            assert _attach(client, sid, share["id"]).json()["share"]["transport"] == "9p"
-    finally:
-        parts.db.dispose()
-        parts.builtin.volumes.unmount_all()
+def test_the_operator_default(tmp_path: Path) -> None:
+    with _configured(tmp_path, **{"agent.share_transport": "9p"}) as (client, parts):
+        sid = _stopped(client, parts)
+        share = create_share(client)
+        assert _attach(client, sid, share["id"]).json()["share"]["transport"] == "9p"
 
 
 def test_mount_info(client: TestClient, parts: Parts) -> None:
@@ -187,3 +188,20 @@ def test_metadata_devices_say_how_only_when_asked(client: TestClient, parts: Par
     assert "attachfs:fstype" not in files["openstack/latest/meta_data.json"].decode()
     extended = json.loads(files["attachfs/meta_data.json"])
     assert extended["devices"][0]["attachfs:fstype"] == "9p"
+
+
+def test_direct_needs_a_builtin_nfs_share(client: TestClient, parts: Parts) -> None:
+    sid = _stopped(client, parts)
+    local = create_share(client)
+    r = _attach(client, sid, local["id"], transport="direct")
+    assert r.status_code == 409, r.text
+    assert r.json()["conflictingRequest"]["message"] == (
+        f"Transport direct needs a share served over NFS by this host (a built-in share of "
+        f"protocol NFS); share {local['id']} is not one.")
+    r = client.post("/share/v2/shares", headers={"X-OpenStack-Manila-API-Version": "2.98"},
+                    json={"share": {"share_proto": "NFS", "size": 1}})
+    nfs = r.json()["share"]["id"]
+    assert _attach(client, sid, nfs, transport="direct").status_code == 201
+    info = client.get(f"/v2.1/servers/{sid}/shares/{nfs}/mount_info").json()["mount_info"]
+    assert (info["fstype"], info["source"]) == ("nfs4", f"169.254.169.254:/share-{nfs}")
+    assert _rows(parts) == [(nfs, "direct")]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,8 +15,8 @@ import pytest
 from harness.process import free_port, wait_for
 from harness.serve import IMAGES_DIR, Serve
 
-__all__ = ["GUEST_TEST", "IMAGES_DIR", "TEST_STATE", "Serve", "crash_after", "free_port",
-           "serving", "wait_for"]
+__all__ = ["GUEST_TEST", "IMAGES_DIR", "TEST_STATE", "Serve", "console_on_failure",
+           "crash_after", "free_port", "serving", "wait_for"]
 
 TEST_STATE = Path("/var/lib/attachfs/test-state")
 # The marks of a test that boots a real guest (a module's `pytestmark`): under CI=true a
@@ -37,6 +38,18 @@ def serving(config: str = "", prefix: str = "") -> Iterator[Serve]:
         yield s
     finally:
         s.cleanup()
+
+
+@contextmanager
+def console_on_failure(serve: Serve) -> Iterator[None]:
+    """On a failure, the ends of the guests' consoles and serve's log go to the test output."""
+    try:
+        yield
+    except BaseException:
+        for log in sorted(serve.state_dir.rglob("*.log")):
+            with contextlib.suppress(OSError):
+                print(f"---- {log}\n{log.read_text(errors='replace')[-3000:]}")
+        raise
 
 
 def crash_after(serve: Serve, point: str, request: Callable[[], object]) -> None:

@@ -12,14 +12,13 @@ runs, through the compute API, and checked from inside the container as its root
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import subprocess
 import time
 from pathlib import Path
 
 from harness.process import wait_for
-from tests.vm.harness import GUEST_TEST, Serve, serving
+from tests.vm.harness import GUEST_TEST, Serve, console_on_failure, serving
 
 pytestmark = GUEST_TEST
 EXT = {"OpenStack-API-Version": "compute 2.97, attachfs 1.3"}
@@ -47,14 +46,8 @@ def mounts(serve: Serve, sid: str) -> dict[str, str]:
 
 
 def test_container_server_with_shares(tmp_path: Path) -> None:
-    with serving(config=CONFIG, prefix="lxc-") as serve:
-        try:
-            _body(serve, tmp_path)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                for f in serve.state_dir.rglob("*.log"):
-                    print(f.read_text()[-3000:])
-            raise
+    with serving(config=CONFIG, prefix="lxc-") as serve, console_on_failure(serve):
+        _body(serve, tmp_path)
 
 
 def _body(serve: Serve, tmp_path: Path) -> None:

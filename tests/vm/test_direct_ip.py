@@ -6,11 +6,10 @@ writes; detaching one guest revokes its rule while the other keeps working."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 from attachfs.virt.ganesha import HostNfsServer
-from tests.vm.harness import GUEST_TEST, Serve, serving, wait_for
+from tests.vm.harness import GUEST_TEST, Serve, console_on_failure, serving, wait_for
 from tests.vm.test_nfs_transport import boot, nfs_mounts
 from tests.vm.test_transports import EXT, Guest, data_both_ways
 
@@ -25,14 +24,8 @@ def try_mount(guest: Guest, source: str) -> str:
 
 
 def test_direct_ip_to_a_builtin_nfs_share() -> None:
-    with serving(prefix="direct-") as serve:
-        try:
-            _body(serve)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                for f in serve.state_dir.rglob("*.log"):
-                    print(f, f.read_text()[-3000:])
-            raise
+    with serving(prefix="direct-") as serve, console_on_failure(serve):
+        _body(serve)
 
 
 def _body(serve: Serve) -> None:

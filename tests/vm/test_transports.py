@@ -14,8 +14,6 @@ looked at in the share's own directory. Covered:
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import os
 import stat
 import time
@@ -23,47 +21,14 @@ import uuid
 from pathlib import Path
 
 from attachfs.storage import mountinfo
-from tests.vm.harness import GUEST_TEST, Serve, serving, wait_for
+from harness.guest_shell import GuestShell, user_data
+from tests.vm.harness import GUEST_TEST, Serve, console_on_failure, serving, wait_for
 
 pytestmark = GUEST_TEST
 EXT = {"OpenStack-API-Version": "compute 2.97, attachfs 1.3"}
 
-# Runs /mnt/ctl/cmd/<n>.sh as root when it appears; its output and status go to /mnt/ctl/out/<n>.
-GUEST_RUNNER = r"""#!/bin/sh
-(
-  while true; do
-    for c in /mnt/ctl/cmd/*.sh; do
-      [ -f "$c" ] || continue
-      n=$(basename "$c" .sh)
-      sh "$c" > "/mnt/ctl/out/$n.tmp" 2>&1
-      echo "exit=$?" >> "/mnt/ctl/out/$n.tmp"
-      mv "/mnt/ctl/out/$n.tmp" "/mnt/ctl/out/$n"
-      rm -f "$c"
-    done
-    sleep 0.2
-  done
-) </dev/null >/dev/console 2>&1 &
-echo "runner started"
-"""
-
-
-class Guest:
-    """Commands run as root in the guest, through the control share."""
-
-    def __init__(self, ctl: Path) -> None:
-        self.ctl = ctl
-        (ctl / "cmd").mkdir(exist_ok=True)
-        (ctl / "out").mkdir(exist_ok=True)
-
-    def run(self, script: str, timeout: float = 60) -> str:
-        n = uuid.uuid4().hex[:12]
-        tmp = self.ctl / "cmd" / f".{n}"
-        tmp.write_text(script)
-        tmp.rename(self.ctl / "cmd" / f"{n}.sh")
-        out = self.ctl / "out" / n
-        wait_for(f"the guest to run {script.splitlines()[0]!r}", out.exists, timeout,
-                 interval=0.1)
-        return out.read_text()
+GUEST_RUNNER = user_data("ctl")
+Guest = GuestShell
 
 
 def attach(serve: Serve, sid: str, share_id: str, tag: str, transport: str | None = None,
@@ -167,14 +132,8 @@ def share_mount_options(path: Path) -> frozenset[str]:
 
 
 def test_virtiofs_and_9p_from_inside_one_guest(tmp_path: Path) -> None:
-    with serving(prefix="transports-") as serve:
-        try:
-            _body(serve, tmp_path)
-        except BaseException:  # the guest's console says what it saw
-            with contextlib.suppress(Exception):
-                for f in serve.state_dir.rglob("*.log"):
-                    print(f.read_text()[-4000:])
-            raise
+    with serving(prefix="transports-") as serve, console_on_failure(serve):
+        _body(serve, tmp_path)
 
 
 def _body(serve: Serve, tmp_path: Path) -> None:
@@ -187,10 +146,9 @@ def _body(serve: Serve, tmp_path: Path) -> None:
     p9, p9_dir = serve.new_share("p9")
     p9ro, p9ro_dir = serve.new_share("p9ro")
     vro, vro_dir = serve.new_share("vro")
-    user_data = base64.b64encode(GUEST_RUNNER.encode()).decode()
     r = serve.http.post("/v2.1/servers", json={"server": {
         "name": "transports", "flavorRef": "2", "imageRef": "debian-busybox",
-        "user_data": user_data}})
+        "user_data": GUEST_RUNNER}})
     assert r.status_code == 202, r.text
     sid = str(r.json()["server"]["id"])
     serve.wait_status(sid, "ACTIVE")

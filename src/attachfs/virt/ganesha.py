@@ -56,7 +56,8 @@ class Export:
     clients: tuple[Client, ...]
 
 
-def _conf(directory: Path, port: int, exports: list[Export]) -> str:
+def ganesha_conf(directory: Path, port: int, exports: list[Export]) -> str:
+    """A whole NFSv4-only, loopback-only, graceless configuration (also harness/ganesha.py's)."""
     blocks = []
     for e in sorted(exports, key=lambda x: x.export_id):
         clients = "\n".join(
@@ -152,7 +153,7 @@ class HostNfsServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         exports = [e for e in exports if e.clients]  # an export nobody may mount goes
         for name, text in (("exports.json", json.dumps([asdict(e) for e in exports])),
-                           ("ganesha.conf", _conf(self.dir, self.port, exports))):
+                           ("ganesha.conf", ganesha_conf(self.dir, self.port, exports))):
             tmp = self.dir / f".{name}.tmp"
             tmp.write_text(text)
             tmp.replace(self.dir / name)
