@@ -1,7 +1,7 @@
 """Benchmark of share attachments (compute API 2.97) against the floor of this machine.
 
     .venv/bin/python -m bench [--quick] [--json FILE] [--no-postgres] [--no-vm]
-                              [--no-datapath]                                   (make bench)
+                              [--no-datapath] [--no-transports]                 (make bench)
 
 1. attach/detach cycles through a real `attachfs serve` (embedded SQLite, in-process agent,
    libvirt) on a stopped server that booted a real guest (`attach.py`);
@@ -15,7 +15,10 @@
    (`power.py`);
 6. guest write/read throughput through a built-in, a CephFS (throw-away Ceph) and an NFS
    (throw-away NFS-Ganesha) share, beside the host's own through the same clients
-   (`datapath.py`).
+   (`datapath.py`);
+7. the same sequential and random I/O through virtio-fs, 9p and NFS from the host's Ganesha in
+   one guest, against the host on the same shares and the guest's own tmpfs, and the guest's
+   tmpfs against the host's (what TCG costs) (`transports.py`).
 
 Figures are printed (and written with --json), never asserted (`report.py`). The serve is
 driven through the harness the vm tests use (`harness/`). Not part of the runtime package:

@@ -87,6 +87,7 @@ def build_agent(parts: Parts) -> Agent:
                         MetadataLimits.from_config(config.metadata)),
         make_notifier(config),
         guest_address=nfs.address if nfs is not None else None,
+        release_guest=nfs.release if nfs is not None else None,
     )
     return Agent(Reconciler(config, parts.db, attachments, lambda: load_images(config.images_dir),
                             crash_after=crash_point()))

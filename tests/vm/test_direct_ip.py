@@ -68,6 +68,17 @@ def _body(serve: Serve) -> None:
     assert "from-guest" in out and "write=0" not in out, out  # its rule is read-only
     assert sorted(c.server for c in nfs.exports()[0].clients) == sorted([a, b])
 
+    # a stop and start of A keeps its address, hence its rule and its client
+    before = [c.address for c in nfs.exports()[0].clients if c.server == a]
+    assert serve.action(a, {"os-stop": None}).status_code == 202
+    serve.wait_status(a, "SHUTOFF")
+    assert [c.server for c in nfs.exports()[0].clients] == [b]
+    assert serve.action(a, {"os-start": None}).status_code == 202
+    serve.wait_status(a, "ACTIVE")
+    serve.wait_console(a, "runner started")
+    wait_for("A's mount again", lambda: nfs_mounts(guest_a).get("/mnt/direct"), 90)
+    assert [c.address for c in nfs.exports()[0].clients if c.server == a] == before
+
     # detach from A: its rule goes, B keeps the share
     assert serve.http.delete(f"/v2.1/servers/{a}/shares/{share}").status_code == 200
     wait_for("A's attachment gone", lambda: serve.mapping(a, share) is None, 90)

@@ -42,13 +42,20 @@ class Attachments:
                  connectors: dict[str, HostConnector], virt: VirtDriver,
                  metadata: MetadataSockets, notifier: Notifier,
                  mounts: MountTable | None = None,
-                 guest_address: Callable[[str], str] | None = None) -> None:
+                 guest_address: Callable[[str], str] | None = None,
+                 release_guest: Callable[[str], None] | None = None) -> None:
         self.config, self.db, self.provider = config, db, provider
         self.connectors, self.virt, self.metadata = connectors, virt, metadata
         self.notifier = notifier
         self.mounts: MountTable = mounts if mounts is not None else KernelMounts()
         self.host = config.agent.host
         self._guest_address = guest_address
+        self._release_guest = release_guest
+
+    def release_guest(self, server_uuid: str) -> None:
+        """The server is deleted: what the host kept for it across stops (its NFS address)."""
+        if self._release_guest is not None:
+            self._release_guest(server_uuid)
 
     def grantee(self, m: ShareMapping) -> str:
         """Who an attachment's access rule is for: this host, which mounts the share; for

@@ -132,6 +132,7 @@ class ServerSteps:
             self.console_log(uuid).unlink(missing_ok=True)
             self.config_drive_path(uuid).unlink(missing_ok=True)
             shutil.rmtree(self.container_metadata_path(uuid), ignore_errors=True)
+            self.a.release_guest(uuid)
             log.info("server %s: deleted", uuid)
         elif step.force:
             log.warning("server %s: its guest is not running although the server is ACTIVE; "

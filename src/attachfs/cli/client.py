@@ -283,7 +283,8 @@ def server_add_share(ctx: typer.Context, server: ServerRef, share: ShareRef,
                      read_only: Annotated[bool, typer.Option(
                          "--read-only", help="The guest may only read the share.")] = False,
                      transport: Annotated[str | None, typer.Option(
-                         help="virtiofs, 9p (stopped servers only) or nfs; default: the "
+                         help="virtiofs, 9p (stopped servers only), nfs or direct (a "
+                              "built-in NFS share the guest mounts itself); default: the "
                               "server's flavor, else the host's.")] = None,
                      wait: Wait = False, timeout: Timeout = 300.0,
                      fmt: Fmt = OutputFormat.table) -> None:

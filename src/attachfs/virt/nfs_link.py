@@ -4,7 +4,8 @@ The guest's network helper (virt/metadata_net.py) forwards the guest's TCP conne
 169.254.169.254:2049, and nothing else of NFS, to a unix socket of that guest's own
 (``[metadata dir]/nfs/<uuid>.sock``). Here, one listener per running guest on that socket
 relays each connection to the host's NFS-Ganesha on 127.0.0.1, connecting *from an address of
-127/8 that is this guest's alone* (127.77.x.y, kept in ``<dir>/<uuid>.addr``). Ganesha exports
+127/8 that is this server's alone* (127.77.x.y, kept in ``<dir>/<uuid>.addr`` until the server
+is deleted: access rules of transport direct name it, so it outlives a stop). Ganesha exports
 each share to exactly that address (virt/ganesha.py), so what a guest can mount is decided by
 which socket its packets arrived on, never by anything the guest sends: another guest on the
 same host reaches the same server from another address and sees none of these exports.
@@ -126,21 +127,19 @@ class NfsLinks:
                 w.close()
 
     def remove(self, uuid: str) -> None:
-        """The guest is gone: its listener, socket and address go."""
+        """The guest stopped: its listener and socket go (its address stays the server's)."""
         entry = self._listeners.pop(uuid, None)
         if entry is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(entry[1].close)
             entry[0].unlink(missing_ok=True)
+
+    def release(self, uuid: str) -> None:
+        """The server is deleted: its address is free again."""
+        self.remove(uuid)
         (self.dir / f"{uuid}.addr").unlink(missing_ok=True)
 
-    def has(self, uuid: str) -> bool:
-        return (self.dir / f"{uuid}.addr").exists()
-
-    def known(self) -> set[str]:
-        """Guests with an address (a link now or before an agent restart)."""
-        if not self.dir.is_dir():
-            return set()
-        return {p.stem for p in self.dir.glob("*.addr")}
+    def listening(self) -> set[str]:
+        return set(self._listeners)
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -55,8 +55,8 @@ class NfsTransport:
         return any(c.tag == tag for _, c in self.server.clients_of(uuid))
 
     def holds(self, uuid: str) -> bool:
-        """Anything of the guest's here: an export client, or its link."""
-        return self.links.has(uuid) or bool(self.server.clients_of(uuid))
+        """Anything of the running guest's here: an export client, or its link."""
+        return uuid in self.links.listening() or bool(self.server.clients_of(uuid))
 
     def devices(self, uuid: str) -> tuple[dict[str, Path], frozenset[str]]:
         """(tag -> what is exported, tags exported read-write) of the guest's live exports."""
@@ -67,15 +67,20 @@ class NfsTransport:
                 frozenset(c.tag for _, c in mine if not c.read_only))
 
     def forget(self, uuid: str) -> None:
-        """The guest is gone: its clients, exports only it had, and its link go."""
+        """The guest stopped: its clients, exports only it had, and its link go."""
         self.server.deny(uuid)
         self.links.remove(uuid)
+
+    def release(self, uuid: str) -> None:
+        """The server is deleted: its address too (access rules named it until now)."""
+        self.forget(uuid)
+        self.links.release(uuid)
 
     def tidy(self, running: set[str]) -> None:
         """Running guests keep (or get back, after an agent restart) their links; the exports
         and links of guests no longer running go."""
         exported = {c.server for e in self.server.exports() for c in e.clients}
-        for uuid in (exported | self.links.known()) - running:
+        for uuid in (exported | self.links.listening()) - running:
             self.forget(uuid)
-        for uuid in running & (exported | self.links.known()):
+        for uuid in running:  # listeners die with an agent restart: back for every guest
             self.link(uuid)
