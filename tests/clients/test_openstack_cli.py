@@ -26,12 +26,13 @@ from tests.vm.harness import IMAGES_DIR, Serve, free_port, serving, wait_for
 
 
 def _check_share_commands(cli: Cli, storage_root: Path) -> dict[str, Any]:
-    """share create / list / show, and the protocol refusal: the same with or without a guest."""
+    """share create / list / show, and the protocol refusal (built-in shares are LOCAL or NFS):
+    the same with or without a guest."""
     share = cli.json("share", "create", "LOCAL", "1", "--name", "clishare")
     assert (share["name"], share["status"], share["share_proto"], share["size"]) == (
         "clishare", "available", "LOCAL", 1)
     assert (storage_root / share["id"]).is_dir()
-    err = cli.fails("share", "create", "NFS", "1", "--name", "nfsshare")
+    err = cli.fails("share", "create", "CEPHFS", "1", "--name", "cephshare")
     assert "protocol LOCAL" in err and "HTTP 400" in err
     listed = cli.json("share", "list")
     assert [(s["ID"], s["Name"], s["Share Proto"], s["Status"]) for s in listed] == [
