@@ -89,6 +89,10 @@ class AgentConfig(_Section):
     retry_base: float = Field(default=1.0, gt=0)
     retry_cap: float = Field(default=60.0, gt=0)
     retry_attempts: int = Field(default=8, ge=1, le=100)
+    # The host's heartbeat: written every heartbeat_interval s; the API shows the host down
+    # once its last one is older than down_after s (the compute service's service_down_time).
+    heartbeat_interval: float = Field(default=10.0, gt=0)
+    down_after: float = Field(default=60.0, gt=0)
     # How this host hands shares to guests (docs/transports.md): the transports it offers,
     # and the one an attachment gets when neither the attach body nor the server's flavor
     # names one. virtiofs: hot-pluggable; 9p: at boot only (no hot plug with QEMU 7.2); nfs:

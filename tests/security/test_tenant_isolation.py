@@ -29,7 +29,14 @@ WRITES = {"POST", "PUT", "DELETE", "PATCH"}
 
 # Path parameters naming something the owning project owns, and catalog ones (everyone's).
 OWNED = {"server_id", "share_id", "name", "request_id", "export_id"}
-CATALOG = {"flavor_id": "1", "image_id": IMAGE, "type_id": "default"}
+CATALOG = {"flavor_id": "1", "image_id": IMAGE, "type_id": "default", "service_id": "1",
+           "hypervisor_id": "1"}
+# The cloud's own resources (its compute hosts): administrators only, a 403 for everyone else.
+ADMIN_ONLY = ("/v2.1/os-services", "/v2.1/os-hypervisors")
+
+
+def admin_only(template: str) -> bool:
+    return template.startswith(ADMIN_ONLY)
 # A create keyed by a name in the path: another project using that name simply creates its own.
 CREATE_BY_NAME = {("PUT", "/v2.1/os-filesystem/{name}")}
 BODIES: dict[tuple[str, str], list[Any]] = {
@@ -44,6 +51,7 @@ BODIES: dict[tuple[str, str], list[Any]] = {
     ("PUT", "/v2.1/os-filesystem/{name}"): [{"fs_entry": {"size": 1}}],
     ("POST", "/share/v2/shares"): [{"share": {"share_proto": "LOCAL", "size": 1,
                                               "name": "made"}}],
+    ("PUT", "/v2.1/os-services/{service_id}"): [{"status": "disabled"}],
 }
 
 
@@ -125,7 +133,9 @@ def test_another_project_sees_nothing_and_changes_nothing(client: TestClient,
         r = _request(client, method, template, owned, body, OTHER)
         where = f"{method} {template} {body}: {r.status_code} {r.text[:300]}"
         assert r.status_code < 500, where
-        if (method, template) in CREATE_BY_NAME:
+        if admin_only(template):
+            assert r.status_code == 403 and "forbidden" in r.json(), where
+        elif (method, template) in CREATE_BY_NAME:
             assert r.status_code == 201 and r.json()["fs_entry"]["project"] == "p2", where
             assert owned["share_id"] not in r.text, where
             # gone again, so the name stays p1's alone for the routes that follow
@@ -157,7 +167,7 @@ def test_reader_reads_and_never_writes(client: TestClient, parts: Parts) -> None
     for method, template, body in _cases(client):
         r = _request(client, method, template, owned, body, READER)
         where = f"{method} {template} {body}: {r.status_code} {r.text[:300]}"
-        if method in WRITES:
+        if method in WRITES or admin_only(template):
             assert r.status_code == 403 and "forbidden" in r.json(), where
         else:
             assert 200 <= r.status_code < 300, where
@@ -173,9 +183,12 @@ def test_member_of_the_owning_project_may(client: TestClient, parts: Parts) -> N
         if method in WRITES:
             continue
         r = _request(client, method, template, owned, body, MEMBER)
+        if admin_only(template):
+            assert r.status_code == 403, f"{method} {template}: {r.status_code} {r.text}"
+            continue
         assert 200 <= r.status_code < 300, f"{method} {template}: {r.status_code} {r.text}"
     for method, template, body in _cases(client):
-        if method not in WRITES:
+        if method not in WRITES or admin_only(template):
             continue
         r = _request(client, method, template, world(client, parts), body, MEMBER)
         where = f"{method} {template} {body}: {r.status_code} {r.text[:300]}"

@@ -69,6 +69,14 @@ def _body(serve: Serve, tmp_path: Path) -> None:
     print(f"\ncontainer server ACTIVE in {time.monotonic() - t0:.2f} s")
     serve.wait_console(sid, "user-data-ran-in-the-container", 30)
 
+    # the agent registered its host: one compute service, up, that runs containers
+    admin = {"X-Auth-Token": "admin:admin", "OpenStack-API-Version": "compute 2.53"}
+    services = serve.http.get("/v2.1/os-services", headers=admin).json()["services"]
+    assert [(s["binary"], s["state"], s["status"]) for s in services] == [
+        ("nova-compute", "up", "enabled")]
+    (hyp,) = serve.http.get("/v2.1/os-hypervisors/detail", headers=admin).json()["hypervisors"]
+    assert hyp["hypervisor_version"] >= 7_000_000 and hyp["running_vms"] == 1, hyp
+
     # a VM transport on a container: 409, nothing recorded
     r = serve.http.post(f"/v2.1/servers/{sid}/shares", headers=EXT,
                         json={"share": {"share_id": data, "transport": "virtiofs"}})

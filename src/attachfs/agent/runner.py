@@ -21,11 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from attachfs.agent import hosts
 from attachfs.agent.health import AgentHealth, register
 from attachfs.agent.orphans import kill_orphaned_virtiofsd
 from attachfs.agent.reconciler import Next, PassResult, Reconciler
 from attachfs.core.model import AttachmentStatus, VmState
-from attachfs.db.tables import Server, ShareMapping
+from attachfs.db.tables import Host, Server, ShareMapping
 from attachfs.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -225,14 +226,37 @@ class Agent:
             log.error("%s unavailable while %s: %s (retrying)", what, doing, exc)
         dependency.failed(f"{type(exc).__name__}: {exc}")
 
+    # ---- the host's registration ---------------------------------------------------------------
+    def _register(self) -> None:
+        try:
+            hosts.register(self.r.db, self.config)
+        except SQLAlchemyError as exc:  # the heartbeat registers it once the database is back
+            self._dependency_failed("database", "registering the host", exc)
+
+    def _beat(self) -> None:
+        try:
+            if not self._registered():
+                hosts.register(self.r.db, self.config)
+            hosts.heartbeat(self.r.db, self.r.host)
+        except SQLAlchemyError as exc:
+            self._dependency_failed("database", "writing the host's heartbeat", exc)
+
+    def _registered(self) -> bool:
+        with self.r.db.read() as s:
+            return s.scalar(select(Host.id).where(Host.name == self.r.host)) is not None
+
     # ---- loop ----------------------------------------------------------------------------------
     def run(self) -> None:
         log.info("agent for host %s starting", self.r.host)
+        self._register()
         self.r.virt.watch(self.guest_changed)
         self.repair()
-        last_repair = time.monotonic()
+        last_repair = last_beat = time.monotonic()
         while not self._stop.is_set():
             self._poll()
+            if time.monotonic() - last_beat > self.config.agent.heartbeat_interval:
+                last_beat = time.monotonic()
+                self._beat()
             if (self._repair_now.is_set()
                     or time.monotonic() - last_repair > self.config.agent.resync_interval):
                 self._repair_now.clear()

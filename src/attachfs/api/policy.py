@@ -34,6 +34,11 @@ _RULES: list[tuple[str, str, str]] = [
     ("os_compute_api:servers:stop", PROJECT_MEMBER_OR_ADMIN, "Stop a server"),
     ("os_compute_api:servers:reboot", PROJECT_MEMBER_OR_ADMIN, "Reboot a server"),
     ("os_compute_api:os-console-output", PROJECT_MEMBER_OR_ADMIN, "Read the serial console"),
+    ("os_compute_api:os-services:list", ADMIN, "List compute hosts as services"),
+    ("os_compute_api:os-services:update", ADMIN, "Disable, enable or force down a host"),
+    ("os_compute_api:os-hypervisors:list", ADMIN, "List hypervisors"),
+    ("os_compute_api:os-hypervisors:list-detail", ADMIN, "List hypervisors with details"),
+    ("os_compute_api:os-hypervisors:show", ADMIN, "Show a hypervisor"),
     ("os_compute_api:os-instance-actions:list", PROJECT_READER_OR_ADMIN, "List actions"),
     ("os_compute_api:os-instance-actions:show", PROJECT_READER_OR_ADMIN, "Show an action"),
     # actions attachfs does not carry out (core/handlers/servers.py): the compute service's

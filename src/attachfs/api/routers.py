@@ -7,6 +7,7 @@ from attachfs.api import (
     catalog,
     filesystems,
     health,
+    hosts,
     instance_actions,
     server_shares,
     servers,
@@ -18,6 +19,7 @@ ROUTERS: list[APIRouter] = [
     server_shares.router,
     filesystems.router,
     instance_actions.router,
+    hosts.router,  # os-services and os-hypervisors: the agents' hosts (admin)
     *shareservice.ROUTERS,  # the shared-file-system API for the built-in shares, at /share
     health.router,  # the agent's own view of its health (admin, read-only)
 ]

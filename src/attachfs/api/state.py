@@ -51,4 +51,5 @@ class ApiState:
                    default_transport=agent.share_transport,
                    containers=self.config.containers.enabled,
                    nfs_link=NfsLink(GUEST_NFS_ADDRESS, GUEST_NFS_PORT),
-                   container_layout=self.config.containers.mount_layout)
+                   container_layout=self.config.containers.mount_layout,
+                   down_after=agent.down_after)

@@ -104,3 +104,15 @@ class ShareRef:
 @dataclass(frozen=True)
 class DeleteShare(Command):
     ref: ShareRef
+
+
+# ---- hosts ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UpdateHost(Command):
+    """An admin's change to a compute host (os-services)."""
+
+    ref: str  # uuid, integer id or host name
+    not_found: str  # the 404, in the calling form's words
+    disabled: bool | None = None
+    reason: str | None = None
+    forced_down: bool | None = None

@@ -74,6 +74,39 @@ class BuiltinShareRecord(Protocol):
     protocol: str
 
 
+class HostRecord(Protocol):
+    id: int
+    uuid: str
+    name: str
+    storage_address: str
+    ceph_id: str
+    transports: list[str]
+    containers: bool
+    vcpus: int
+    memory_mib: int
+    hypervisor_type: str
+    hypervisor_version: int
+    disabled: bool
+    disabled_reason: str | None
+    forced_down: bool
+    started_at: dt.datetime
+    heartbeat_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class HostRepository(Protocol):
+    def all(self) -> list[HostRecord]: ...
+    def get(self, ref: str, *, lock: bool = False) -> HostRecord | None:
+        """By uuid, or by integer id (microversions before 2.53), or by name."""
+        ...
+    def usage(self) -> dict[str, tuple[int, int, int]]:
+        """host name -> (servers, vCPUs, MiB) of the servers placed there (not deleted)."""
+        ...
+    def now(self) -> dt.datetime:
+        """The clock heartbeats are written with (naive UTC)."""
+        ...
+
+
 class ActionRecord(Protocol):
     request_id: str
     instance_uuid: str
@@ -144,6 +177,8 @@ class Repositories(Protocol):
     def shares(self) -> BuiltinShareRepository: ...
     @property
     def actions(self) -> ActionRepository: ...
+    @property
+    def hosts(self) -> HostRepository: ...
 
     def flush(self) -> None: ...
 
@@ -199,3 +234,4 @@ class Env:
     nfs_link: NfsLink | None = None  # where guests reach this host's NFS server (transport nfs)
     containers: bool = False  # servers of a container flavor can run here
     container_layout: str = "mnt"  # where a container's shares appear ([containers])
+    down_after: float = 60.0  # s without a heartbeat before a host is down

@@ -3,6 +3,7 @@ table. They run inside a unit of work's session (db/uow.py) and never commit."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,8 +11,22 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from attachfs.core.model import ShareScope, VmState
-from attachfs.core.ports import ActionRecord, AttachmentRecord, BuiltinShareRecord, ServerRecord
-from attachfs.db.tables import InstanceAction, Server, Share, ShareAccess, ShareMapping, utcnow
+from attachfs.core.ports import (
+    ActionRecord,
+    AttachmentRecord,
+    BuiltinShareRecord,
+    HostRecord,
+    ServerRecord,
+)
+from attachfs.db.tables import (
+    Host,
+    InstanceAction,
+    Server,
+    Share,
+    ShareAccess,
+    ShareMapping,
+    utcnow,
+)
 
 
 class SqlServers:
@@ -150,3 +165,31 @@ class SqlActions:
 
     def finish(self, action: Any, result: str) -> None:
         action.result, action.finish_time = result, utcnow()
+
+
+class SqlHosts:
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def all(self) -> list[HostRecord]:
+        return list(self.s.scalars(select(Host).order_by(Host.id)))
+
+    def get(self, ref: str, *, lock: bool = False) -> HostRecord | None:
+        query = select(Host)
+        if ref.isdigit():
+            query = query.where(Host.id == int(ref))
+        else:
+            query = query.where((Host.uuid == ref) | (Host.name == ref))
+        if lock:
+            query = query.with_for_update()
+        return self.s.scalar(query)
+
+    def now(self) -> dt.datetime:
+        return utcnow()
+
+    def usage(self) -> dict[str, tuple[int, int, int]]:
+        rows = self.s.execute(select(Server.host, func.count(), func.sum(Server.vcpus),
+                                     func.sum(Server.memory_mib))
+                              .where(Server.vm_state != VmState.DELETED)
+                              .group_by(Server.host))
+        return {host: (int(n), int(cpus or 0), int(mem or 0)) for host, n, cpus, mem in rows}

@@ -177,3 +177,29 @@ class ShareServiceLock(Base):
     share_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     holder: Mapped[str | None] = mapped_column(String(255), nullable=True)  # host, for debugging
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Host(Base):
+    """A compute host: its agent registers it at start and heartbeats (agent/hosts.py); the API
+    shows it as the compute service's os-services and os-hypervisors (api/hosts.py)."""
+
+    __tablename__ = "hosts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    storage_address: Mapped[str] = mapped_column(String(64), default="")
+    ceph_id: Mapped[str] = mapped_column(String(255), default="")
+    # what it can do: share transports (core.rules.Transport) and whether it runs containers
+    transports: Mapped[list[str]] = mapped_column(JSON, default=list)
+    containers: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    vcpus: Mapped[int] = mapped_column(Integer, default=0)
+    memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    hypervisor_type: Mapped[str] = mapped_column(String(32), default="QEMU")
+    hypervisor_version: Mapped[int] = mapped_column(Integer, default=0)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    disabled_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    forced_down: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from attachfs.db.engine import Database
-from attachfs.db.repositories import SqlActions, SqlAttachments, SqlServers, SqlShares
+from attachfs.db.repositories import SqlActions, SqlAttachments, SqlHosts, SqlServers, SqlShares
 from attachfs.errors import BadRequest, Duplicate, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class SqlRepositories:
         self.attachments = SqlAttachments(s)
         self.shares = SqlShares(s)
         self.actions = SqlActions(s)
+        self.hosts = SqlHosts(s)
 
     def flush(self) -> None:
         self.session.flush()

@@ -14,6 +14,7 @@ look-ups behind core/ports.py. Read handlers are in queries.py.
     DetachShare      attachments.detach_share
     CreateShare      shares.create_share         shares.py (built-in shares)
     DeleteShare      shares.delete_share
+    UpdateHost       hosts.update_host           hosts.py (os-services, os-hypervisors)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from attachfs.core import commands
-from attachfs.core.handlers import attachments, servers, shares
+from attachfs.core.handlers import attachments, hosts, servers, shares
 from attachfs.core.ports import Env, UnitOfWork
 
 HANDLERS: dict[type[commands.Command], Callable[[Any, UnitOfWork, Env], Any]] = {
@@ -36,6 +37,7 @@ HANDLERS: dict[type[commands.Command], Callable[[Any, UnitOfWork, Env], Any]] = 
     commands.DetachShare: attachments.detach_share,
     commands.CreateShare: shares.create_share,
     commands.DeleteShare: shares.delete_share,
+    commands.UpdateHost: hosts.update_host,
 }
 
 
