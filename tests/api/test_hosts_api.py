@@ -109,14 +109,14 @@ def test_legacy_service_actions(client: TestClient, parts: Parts) -> None:
 
 def test_hypervisors(client: TestClient, parts: Parts) -> None:
     _two_hosts(parts)
-    create_server(client)  # placed on this API's host
+    create_server(client)  # placed on one of the two (core/scheduler.py)
     listed = client.get("/v2.1/os-hypervisors", headers=v("2.53")).json()["hypervisors"]
     assert [(h["hypervisor_hostname"], h["state"], h["status"]) for h in listed] == [
         ("test-host", "up", "enabled"), ("h2", "up", "enabled")]
     assert set(listed[0]) == {"id", "hypervisor_hostname", "state", "status"}
     detail = client.get("/v2.1/os-hypervisors/detail", headers=v("2.53")).json()["hypervisors"]
-    assert (detail[0]["running_vms"], detail[0]["vcpus_used"], detail[0]["hypervisor_type"]) \
-        == (1, 1, "QEMU")
+    assert sum(h["running_vms"] for h in detail) == 1 == sum(h["vcpus_used"] for h in detail)
+    assert detail[0]["hypervisor_type"] == "QEMU"
     assert detail[0]["memory_mb"] > 0 and detail[0]["service"]["host"] == "test-host"
     new = client.get(f"/v2.1/os-hypervisors/{listed[1]['id']}", headers=v("2.88")).json()
     assert "running_vms" not in new["hypervisor"] and "uptime" in new["hypervisor"]
@@ -125,3 +125,29 @@ def test_hypervisors(client: TestClient, parts: Parts) -> None:
     assert client.get("/v2.1/os-hypervisors?hypervisor_hostname_pattern=zz",
                       headers=v("2.53")).status_code == 404
     assert client.get("/v2.1/os-hypervisors/9999", headers=v("2.53")).status_code == 404
+
+
+def test_placement(client: TestClient, parts: Parts) -> None:
+    """POST /servers picks an up, enabled host that can run it; none: ERROR, as the compute
+    service answers, and a delete that needs no agent."""
+    _two_hosts(parts)  # test-host runs containers, h2 does not
+
+    def placed(sid: str) -> tuple[str, str]:
+        body = client.get(f"/v2.1/servers/{sid}", headers=v("2.53")).json()["server"]
+        return body["OS-EXT-SRV-ATTR:host"], body["status"]
+
+    with parts.db.session() as s:
+        s.query(Host).filter_by(name="h2").one().memory_mib = 10 ** 7  # the most free memory
+    assert placed(create_server(client))[0] == "h2"
+    assert placed(create_server(client, flavorRef="c1.small"))[0] == "test-host"
+    sid = client.get("/v2.1/os-services?host=h2", headers=v("2.53")).json()["services"][0]["id"]
+    client.put(f"/v2.1/os-services/{sid}", headers=v("2.53"), json={"status": "disabled"})
+    assert placed(create_server(client))[0] == "test-host"
+    _age(parts, "test-host", 3600)
+    nowhere = create_server(client)
+    body = client.get(f"/v2.1/servers/{nowhere}", headers=v("2.53")).json()["server"]
+    assert body["status"] == "ERROR", body
+    assert body["fault"]["message"] == ("No valid host was found. Of 2 host(s): 1 down, "
+                                        "1 disabled."), body["fault"]
+    assert client.delete(f"/v2.1/servers/{nowhere}").status_code == 204
+    assert client.get(f"/v2.1/servers/{nowhere}").status_code == 404

@@ -14,11 +14,13 @@ from attachfs.core.commands import (
     UnavailableAction,
 )
 from attachfs.core.context import RequestContext
-from attachfs.core.flavors import find_flavor
+from attachfs.core.flavors import Flavor, find_flavor
 from attachfs.core.handlers.common import new_attachment, record_action, touch, visible_server
+from attachfs.core.hosts import host_state
 from attachfs.core.model import PowerIntent, TaskState, VmState, require_server_state
-from attachfs.core.ports import Env, ServerRecord, UnitOfWork
+from attachfs.core.ports import Env, Repositories, ServerRecord, UnitOfWork
 from attachfs.core.rules import ServerKind, Transport, choose_transport
+from attachfs.core.scheduler import Candidate, Needs, place
 from attachfs.errors import BadRequest, Conflict, NotFound
 
 RULE = "os_compute_api:servers:%s"
@@ -39,13 +41,20 @@ def create_server(cmd: CreateServer, uow: UnitOfWork, env: Env) -> ServerRecord:
     if any(env.images.image_id(ref) != image_id for ref in cmd.boot_image_refs):
         raise BadRequest("block_device_mapping_v2 must boot the image imageRef names")
     with uow.write() as repos:
+        host, no_host = _place(repos, env, flavor)
         server = repos.servers.add(
             uuid=str(uuidlib.uuid4()), name=cmd.name, project_id=ctx.project_id,
-            user_id=ctx.user_id, host=env.host, flavor_id=flavor.id, image_id=image_id,
+            user_id=ctx.user_id, host=host or "", flavor_id=flavor.id, image_id=image_id,
             vcpus=flavor.vcpus, memory_mib=flavor.ram_mib, vm_state=VmState.BUILDING,
             task_state=TaskState.SPAWNING, power_intent=PowerIntent.ON,
             user_data=cmd.user_data, meta=cmd.metadata, generation=1,
             config_drive=cmd.config_drive, observed_generation=0)
+        if host is None:  # the compute service's answer: the server exists, in ERROR
+            server.vm_state, server.task_state = VmState.ERROR, None
+            server.power_intent, server.fault_message = PowerIntent.OFF, no_host
+            server.observed_generation = server.generation
+            record_action(repos, server.uuid, "create", ctx)
+            return server
         repos.flush()
         for row in repos.shares.project_scoped(ctx.project_id):
             share = env.builtin.info(row)  # seed 003: project shares reach every new server
@@ -54,6 +63,20 @@ def create_server(cmd: CreateServer, uow: UnitOfWork, env: Env) -> ServerRecord:
         record_action(repos, server.uuid, "create", ctx)
     env.wake_agent()
     return server
+
+
+def _place(repos: Repositories, env: Env, flavor: Flavor) -> tuple[str | None, str]:
+    """The host the new server runs on (core/scheduler.py), or (None, why not)."""
+    hosts = repos.hosts.all()
+    if not hosts:
+        return env.host, ""
+    usage, now = repos.hosts.usage(), repos.hosts.now()
+    candidates = [Candidate(
+        h.name, host_state(h.heartbeat_at, h.forced_down, now, env.down_after) == "up",
+        not h.disabled, h.containers, frozenset(h.transports), h.memory_mib,
+        usage.get(h.name, (0, 0, 0))[2], usage.get(h.name, (0, 0, 0))[0]) for h in hosts]
+    return place(candidates, Needs(flavor.ram_mib, flavor.kind == ServerKind.CONTAINER,
+                                   flavor.share_transport))
 
 
 def _power_change(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: str,
@@ -88,7 +111,10 @@ def delete_server(cmd: DeleteServer, uow: UnitOfWork, env: Env) -> None:
     with uow.write() as repos:
         server = visible_server(repos, cmd.server_id, cmd.ctx, lock=True)
         env.policy.authorize(RULE % "delete", cmd.ctx, server.project_id)
-        if server.task_state != TaskState.DELETING:  # a repeated DELETE changes nothing
+        if not server.host:  # never placed (no valid host): nothing exists anywhere
+            server.vm_state, server.task_state = VmState.DELETED, None
+            record_action(repos, server.uuid, "delete", cmd.ctx)
+        elif server.task_state != TaskState.DELETING:  # a repeated DELETE changes nothing
             server.task_state, server.power_intent = TaskState.DELETING, PowerIntent.OFF
             touch(server)
             record_action(repos, server.uuid, "delete", cmd.ctx)
