@@ -92,6 +92,9 @@ class AgentConfig(_Section):
     # The host's heartbeat: written every heartbeat_interval s; the API shows the host down
     # once its last one is older than down_after s (the compute service's service_down_time).
     heartbeat_interval: float = Field(default=10.0, gt=0)
+    # On PostgreSQL the API rings the agents after each change (LISTEN/NOTIFY): while the
+    # agent listens, its own look for work runs only every listen_poll_interval s.
+    listen_poll_interval: float = Field(default=30.0, gt=0)
     down_after: float = Field(default=60.0, gt=0)
     # How this host hands shares to guests (docs/transports.md): the transports it offers,
     # and the one an attachment gets when neither the attach body nor the server's flavor

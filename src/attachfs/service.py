@@ -18,6 +18,7 @@ from attachfs.api.app import ApiState, create_app
 from attachfs.api.auth import make_authenticator
 from attachfs.api.policy import PolicyEnforcer
 from attachfs.config import Config
+from attachfs.db import doorbell
 from attachfs.db.engine import Database, migrate
 from attachfs.metadata.sockets import MetadataLimits, MetadataSockets
 from attachfs.notify.base import make_notifier
@@ -55,8 +56,13 @@ def open_parts(config: Config) -> Parts:
 
 
 def build_api(parts: Parts, wake: Callable[[], None] = lambda: None) -> FastAPI:
+    """`wake`: this process's agent, if any; on PostgreSQL every other agent is rung too."""
+    def wake_agents() -> None:
+        wake()
+        doorbell.ring(parts.db)
+
     state = ApiState(parts.config, parts.db, parts.provider, parts.builtin,
-                     PolicyEnforcer(parts.config.api.policy_file), wake,
+                     PolicyEnforcer(parts.config.api.policy_file), wake_agents,
                      make_authenticator(parts.config))
     return create_app(state)
 
@@ -127,7 +133,8 @@ def serve(config: Config) -> None:
 
 
 def run_api(config: Config) -> None:
-    """The API alone: agents on the compute hosts find its changes by polling the database."""
+    """The API alone: agents on the compute hosts are rung after each change (PostgreSQL) and
+    look by themselves every so often."""
     configure_logging(config)
     parts = open_parts(config)
     host, port = config.listen_address()

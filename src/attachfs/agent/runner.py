@@ -26,6 +26,7 @@ from attachfs.agent.health import AgentHealth, register
 from attachfs.agent.orphans import kill_orphaned_virtiofsd
 from attachfs.agent.reconciler import Next, PassResult, Reconciler
 from attachfs.core.model import AttachmentStatus, VmState
+from attachfs.db import doorbell
 from attachfs.db.tables import Host, Server, ShareMapping
 from attachfs.errors import BackendError
 
@@ -46,6 +47,7 @@ class Agent:
         self.health = AgentHealth(reconciler.host)
         register(self.health)
         self._wake = threading.Event()
+        self._rung = threading.Event()  # a look for work is asked (else: every poll interval)
         self._stop = threading.Event()
         self._repair_now = threading.Event()  # hypervisor events may have been missed
         self._lock = threading.Lock()
@@ -58,6 +60,8 @@ class Agent:
         self._pool = ThreadPoolExecutor(self.config.agent.workers, thread_name_prefix="reconcile")
 
     def wake(self) -> None:
+        """Desired state changed (the API, in this process or by the doorbell): look now."""
+        self._rung.set()
         self._wake.set()
 
     def guest_changed(self, uuid: str | None) -> None:
@@ -249,11 +253,22 @@ class Agent:
     def run(self) -> None:
         log.info("agent for host %s starting", self.r.host)
         self._register()
+        bell = doorbell.Listener(self.r.db, self.wake) if doorbell.listens(self.r.db) else None
+        if bell is not None:
+            bell.start()
         self.r.virt.watch(self.guest_changed)
         self.repair()
-        last_repair = last_beat = time.monotonic()
+        last_repair = last_beat = last_poll = time.monotonic()
         while not self._stop.is_set():
-            self._poll()
+            # listening: look when rung (and every listen_poll_interval); else at every wake
+            listening = bell is not None and bell.listening.is_set()
+            poll_every = self.config.agent.listen_poll_interval if listening \
+                else self.config.agent.poll_interval
+            if not listening or self._rung.is_set() or \
+                    time.monotonic() - last_poll >= poll_every:
+                self._rung.clear()
+                last_poll = time.monotonic()
+                self._poll()
             if time.monotonic() - last_beat > self.config.agent.heartbeat_interval:
                 last_beat = time.monotonic()
                 self._beat()
@@ -264,9 +279,11 @@ class Agent:
                 last_repair = time.monotonic()
             for key in self._take_due():
                 self._pool.submit(self._run_one, key)
-            timeout = min(self.config.agent.poll_interval,
+            timeout = min(max(poll_every - (time.monotonic() - last_poll), 0.01),
                           max(self._next_due() - time.monotonic(), 0.01))
             self._wake.wait(timeout)
             self._wake.clear()
+        if bell is not None:
+            bell.stop()
         self._pool.shutdown(wait=True)
         log.info("agent stopped")

@@ -51,7 +51,7 @@ def show_host(uow: UnitOfWork, env: Env, ctx: RequestContext, rule: str, ref: st
 
 def update_host(cmd: UpdateHost, uow: UnitOfWork, env: Env) -> HostView:
     """Disable (with a reason), enable, or force down / up. A disabled host keeps its servers;
-    placement (a later issue's scheduler) sends no new ones there."""
+    placement (core/scheduler.py) sends no new ones there."""
     env.policy.authorize(SERVICES % "update", cmd.ctx, cmd.ctx.project_id)
     with uow.write() as repos:
         host = repos.hosts.get(cmd.ref, lock=True)
