@@ -36,6 +36,9 @@ class ApiConfig(_Section):
     # 409 unless the server is stopped.
     hot_plug: bool = True
     max_attachments_per_server: int = Field(default=32, ge=1, le=256)
+    # `attachfs api` only: processes sharing the port (uvicorn workers), nothing but the
+    # database between them; more than 1 wants PostgreSQL (docs/hosts.md).
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 class ServiceCredentials(_Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,13 +46,17 @@ class Parts:
     provider: ProviderChain
 
 
-def open_parts(config: Config) -> Parts:
+def open_parts(config: Config, prepare: bool = True) -> Parts:
+    """`prepare`: migrate the schema and mount the built-in shares (once per host: an API
+    worker of `attachfs api --workers N` finds them done by its parent)."""
     for path in (config.state_path, config.storage_root, config.mount_root, config.console_dir):
         private_dir(path)
-    migrate(config.db_url)
+    if prepare:
+        migrate(config.db_url)
     db = Database(config.db_url)
     builtin = LocalShareProvider(db, config.storage_root, config.storage.max_share_gib)
-    builtin.mount_all()
+    if prepare:
+        builtin.mount_all()
     return Parts(config, db, builtin, make_provider(config, builtin))
 
 
@@ -132,14 +137,33 @@ def serve(config: Config) -> None:
         agent.r.metadata.close()
 
 
+WORKER_CONFIG = "ATTACHFS_API_CONFIG"  # the configuration, as JSON, for each API worker
+
+
 def run_api(config: Config) -> None:
     """The API alone: agents on the compute hosts are rung after each change (PostgreSQL) and
-    look by themselves every so often."""
+    look by themselves every so often. `[api] workers` > 1: that many processes share the
+    port (uvicorn's workers) and nothing but the database."""
     configure_logging(config)
     parts = open_parts(config)
     host, port = config.listen_address()
-    log.info("attachfs API on http://%s:%d/v2.1 (no agent in this process)", host, port)
-    uvicorn.run(build_api(parts), host=host, port=port, log_level="warning")
+    workers = config.api.workers
+    log.info("attachfs API on http://%s:%d/v2.1 (%d process(es), no agent)", host, port,
+             workers)
+    if workers == 1:
+        uvicorn.run(build_api(parts), host=host, port=port, log_level="warning")
+        return
+    parts.db.dispose()
+    os.environ[WORKER_CONFIG] = config.model_dump_json()
+    uvicorn.run("attachfs.service:api_worker", factory=True, workers=workers, host=host,
+                port=port, log_level="warning")
+
+
+def api_worker() -> FastAPI:
+    """One worker of `attachfs api --workers N` (uvicorn calls it in each process)."""
+    config = Config.model_validate_json(os.environ[WORKER_CONFIG])
+    configure_logging(config)
+    return build_api(open_parts(config, prepare=False))
 
 
 def run_agent(config: Config) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -72,13 +72,15 @@ def serve(config: ConfigFile = None, state_dir: StateDir = None, listen: Listen 
 @handled
 def api_only(config: ConfigFile = None, state_dir: StateDir = None, listen: Listen = None,
              database_url: DbUrl = None, images_dir: ImagesDir = None,
-             log_level: LogLevel = None) -> None:
-    """Run only the compute API (several can share one database; agents poll it)."""
+             log_level: LogLevel = None,
+             workers: Annotated[int | None, typer.Option(
+                 help="API processes sharing the port (with PostgreSQL).")] = None) -> None:
+    """Run only the compute API (several processes can share one database)."""
     from attachfs import service
 
     _run_service(service.run_api, _config(config, {
         "state_dir": state_dir, "api.listen": listen, "database_url": database_url,
-        "images.dir": images_dir, "log_level": log_level}))
+        "images.dir": images_dir, "log_level": log_level, "api.workers": workers}))
 
 
 @handled
