@@ -151,3 +151,14 @@ def test_placement(client: TestClient, parts: Parts) -> None:
                                         "1 disabled."), body["fault"]
     assert client.delete(f"/v2.1/servers/{nowhere}").status_code == 204
     assert client.get(f"/v2.1/servers/{nowhere}").status_code == 404
+
+
+def test_garbage_ids_are_4xx(client: TestClient, parts: Parts) -> None:
+    _two_hosts(parts)
+    for junk in ("%00", "9" * 30, "x" * 2000, "%ff", "\u00b2"):  # ("..": the client resolves it)
+        for r in (client.get(f"/v2.1/os-hypervisors/{junk}", headers=v("2.53")),
+                  client.put(f"/v2.1/os-services/{junk}", headers=v("2.53"),
+                             json={"status": "enabled"}),
+                  client.get(f"/v2.1/os-hypervisors?hypervisor_hostname_pattern={junk}",
+                             headers=v("2.53"))):
+            assert 400 <= r.status_code < 500, (junk, r.status_code, r.text[:200])

@@ -176,7 +176,7 @@ class SqlHosts:
 
     def get(self, ref: str, *, lock: bool = False) -> HostRecord | None:
         query = select(Host)
-        if ref.isdigit():
+        if ref.isascii() and ref.isdigit() and len(ref) <= 9:  # an id, within INTEGER's range
             query = query.where(Host.id == int(ref))
         else:
             query = query.where((Host.uuid == ref) | (Host.name == ref))
