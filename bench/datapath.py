@@ -68,13 +68,13 @@ def drop_host_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def host_io(directory: Path) -> tuple[float, float]:
-    """(write + fsync, read after dropping the page cache) of SIZE_MIB on the host, in s."""
+def host_io(directory: Path, size_mib: int = SIZE_MIB) -> tuple[float, float]:
+    """(write + fsync, read after dropping the page cache) of `size_mib` on the host, in s."""
     path = directory / f"host-io-{uuid.uuid4().hex[:8]}.dat"
     block = b"\0" * (1 << 20)
     t0 = time.perf_counter()
     with open(path, "wb") as f:
-        for _ in range(SIZE_MIB):
+        for _ in range(size_mib):
             f.write(block)
         f.flush()
         os.fsync(f.fileno())

@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 
 from bench.datapath import drop_host_caches
+from bench.datapath import host_io as host_seq_io
 from bench.measure import Figures, log
 from harness.guest_shell import READY, GuestShell, user_data
 from harness.serve import Serve
@@ -75,23 +76,10 @@ def offsets(seed: int) -> list[int]:
 def host_io(directory: Path, seed: int) -> dict[str, float]:
     """The same four measures on the host, in seconds."""
     out = {}
+    drop_host_caches()
+    out["seq-write"], out["seq-read"] = host_seq_io(directory, SIZE_MIB)
     path = directory / f"host-{uuid.uuid4().hex[:8]}.dat"
     block = b"\0" * (1 << 20)
-    drop_host_caches()
-    t0 = time.perf_counter()
-    with open(path, "wb") as f:
-        for _ in range(SIZE_MIB):
-            f.write(block)
-        f.flush()
-        os.fsync(f.fileno())
-    out["seq-write"] = time.perf_counter() - t0
-    drop_host_caches()
-    t0 = time.perf_counter()
-    with open(path, "rb") as f:
-        while f.read(1 << 20):
-            pass
-    out["seq-read"] = time.perf_counter() - t0
-    path.unlink()
     with open(path, "wb") as f:
         for _ in range(RANDOM_FILE_MIB):
             f.write(block)

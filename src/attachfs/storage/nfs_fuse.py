@@ -43,7 +43,6 @@ import errno
 import functools
 import itertools
 import logging
-import math
 import os
 import select
 import stat
@@ -54,10 +53,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import quote
 
 import mfusepy
 import nfs_rs
+
+from attachfs.storage.nfs_client import (
+    LOST,
+    Connection,
+    MountError,
+    connect,
+    errno_of,
+    one_line,
+)
 
 PROG = "attachfs-nfs-fuse"
 FS_SUBTYPE = "attachfs-nfs"  # the mount's type: fuse.attachfs-nfs
@@ -68,8 +75,6 @@ DEFAULT_TIMEOUT = 30.0
 IO_SIZE = 128 * 1024
 # How libfuse 2 passes utimensat's special times (tv_sec 0, tv_nsec one of these).
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
-# A failed reconnection is not tried again sooner: calls meanwhile fail at once.
-RECONNECT_INTERVAL = 1.0
 # How long the process waits at exit for its NFS clients to close.
 CLOSE_WAIT = 2.0
 # How long a mount gone from this namespace may take to end the FUSE session by itself.
@@ -84,114 +89,10 @@ _TYPE_BITS = {
     nfs_rs.FileType.FIFO: stat.S_IFIFO,
     nfs_rs.FileType.SOCKET: stat.S_IFSOCK,
 }
-# NFS errors that nfs-rs may raise without an errno.
-_CODE_ERRNO = {
-    "NFS4ERR_BADNAME": errno.EINVAL,
-    "NFS4ERR_INVAL": errno.EINVAL,
-    "NFS4ERR_NOTSUPP": errno.EOPNOTSUPP,
-    "NFS4ERR_ROFS": errno.EROFS,
-    "NFS4ERR_NOSPC": errno.ENOSPC,
-    "NFS4ERR_DQUOT": errno.EDQUOT,
-    "NFS4ERR_FBIG": errno.EFBIG,
-    "NFS4ERR_STALE": errno.ESTALE,
-    "NFS4ERR_NOTEMPTY": errno.ENOTEMPTY,
-    "NFS4ERR_XDEV": errno.EXDEV,
-    "NFS4ERR_MLINK": errno.EMLINK,
-    "NFS4ERR_NAMETOOLONG": errno.ENAMETOOLONG,
-}
-# Failures of the connection rather than of the operation: the client may be beyond recovery.
-# (After a server restart nfs-rs 0.8.7 raises NfsRetryableError, then NfsOperationOutcomeError
-# "DefiniteFailure … recovery=Retry" for every call, forever; measured.)
-_LOST = (TimeoutError, ConnectionError, nfs_rs.NfsRetryableError,
-         nfs_rs.NfsOperationOutcomeError, nfs_rs.NfsStateLostError, nfs_rs.NfsClientClosedError)
 
 log = logging.getLogger(PROG)
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def errno_of(exc: BaseException) -> int:
-    """The errno a FUSE caller gets for an nfs-rs (or other) exception. A server that does not
-    answer is EIO, not ETIMEDOUT: to a program, a mount that fails its I/O."""
-    if isinstance(exc, _LOST):
-        return errno.EIO
-    if isinstance(exc, nfs_rs.NfsClosedResourceError):
-        return errno.EBADF
-    code = getattr(exc, "errno", None)
-    if isinstance(code, int) and code > 0:
-        return code
-    name = getattr(exc, "code_name", None)
-    if isinstance(name, str) and name in _CODE_ERRNO:
-        return _CODE_ERRNO[name]
-    if isinstance(exc, NotImplementedError):
-        return errno.EOPNOTSUPP
-    if isinstance(exc, ValueError):  # nfs-rs refuses a name before asking the server
-        return errno.EINVAL
-    return errno.EIO
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
-
-
-def _close(client: nfs_rs.Client) -> None:
-    try:
-        client.close()
-    except Exception as exc:  # noqa: BLE001 - closing a client we are done with: say it, go on
-        log.info("closing an NFS client: %s", _one_line(exc))
-
-
-class Connection:
-    """An nfs-rs client, replaced by a new one (`connect()` again) when a call says the
-    connection is lost. `generation` counts the replacements: a file opened on an older client
-    is reopened."""
-
-    def __init__(self, connect: Callable[[], nfs_rs.Client], what: str) -> None:
-        self._connect = connect
-        self.what = what
-        self.client = connect()
-        self.generation = 0
-        self._lost = False
-        self._failed_at = -math.inf
-        self._lock = threading.Lock()
-        self.linked: Connection | None = None
-
-    def ready(self) -> int:
-        """The generation of a client believed usable: a new one if the last one was lost
-        (ConnectionError when the server still cannot be reached)."""
-        if self._lost:
-            self._reconnect()
-        return self.generation
-
-    def lost(self, generation: int) -> None:
-        """A call made on `generation` failed with the connection: replace that client, and
-        the linked connection's (to the same server, surely lost as well)."""
-        if generation == self.generation:
-            self._lost = True
-            if self.linked is not None:
-                self.linked._lost = True
-
-    def _reconnect(self) -> None:
-        with self._lock:
-            if not self._lost:
-                return  # another thread did
-            if time.monotonic() - self._failed_at < RECONNECT_INTERVAL:
-                raise ConnectionError(f"{self.what}: reconnecting failed less than "
-                                      f"{RECONNECT_INTERVAL:.0f}s ago")
-            try:
-                client = self._connect()
-            except Exception:
-                self._failed_at = time.monotonic()
-                raise
-            old, self.client = self.client, client
-            self.generation += 1
-            self._lost = False
-        log.warning("%s: reconnected (client %d)", self.what, self.generation)
-        # Closing a client whose server forgot it waits for the operation timeout.
-        threading.Thread(target=_close, args=(old,), daemon=True).start()
-
-    def close(self) -> None:
-        _close(self.client)
 
 
 def _mount_entries(text: str) -> list[tuple[str, str, str]]:
@@ -238,7 +139,7 @@ class MountWatch:
         try:
             self._watch()
         except Exception as exc:  # noqa: BLE001 - the mount works without the watch
-            log.warning("not watching %s: %s", self.mountpoint, _one_line(exc))
+            log.warning("not watching %s: %s", self.mountpoint, one_line(exc))
 
     def _watch(self) -> None:
         fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
@@ -318,20 +219,20 @@ def nfs_op(*, idempotent: bool, export: bool = False) -> Callable[[Op[P, R]], Op
                     generation = conn.ready()
                     try:
                         return fn(self, *args, **kwargs)
-                    except _LOST as exc:
+                    except LOST as exc:
                         conn.lost(generation)
                         outcome = getattr(exc, "outcome", None)
                         if attempt == 2 or not (idempotent or outcome in _NOT_RUN):
                             raise
                         log.info("%s%s: %s; again on a new client", fn.__name__, args[:1],
-                                 _one_line(exc))
+                                 one_line(exc))
                 raise AssertionError("unreachable")
             except mfusepy.FuseOSError:
                 raise
             except Exception as exc:
                 code = errno_of(exc)
                 if code == errno.EIO:
-                    log.warning("%s%s: %s", fn.__name__, args[:1], _one_line(exc))
+                    log.warning("%s%s: %s", fn.__name__, args[:1], one_line(exc))
                 raise mfusepy.FuseOSError(code) from exc
 
         return wrapper
@@ -593,7 +494,7 @@ class NfsOperations(mfusepy.Operations):
             try:
                 handle.file.close()
             except Exception as exc:  # noqa: BLE001
-                log.info("closing %s: %s", handle.path, _one_line(exc))
+                log.info("closing %s: %s", handle.path, one_line(exc))
 
     def destroy(self, path: str) -> None:
         """At unmount: close the files the kernel did not release (a lazy unmount, an abort)."""
@@ -603,67 +504,10 @@ class NfsOperations(mfusepy.Operations):
             try:
                 handle.file.close()
             except Exception as exc:  # noqa: BLE001 - closing the rest matters more
-                log.info("closing %s at unmount: %s", handle.path, _one_line(exc))
+                log.info("closing %s at unmount: %s", handle.path, one_line(exc))
 
 
 # ---- the command ---------------------------------------------------------------------------------
-class MountError(Exception):
-    """Why the export cannot be mounted, in one line naming the server and the export."""
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def connect(server: str, port: int, export: str, timeout: float
-            ) -> tuple[Connection, Connection, str]:
-    """(pseudo-root connection, export connection, the export's path from the pseudo root),
-    after checking that the export is a directory. MountError otherwise."""
-    where = f"NFS server {server}:{port}"
-    prefix = export.strip("/")
-    if not export.startswith("/") or not prefix or ".." in prefix.split("/"):
-        raise MountError(f"export {export!r} of {where} is not an absolute path below the "
-                         f"server's root")
-    options: dict[str, Any] = {
-        "versions": ["4.1"], "connect_timeout": timeout, "operation_timeout": timeout,
-        # a reserved source port needs root; a server that insists on one refuses others
-        "noresvport": os.geteuid() != 0}
-    base = f"nfs://{_url_host(server)}:{port}"
-
-    def to_root() -> nfs_rs.Client:
-        return nfs_rs.Client.connect(f"{base}/", **options)
-
-    def to_export() -> nfs_rs.Client:
-        return nfs_rs.Client.connect(f"{base}/{quote(prefix)}", **options)
-
-    try:
-        conn = Connection(to_root, f"{server}:{port}")
-    except Exception as exc:
-        raise MountError(f"cannot connect to {where} (export {export}): "
-                         f"{_one_line(exc)}") from exc
-    try:
-        try:
-            info = conn.client.stat(prefix)
-        except FileNotFoundError as exc:
-            raise MountError(f"export {export} not found on {where}") from exc
-        except Exception as exc:
-            raise MountError(f"cannot look up export {export} on {where}: "
-                             f"{_one_line(exc)}") from exc
-        if info.type != nfs_rs.FileType.DIRECTORY:
-            raise MountError(f"export {export} on {where} is not a directory "
-                             f"({info.type.value})")
-        try:
-            export_conn = Connection(to_export, f"{server}:{port}{export}")
-            conn.linked, export_conn.linked = export_conn, conn
-        except Exception as exc:
-            raise MountError(f"cannot connect to export {export} of {where}: "
-                             f"{_one_line(exc)}") from exc
-    except BaseException:
-        conn.close()
-        raise
-    return conn, export_conn, prefix
-
-
 def _fuse_option(value: str) -> str:
     # libfuse splits -o on commas; a backslash escapes one.
     return value.replace("\\", "\\\\").replace(",", "\\,")
