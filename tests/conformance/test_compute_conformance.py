@@ -57,8 +57,10 @@ NOT_LEAKED = ("another project's server answers as a server that does not exist:
               "service's 403 tells the caller it exists")
 TAG_36 = ("a tag longer than virtio-fs's 36 bytes is refused up front; the compute service "
           "accepts it and fails at boot (and answers 500 past its 48-character column)")
-NOT_CARRIED_OUT = ("an action attachfs does not carry out is a 409 saying so, where the compute "
-                   "service acts (202)")
+NOT_CARRIED_OUT = ("server actions: attachfs evacuates and cold-migrates servers with shares "
+                   "(the compute service refuses them with one message) and refuses live "
+                   "migration with its reason; an action it does not carry out, or cannot carry "
+                   "out with one host, is a 4xx saying why, where the compute service acts (202)")
 ROUTE = ("an unknown route is attachfs's itemNotFound fault; the compute service's router "
          "answers webob's {code, title, message} body, without microversion headers")
 _NO_CELL = "Instance {%s} has no mapping to a cell."
@@ -76,7 +78,10 @@ DIFFERENCES: dict[str, Difference] = {
     "attach_tag_48": Difference(400, _TAG % 48, TAG_36),
     "attach_tag_49": Difference(400, _TAG % 49, TAG_36),
     "attach_tag_255": Difference(400, _TAG % 255, TAG_36),
-    "action_migrate_admin": Difference(409, _NOT_DONE % "migrate", NOT_CARRIED_OUT),
+    "action_migrate_admin": Difference(400, "No valid host was found.", NOT_CARRIED_OUT),
+    "action_live_migrate_admin": Difference(409, "QEMU 8.2", NOT_CARRIED_OUT),
+    "action_evacuate_admin": Difference(409, "Compute service of test-host is still in use.",
+                                        NOT_CARRIED_OUT),
     "action_resize": Difference(409, _NOT_DONE % "resize", NOT_CARRIED_OUT),
     "action_lock": Difference(409, _NOT_DONE % "lock", NOT_CARRIED_OUT),
     "attach_locked_server": Difference(409, _NOT_DONE % "lock", NOT_CARRIED_OUT),

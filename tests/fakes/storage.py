@@ -76,6 +76,9 @@ class FakeProvider:
     def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
         raise NotFound(f"share {share_id}")
 
+    def fences(self, share_id: str) -> bool:
+        return True
+
     def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
                      requester: RequestContext) -> bool:
         self.faults.check("grant_access")

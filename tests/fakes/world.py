@@ -36,12 +36,13 @@ class World:
     metadata: FakeMetadata
     reconciler: Reconciler
     agent: Agent
+    name: str = HOST  # this world's host
 
     # ---- rows, as the API writes them ----------------------------------------------------------
     def server(self, running: bool = False, task: str | None = None, **kw: object) -> str:
         uuid = str(uuidlib.uuid4())
         with self.db.session() as s:
-            s.add(Server(uuid=uuid, name="vm", project_id="p1", user_id="alice", host=HOST,
+            s.add(Server(uuid=uuid, name="vm", project_id="p1", user_id="alice", host=self.name,
                          flavor_id="1", image_id=IMAGE.id, vcpus=1, memory_mib=128,
                          vm_state="active" if running else "stopped", task_state=task,
                          power_intent="on" if running else "off", meta={}, generation=1,
@@ -117,18 +118,22 @@ class World:
         return self.config.mount_root / (f"sh{n}" + ("-ro" if ro else ""))
 
 
-def make_world(tmp: Path, slots: int = 8, unplug_delay: int = 0) -> World:
-    config = load_config(None, {"state_dir": str(tmp / "state"), "agent.host": HOST,
-                                "agent.detach_timeout": 5.0})
+def make_world(tmp: Path, slots: int = 8, unplug_delay: int = 0, *, name: str = HOST,
+               db_url: str = "", provider: FakeProvider | None = None) -> World:
+    """One host's agent on fakes. Several worlds on one `db_url` and `provider` are several
+    hosts of one cloud (each its own guests and mounts, one database and one storage)."""
+    config = load_config(None, {"state_dir": str(tmp / "state"), "agent.host": name,
+                                "agent.detach_timeout": 5.0, "database_url": db_url})
     migrate(config.db_url)
     db = Database(config.db_url)
-    host, provider = FakeHost(), FakeProvider()
+    host, provider = FakeHost(), provider if provider is not None else FakeProvider()
     virt = FakeVirt(slots, unplug_delay, mounts=host.mounts)
     metadata = FakeMetadata()
     attachments = Attachments(config, db, provider, {"LOCAL": host}, virt,  # type: ignore[arg-type]
                               metadata, NoopNotifier(), mounts=host)  # type: ignore[arg-type]
     reconciler = Reconciler(config, db, attachments, lambda: [IMAGE])
-    return World(config, db, virt, host, provider, metadata, reconciler, Agent(reconciler))
+    return World(config, db, virt, host, provider, metadata, reconciler, Agent(reconciler),
+                 name)
 
 
 __all__ = ["World", "make_world", "MetadataSockets"]

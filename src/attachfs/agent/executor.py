@@ -37,6 +37,8 @@ from attachfs.virt.base import GuestShare
 log = logging.getLogger(__name__)
 CRASH_EXIT = 137
 PENDING_POLL = 0.5  # s between looks while the share service applies (or removes) a rule
+# steps that conclude a pass's work: only when every step before them went through
+FINAL = (Op.FINISH, Op.FENCED, Op.HANDOFF)
 
 
 def backoff(attempt: int, retry: AgentConfig) -> float:
@@ -58,6 +60,7 @@ class Outcome:
     temporary: str | None = None
     retry_after: float | None = None
     server_failed: bool = False
+    held: bool = False  # a server step is under way outside (a fence): the rest waits
     delete_failures: list[str] = field(default_factory=list)
     done: list[Step] = field(default_factory=list)
 
@@ -85,7 +88,10 @@ class Executor:
                 continue
             if out.server_failed:
                 break
-            if step.op == Op.FINISH and (out.temporary or out.server_failed or out.pending):
+            if out.held and step.op != Op.FENCE:
+                continue
+            if step.op in FINAL and (out.temporary or out.server_failed or out.pending
+                                     or out.failed and step.op == Op.HANDOFF):
                 continue
             if step.op == Op.UNPLUG:
                 if not unplugged:  # all of them at once, see _unplug_all
@@ -106,10 +112,13 @@ class Executor:
             return
         if finished:
             self._done(step, desired, out)
-        else:  # under way outside (the share service applying a rule): look again soon
-            assert step.attachment is not None
+            return
+        # under way outside (the share service applying a rule): look again soon
+        if step.attachment is None:
+            out.held = True
+        else:
             out.pending.add(step.attachment)
-            out.pending_why = f"the share service to finish {step}"
+        out.pending_why = f"the share service to finish {step}"
 
     def _done(self, step: Step, desired: Desired, out: Outcome) -> None:
         out.done.append(step)
@@ -156,8 +165,7 @@ class Executor:
     def _one(self, step: Step, desired: Desired, snap: Snapshot | None, out: Outcome) -> bool:
         """Run one step; False when it is under way outside and not finished yet."""
         if step.attachment is None:
-            self.server_steps.run(step, desired, snap, out)
-            return True
+            return self.server_steps.run(step, desired, snap, out)
         m = snap.mapping(step.attachment) if snap is not None else None
         if m is None:
             return True  # the row went meanwhile: nothing to do for it
@@ -227,6 +235,11 @@ class Executor:
                 out.server_failed = True
                 self.server_steps.fail(snap, f"starting the guest failed: {exc}")
                 return
+            if step.op == Op.FENCE and gives_up:
+                out.server_failed = True
+                self.server_steps.fail_move(snap, f"fencing host {step.host} off share "
+                                                  f"{step.share_id} failed: {exc}")
+                return
             log.warning("step %s failed (will retry): %s", step, exc)
             out.server_failed = True
             out.retry(f"{step.name} failed: {exc}", 0)
@@ -259,10 +272,13 @@ def _what(status: str) -> str:
 class ServerSteps(Protocol):
     """Server-level steps (guest, metadata, config drive, the server row): agent/server.py."""
 
-    def run(self, step: Step, desired: Desired, snap: Snapshot | None, out: Outcome) -> None:
+    def run(self, step: Step, desired: Desired, snap: Snapshot | None, out: Outcome) -> bool:
         ...
 
     def fail(self, snap: Snapshot | None, fault: str) -> None:
+        ...
+
+    def fail_move(self, snap: Snapshot | None, fault: str) -> None:
         ...
 
     def unplug_asked(self, uuid: str, tag: str) -> None:

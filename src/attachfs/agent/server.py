@@ -15,13 +15,17 @@ from attachfs.agent.attachments import Attachments
 from attachfs.agent.executor import Outcome
 from attachfs.agent.state import PassMemory, Snapshot, read_snapshot
 from attachfs.config import Config
+from attachfs.core import moves
+from attachfs.core.context import RequestContext
 from attachfs.core.flavors import server_kind
 from attachfs.core.model import PowerIntent, VmState
+from attachfs.core.moves import IN_PROGRESS, failed, handed_over
 from attachfs.core.planner import Desired, Phase
 from attachfs.core.rules import ServerKind
 from attachfs.core.steps import Op, Operation, Step
+from attachfs.db import doorbell
 from attachfs.db.engine import Database
-from attachfs.db.tables import InstanceAction, Server, utcnow
+from attachfs.db.tables import InstanceAction, Migration, Server, utcnow
 from attachfs.errors import BackendError, PermanentError
 from attachfs.metadata.app import config_drive_files
 from attachfs.notify.payloads import instance_action_payload
@@ -39,9 +43,24 @@ class ServerSteps:
         self.virt, self.metadata = attachments.virt, attachments.metadata
         self.memory = memory
 
-    def run(self, step: Step, desired: Desired, snap: Snapshot | None, out: Outcome) -> None:
+    def run(self, step: Step, desired: Desired, snap: Snapshot | None, out: Outcome) -> bool:
+        """Run one server step; False while it is under way outside (a fence the share
+        service is still applying): the pass holds there and looks again soon."""
         uuid = desired.uuid
         match step.op:
+            case Op.FENCE:
+                assert snap is not None
+                return self._fence(step, snap)
+            case Op.FENCED:
+                assert snap is not None
+                self._fenced(step, snap)
+            case Op.FORGET:
+                self.config_drive_path(uuid).unlink(missing_ok=True)
+                shutil.rmtree(self.container_metadata_path(uuid), ignore_errors=True)
+                self.a.release_guest(uuid)
+            case Op.HANDOFF:
+                assert snap is not None
+                self._hand_over(step, snap)
             case Op.METADATA:
                 self.metadata.ensure(uuid)
             case Op.REMOVE_METADATA:
@@ -64,6 +83,7 @@ class ServerSteps:
                 self._finish(step, desired, snap, out)
             case _:
                 raise PermanentError(f"step {step.name} needs an attachment")
+        return True
 
     # ---- guest -------------------------------------------------------------------------------
     def _start(self, desired: Desired, snap: Snapshot, out: Outcome) -> None:
@@ -119,6 +139,62 @@ class ServerSteps:
         if snap is not None:
             self._record_server(snap.server, VmState.ERROR, fault)
 
+    # ---- moves (core/moves.py) -----------------------------------------------------------------
+    def _fence(self, step: Step, snap: Snapshot) -> bool:
+        """The failed host's rule on one share goes (True once it is gone)."""
+        server = snap.server
+        who = RequestContext(user_id=server.user_id, project_id=server.project_id)
+        gone = self.a.provider.revoke_access(step.share_id, step.host, who)
+        if gone:
+            log.warning("server %s: host %s fenced off share %s", server.uuid, step.host,
+                        step.share_id)
+        return gone
+
+    def _fenced(self, step: Step, snap: Snapshot) -> None:
+        """Record the fence on the migration and in the audit trail, in one transaction."""
+        shares = sorted({m.share_id for m in snap.mappings})
+        with self.db.session() as s:
+            migration = s.get(Migration, snap.migration.id) if snap.migration else None
+            if migration is None:
+                return
+            migration.fenced = True
+            action = s.scalar(select(InstanceAction).where(
+                InstanceAction.instance_uuid == snap.server.uuid,
+                InstanceAction.action == "evacuate", InstanceAction.finish_time.is_(None))
+                .order_by(InstanceAction.id.desc()).limit(1))
+            what = (f"its access to share(s) {', '.join(shares)} revoked on the storage side"
+                    if shares else "no shares to revoke")
+            if action is not None:
+                action.message = (f"{action.message or ''}; host {step.host} fenced: "
+                                  f"{what}").lstrip("; ")
+        log.warning("server %s: host %s fenced (%s); rebuilding on %s", snap.server.uuid,
+                    step.host, what, self.a.host)
+
+    def _hand_over(self, step: Step, snap: Snapshot) -> None:
+        """The server row now names the next host, whose agent takes it from here (rung)."""
+        with self.db.session() as s:
+            row = s.get(Server, snap.server.uuid, with_for_update=True)
+            migration = s.get(Migration, snap.migration.id) if snap.migration else None
+            if row is None or migration is None or row.host != self.a.host:
+                return
+            row.task_state, migration.status = handed_over(migration.migration_type,
+                                                           migration.status)
+            row.host, row.share_slots = step.host, None
+            row.generation += 1
+        doorbell.ring(self.db)
+        log.info("server %s: handed over to host %s", snap.server.uuid, step.host)
+
+    def fail_move(self, snap: Snapshot | None, fault: str) -> None:
+        """A move that cannot go on (a fence the storage refuses): the server is ERROR with
+        the reason, the migration failed; the admin decides (evacuate again, delete)."""
+        if snap is None:
+            return
+        with self.db.session() as s:
+            migration = s.get(Migration, snap.migration.id) if snap.migration else None
+            if migration is not None:
+                migration.status = failed(migration.migration_type)
+        self._record_server(snap.server, VmState.ERROR, fault)
+
     # ---- outcome -----------------------------------------------------------------------------
     def _finish(self, step: Step, desired: Desired, snap: Snapshot | None, out: Outcome) -> None:
         if snap is None:
@@ -137,7 +213,8 @@ class ServerSteps:
         elif step.force:
             log.warning("server %s: its guest is not running although the server is ACTIVE; "
                         "recording it as stopped", uuid)
-        self._record_server(snap.server, step.vm_state, None, stopped_itself=step.force)
+        self._record_server(snap.server, step.vm_state, None, stopped_itself=step.force,
+                            arrived=desired.move is not None)
         if uuid in self.memory.power_off_notified and step.vm_state == VmState.STOPPED:
             self.memory.power_off_notified.discard(uuid)
             self._power_notify(snap, "power_off.end")
@@ -147,8 +224,9 @@ class ServerSteps:
                 self._power_notify(after, "power_on.end")  # with the shares now active
 
     def _record_server(self, server: Server, vm_state: str, fault: str | None,
-                       stopped_itself: bool = False) -> None:
-        """Record the outcome, unless the API changed desired state meanwhile (then run again)."""
+                       stopped_itself: bool = False, arrived: bool = False) -> None:
+        """Record the outcome, unless the API changed desired state meanwhile (then run again).
+        `arrived`: a move ends here (its migration's status moves on in the same write)."""
         with self.db.session() as s:
             row = s.get(Server, server.uuid, with_for_update=True)
             if row is None:
@@ -156,6 +234,13 @@ class ServerSteps:
             row.fault_message = fault
             if row.generation != server.generation and vm_state != VmState.DELETED:
                 return  # a newer request arrived; the next pass handles it
+            if arrived:
+                migration = s.scalar(select(Migration).where(
+                    Migration.instance_uuid == server.uuid).order_by(Migration.id.desc())
+                    .limit(1))
+                if migration is not None and migration.status in IN_PROGRESS:
+                    migration.status = moves.arrived(migration.migration_type,
+                                                     migration.status)
             if stopped_itself:
                 row.power_intent = PowerIntent.OFF
             row.vm_state, row.task_state = vm_state, None
@@ -178,7 +263,8 @@ class ServerSteps:
         result = "Error" if fault else "Success"
         for action in s.scalars(select(InstanceAction).where(
                 InstanceAction.instance_uuid == uuid, InstanceAction.finish_time.is_(None),
-                InstanceAction.action.in_(("create", "start", "stop", "reboot", "delete")))):
+                InstanceAction.action.in_(("create", "start", "stop", "reboot", "delete",
+                                           "evacuate", "migrate", "revertResize")))):
             action.result, action.finish_time = result, utcnow()
             if fault:
                 action.message = fault

@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 from attachfs.config import AgentConfig
 from attachfs.core.flavors import server_kind
 from attachfs.core.model import AttachmentStatus, PowerIntent, TaskState, VmState
+from attachfs.core.moves import IN_PROGRESS, move_of
 from attachfs.core.planner import Actual, Desired, DesiredShare, Phase, Power, phase_of
 from attachfs.core.rules import ServerKind, Transport, container_target
-from attachfs.db.tables import Server, ShareMapping
+from attachfs.db.tables import Migration, Server, ShareMapping
 from attachfs.errors import BackendError
 from attachfs.metadata.sockets import MetadataSockets
 from attachfs.storage.base import MountTable, ShareProvider
@@ -42,6 +43,7 @@ class Snapshot:
 
     server: Server
     mappings: list[ShareMapping]
+    migration: Migration | None = None  # the server's move under way, if any
 
     def mapping(self, mapping_id: int | None) -> ShareMapping | None:
         return next((m for m in self.mappings if m.id == mapping_id), None)
@@ -67,18 +69,22 @@ def read_snapshot(s: Session, uuid: str) -> Snapshot | None:
         return None
     mappings = list(s.scalars(select(ShareMapping).where(ShareMapping.instance_uuid == uuid)
                               .order_by(ShareMapping.id)))
-    return Snapshot(server, mappings)
+    migration = s.scalar(select(Migration).where(Migration.instance_uuid == uuid)
+                         .order_by(Migration.id.desc()).limit(1)) if server.task_state else None
+    return Snapshot(server, mappings,
+                    migration if migration is not None and migration.status in IN_PROGRESS
+                    else None)
 
 
-def _elsewhere(s: Session, server: Server, mount_path: MountPath) -> tuple[frozenset[str],
-                                                                             frozenset[str]]:
-    """(host mounts other running servers of this host use, shares other attachments on this
-    host hold a rule for)."""
+def _elsewhere(s: Session, server: Server, host: str,
+               mount_path: MountPath) -> tuple[frozenset[str], frozenset[str]]:
+    """(host mounts other running servers of `host` use, shares other attachments on `host`
+    hold a rule for)."""
     mine = select(ShareMapping.share_id).where(ShareMapping.instance_uuid == server.uuid)
     rows = s.execute(select(ShareMapping.share_id, ShareMapping.read_only, ShareMapping.status,
                             Server.vm_state, Server.power_intent)
                      .join(Server, Server.uuid == ShareMapping.instance_uuid)
-                     .where(Server.host == server.host, Server.uuid != server.uuid,
+                     .where(Server.host == host, Server.uuid != server.uuid,
                             ShareMapping.share_id.in_(mine),
                             # a direct attachment holds neither a host mount nor the host's rule
                             ShareMapping.transport != Transport.DIRECT))
@@ -111,7 +117,16 @@ def desired_of(s: Session, snap: Snapshot | None, uuid: str, mount_path: MountPa
             read_only=m.read_only, status=m.status, protocol=m.share_proto,
             export=m.export_location, release_started=memory.release_started.get(m.id),
             transport=m.transport, target=target))
-    paths, access = _elsewhere(s, server, mount_path) if shares else (frozenset(), frozenset())
+    paths, access = _elsewhere(s, server, agent.host, mount_path) if shares \
+        else (frozenset(), frozenset())
+    if server.host != agent.host:  # it runs elsewhere now: what is left here goes
+        return Desired(uuid=uuid, power=Power.GONE, vm_state=server.vm_state, moved_away=True,
+                       shares=tuple(shares), paths_used_elsewhere=paths,
+                       access_used_elsewhere=access, stop_timeout=agent.stop_timeout)
+    migration = snap.migration
+    move = None if migration is None else move_of(
+        migration.migration_type, migration.status, migration.source_compute,
+        migration.dest_compute, migration.fenced, server.task_state, server.host, agent.host)
     power = Power.GONE if server.task_state == TaskState.DELETING else Power(server.power_intent)
     return Desired(
         uuid=uuid, power=power, vm_state=server.vm_state, task=server.task_state,
@@ -120,7 +135,7 @@ def desired_of(s: Session, snap: Snapshot | None, uuid: str, mount_path: MountPa
         shares=tuple(shares), config_drive=server.config_drive or container,
         generation=server.generation,
         paths_used_elsewhere=paths, access_used_elsewhere=access,
-        detach_timeout=agent.detach_timeout, stop_timeout=agent.stop_timeout)
+        detach_timeout=agent.detach_timeout, stop_timeout=agent.stop_timeout, move=move)
 
 
 def observe(uuid: str, virt: VirtDriver, metadata: MetadataSockets, mounts: MountTable,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import secrets
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -16,10 +17,14 @@ from attachfs.api.validation import NO_QUERY, check_body, check_query
 from attachfs.core.commands import (
     AttachShare,
     Command,
+    ConfirmMigration,
     CreateServer,
     DeleteServer,
     DetachShare,
+    EvacuateServer,
+    MigrateServer,
     RebootServer,
+    RevertMigration,
     StartServer,
     StopServer,
     UnavailableAction,
@@ -234,8 +239,15 @@ ACTION_SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["block_migration", "host"], "additionalProperties": False}),
     "evacuate": _action("evacuate", {
         "type": "object",
-        "properties": {"host": {**_HOST, "type": "string"}, "adminPass": {"type": "string"}},
+        "properties": {"host": {**_HOST, "type": "string"}, "adminPass": {"type": "string"},
+                       # before 2.14 clients say whether the disk is on shared storage:
+                       # attachfs rebuilds from the image either way (the shares carry data)
+                       "onSharedStorage": {"type": ["boolean", "string"], "enum": _BOOLEANS}},
         "additionalProperties": False}),
+    "confirmResize": {"type": "object", "properties": {"confirmResize": {"type": "null"}},
+                      "required": ["confirmResize"], "additionalProperties": False},
+    "revertResize": {"type": "object", "properties": {"revertResize": {"type": "null"}},
+                     "required": ["revertResize"], "additionalProperties": False},
     "resize": _action("resize", {
         "type": "object",
         "properties": {"flavorRef": {"type": ["string", "integer"], "minLength": 1},
@@ -259,11 +271,23 @@ def _command(action: str, args: Any, ctx: RequestContext, server_id: str) -> Com
         if args is not None and args != {}:
             raise BadRequest(f"{action} takes no arguments")
         return (StartServer if action == "os-start" else StopServer)(ctx, server_id)
+    if action in MOVES:
+        check_body(ACTION_SCHEMAS[action], {action: args})
+        host = (args or {}).get("host")
+        if action == "evacuate":
+            return EvacuateServer(ctx, server_id, host)
+        if action == "migrate":
+            return MigrateServer(ctx, server_id, host)
+        return (ConfirmMigration if action == "confirmResize" else RevertMigration)(
+            ctx, server_id)
     if action in servers.UNAVAILABLE_ACTIONS:
         check_body(ACTION_SCHEMAS.get(action, ANY_BODY), {action: args})
         flavor = str(args["flavorRef"]) if action == "resize" else None
         return UnavailableAction(ctx, server_id, action, flavor)
     raise BadRequest(f"There is no such action: {action}")
+
+
+MOVES = ("evacuate", "migrate", "confirmResize", "revertResize")
 
 
 @router.post("/{server_id}/action")
@@ -273,6 +297,15 @@ def server_action(server_id: str, request: Request, body: Any = Depends(deps.jso
     (action, args), = body.items()
     if action == "os-getConsoleOutput":
         return _console_output(request, server_id, deps.parse(ConsoleOutput, args or {}))
-    handle(_command(action, args, deps.context(request), server_id), deps.uow(request),
-           deps.env(request))
+    command = _command(action, args, deps.context(request), server_id)
+    if isinstance(command, EvacuateServer) and deps.version(request).at_least("2.95"):
+        # from 2.95 an evacuated server is stopped on its new host (the compute API's rule)
+        command = EvacuateServer(command.ctx, command.server_id, command.host, stop=True)
+    handle(command, deps.uow(request), deps.env(request))
+    if action == "evacuate":  # the compute service's 200, with a password before 2.14
+        if deps.version(request).at_least("2.14"):
+            return Response(status_code=200, media_type="application/json")
+        return {"adminPass": (args or {}).get("adminPass") or secrets.token_urlsafe(9)}
+    if action == "confirmResize":
+        return Response(status_code=204)
     return Response(status_code=202)

@@ -19,15 +19,15 @@ from attachfs.core.guest_mount import GUEST_NFS_ADDRESS, GUEST_NFS_PORT, NfsLink
 from attachfs.core.ports import Env
 from attachfs.db.engine import Database
 from attachfs.db.uow import SqlUnitOfWork
-from attachfs.storage.base import ShareProvider
 from attachfs.storage.local import LocalShareProvider
+from attachfs.storage.registry import ProviderChain
 
 
 @dataclass
 class ApiState:
     config: Config
     db: Database
-    provider: ShareProvider  # where attached shares come from (built-in or Manila)
+    provider: ProviderChain  # where attached shares come from (built-in, static or Manila)
     builtin: LocalShareProvider  # the built-in shares of /os-filesystem
     policy: PolicyEnforcer
     wake_agent: Callable[[], None]

@@ -49,6 +49,37 @@ class DeleteServer(Command):
 
 
 @dataclass(frozen=True)
+class EvacuateServer(Command):
+    """Rebuild a server of a failed host on another (core/moves.py), after fencing."""
+
+    server_id: str
+    host: str | None = None  # None: the scheduler picks
+    stop: bool = False  # from 2.95 the server is stopped on its new host, else as it was
+
+
+@dataclass(frozen=True)
+class MigrateServer(Command):
+    """Cold migrate: stop, move to another host, start as before; VERIFY_RESIZE after."""
+
+    server_id: str
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class ConfirmMigration(Command):
+    """confirmResize: the moved server stays where it is."""
+
+    server_id: str
+
+
+@dataclass(frozen=True)
+class RevertMigration(Command):
+    """revertResize: the moved server goes back to its source host."""
+
+    server_id: str
+
+
+@dataclass(frozen=True)
 class UnavailableAction(Command):
     """A server action of the compute service that attachfs does not carry out (shelve,
     migrate, ...): answered as the compute service answers where it can, else a clear 409."""

@@ -22,6 +22,7 @@ class VmState(enum.StrEnum):
     BUILDING = "building"
     ACTIVE = "active"
     STOPPED = "stopped"
+    RESIZED = "resized"  # moved by a cold migration, waiting for confirmResize/revertResize
     ERROR = "error"
     DELETED = "deleted"
 
@@ -33,18 +34,30 @@ class TaskState(enum.StrEnum):
     REBOOTING = "rebooting"
     REBOOTING_HARD = "rebooting_hard"
     DELETING = "deleting"
+    # moves between hosts (core/moves.py): the compute service's names
+    RESIZE_PREP = "resize_prep"  # cold migrate: the source host lets the server go
+    RESIZE_MIGRATED = "resize_migrated"  # cold migrate: the destination takes it
+    RESIZE_REVERTING = "resize_reverting"  # revertResize: back to the source
+    REBUILDING = "rebuilding"  # evacuate: fence the failed host, rebuild on the new one
 
 
 _STATUS = {
     VmState.BUILDING: "BUILD",
     VmState.ACTIVE: "ACTIVE",
     VmState.STOPPED: "SHUTOFF",
+    VmState.RESIZED: "VERIFY_RESIZE",
     VmState.ERROR: "ERROR",
     VmState.DELETED: "DELETED",
 }
 
 
+_TASK_STATUS = {TaskState.RESIZE_PREP: "RESIZE", TaskState.RESIZE_MIGRATED: "RESIZE",
+                TaskState.RESIZE_REVERTING: "REVERT_RESIZE", TaskState.REBUILDING: "REBUILD"}
+
+
 def server_status(vm_state: str, task_state: str | None) -> str:
+    if task_state in _TASK_STATUS and vm_state != VmState.DELETED:
+        return _TASK_STATUS[TaskState(task_state)]
     if vm_state == VmState.ACTIVE and task_state in (TaskState.REBOOTING,):
         return "REBOOT"
     if vm_state == VmState.ACTIVE and task_state == TaskState.REBOOTING_HARD:

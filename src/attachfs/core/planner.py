@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from attachfs.core.moves import Move, Role
 from attachfs.core.rules import BUILTIN_PROTOCOL, HOST_MOUNTED, HOT_PLUG_TRANSPORTS, Transport
 from attachfs.core.steps import Op, Operation, Step
 
@@ -104,6 +105,8 @@ class Desired:
     access_used_elsewhere: frozenset[str] = frozenset()  # shares other attachments hold
     detach_timeout: float = 10.0
     stop_timeout: float = 10.0  # s a guest gets to power off by itself before it is stopped
+    move: Move | None = None  # core/moves.py: this host lets the server go, or takes it
+    moved_away: bool = False  # the server runs on another host now: remove ours, touch no row
 
 
 @dataclass(frozen=True)
@@ -206,9 +209,28 @@ class _Builder:
 
 def plan(d: Desired, a: Actual) -> Plan:
     b = _Builder(d, a)
+    if d.moved_away:
+        _plan_moved_away(b)
+        return b.result()
+    if d.move is not None and d.move.role == Role.LEAVE:
+        _plan_leave(b, d.move)
+        return b.result()
+    if d.move is not None and d.move.fence is not None:
+        _plan_fence(b, d.move.fence)
+        return b.result()
     if d.power == Power.GONE:
         _plan_delete(b)
         return b.result()
+    if d.move is not None:  # arriving: the usual steps, under the move's name
+        arrival = _plan(b)
+        operation = Operation(d.move.operation)
+        return Plan(tuple(replace(s, operation=operation) for s in arrival.steps),
+                    arrival.wait, arrival.waiting_for)
+    return _plan(b)
+
+
+def _plan(b: _Builder) -> Plan:
+    d, a = b.d, b.a
     running = a.power == RUNNING
     idle_error = d.vm_state == "error" and d.task is None  # waits for the user: power as is
     stopped_itself = d.settled and d.vm_state == ACTIVE and d.power == Power.ON and not running
@@ -258,11 +280,11 @@ def _attach_operation(running: bool, booting: bool) -> Operation:
 
 def _plan_access(b: _Builder, keep: list[DesiredShare], running: bool, booting: bool) -> None:
     """A requested attachment gets its rule (idempotent); a held one whose rule is observed
-    missing gets it back."""
+    missing gets it back; a server arriving on this host gets every rule here."""
     for s in keep:
         # a direct attachment's rule is the guest's, not looked up with the host's
         lost = not s.own_rule and b.a.access is not None and s.share_id not in b.a.access
-        if s.phase == Phase.REQUESTED:
+        if s.phase == Phase.REQUESTED or b.d.move is not None:
             b.add(_attach_operation(running, booting), Op.GRANT_ACCESS, s)
         elif lost:
             b.add(Operation.REPAIR, Op.GRANT_ACCESS, s)
@@ -365,6 +387,9 @@ def _plan_finish(b: _Builder, up: bool, stopped_itself: bool) -> None:
         return  # a failed server waits for the user (stop, reboot --hard, delete)
     if b.waits:
         return  # not there yet: the pass that converges records it
+    if d.move is not None and d.move.resized:  # a cold migration: VERIFY_RESIZE
+        b.add(Operation.MIGRATE, Op.FINISH, vm_state="resized")
+        return
     if up:
         vm_state, operation = ACTIVE, Operation.POWER_ON
         if d.task in ("rebooting", "rebooting_hard"):
@@ -394,6 +419,58 @@ def _plan_delete(b: _Builder) -> None:
             b.add(Operation.DELETE, Op.REVOKE_ACCESS, s)
         b.add(Operation.DELETE, Op.RECORD, s, status=None)
     b.add(Operation.DELETE, Op.FINISH, vm_state="deleted")
+
+
+def _plan_leave(b: _Builder, move: Move) -> None:
+    """Let the server go: stop its guest (it gets its grace), give back its metadata, host
+    mounts and this host's access (unless other servers here use them), then hand it over."""
+    d, a = b.d, b.a
+    operation = Operation(move.operation)
+    if a.power == RUNNING:
+        if not b.stop(operation):
+            return
+    elif a.power != MISSING:
+        b.add(operation, Op.STOP_GUEST, force=True)
+    b.devices = {}
+    if a.metadata or a.guest_report is not None:
+        b.add(operation, Op.REMOVE_METADATA)
+    for s in d.shares:
+        b.unmount(operation, s.path, set())
+        if not s.own_rule and s.share_id not in d.access_used_elsewhere:
+            b.add(operation, Op.REVOKE_ACCESS, s)
+        if s.status == ACTIVE:  # no guest holds it until the next host starts one
+            b.add(operation, Op.RECORD, s, status=INACTIVE)
+    b.add(operation, Op.FORGET)
+    b.add(operation, Op.HANDOFF, host=move.to)
+
+
+def _plan_fence(b: _Builder, host: str) -> None:
+    """Before a server of a failed host is rebuilt here: that host's access to each of its
+    shares goes (the share service cuts the host's existing mounts off), then it is recorded.
+    Nothing else happens in this pass: the rebuild plans from the recorded fence."""
+    for share_id in sorted({s.share_id for s in b.d.shares if not s.own_rule}):
+        b.add(Operation.EVACUATE, Op.FENCE, share_id=share_id, host=host)
+    b.add(Operation.EVACUATE, Op.FENCED, host=host)
+    b.wait(0.0, f"host {host} to be fenced")
+
+
+def _plan_moved_away(b: _Builder) -> None:
+    """The server runs on another host now (this one failed and was evacuated, and is back):
+    remove its guest at once (the new host has the server, and the storage has cut this host
+    off), its metadata and the host mounts nothing else here uses. No row and no access rule
+    is touched: they are the new host's."""
+    d, a = b.d, b.a
+    operation = Operation.MOVED_AWAY
+    present = a.power != MISSING or a.metadata or a.guest_report is not None
+    if a.power != MISSING:
+        b.add(operation, Op.STOP_GUEST, force=True)
+    b.devices = {}
+    if a.metadata or a.guest_report is not None:
+        b.add(operation, Op.REMOVE_METADATA)
+    for s in d.shares:
+        b.unmount(operation, s.path, set())
+    if present:
+        b.add(operation, Op.FORGET)
 
 
 def host_plan(needed_paths: Iterable[str], mounted: Iterable[str]) -> Plan:

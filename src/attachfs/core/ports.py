@@ -107,6 +107,34 @@ class HostRepository(Protocol):
         ...
 
 
+class MigrationRecord(Protocol):
+    id: int
+    uuid: str
+    instance_uuid: str
+    migration_type: str
+    source_compute: str
+    dest_compute: str
+    status: str
+    fenced: bool
+    flavor_id: str
+    user_id: str
+    project_id: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class MigrationRepository(Protocol):
+    def add(self, **fields: Any) -> MigrationRecord: ...
+    def in_progress(self, server_uuid: str) -> MigrationRecord | None:
+        """The server's newest migration, when it is not over (core/moves.IN_PROGRESS)."""
+        ...
+    def search(self, instance_uuid: str | None = None, status: str | None = None,
+               migration_type: str | None = None,
+               host: str | None = None) -> list[MigrationRecord]:
+        """Newest first; `host`: as source or destination."""
+        ...
+
+
 class ActionRecord(Protocol):
     request_id: str
     instance_uuid: str
@@ -179,6 +207,8 @@ class Repositories(Protocol):
     def actions(self) -> ActionRepository: ...
     @property
     def hosts(self) -> HostRepository: ...
+    @property
+    def migrations(self) -> MigrationRepository: ...
 
     def flush(self) -> None: ...
 
@@ -200,6 +230,10 @@ class Authorizer(Protocol):
 class ShareLookup(Protocol):
     def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
         """Raise NotFound when missing or not visible to `context`."""
+
+    def fences(self, share_id: str) -> bool:
+        """Whether revoking a host's access to the share also cuts off the mounts that host
+        already has (fencing before an evacuation); False for built-in and static shares."""
 
 
 class BuiltinStorage(Protocol):

@@ -14,6 +14,13 @@ I/O; the agent's executor (agent/executor.py) turns each step into driver calls.
     reboot        stop_guest, mount, metadata, start_guest, record, finish
     delete        stop_guest, remove_metadata, unmount, revoke_access, record, finish
     repair        plug, unplug, mount, fix_mount, unmount, stop_guest, record
+    evacuate      fence, fenced (the failed host's access goes first), then
+                  grant_access, mount, metadata, start_guest, record, finish on the new host
+    migrate       leaving host: stop_guest, remove_metadata, unmount, revoke_access, record,
+                  forget, handoff; arriving host: grant_access, mount, metadata, start_guest,
+                  record, finish (core/moves.py)
+    moved_away    stop_guest, remove_metadata, unmount, forget: a host whose server now runs
+                  elsewhere (it came back after an evacuation) removes what it still has
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ class Op(enum.StrEnum):
     CONFIG_DRIVE = "config_drive"  # rebuild the config drive from the rows (live if running)
     RECORD = "record"  # write an attachment's observed status (None: the row goes)
     FINISH = "finish"  # write the server's observed state; the request is done
+    FENCE = "fence"  # revoke a failed host's access to a share (before an evacuation)
+    FENCED = "fenced"  # record that the failed host is cut off: the rebuild may start
+    FORGET = "forget"  # remove what this host kept for the server (config drive, addresses)
+    HANDOFF = "handoff"  # give the server to the next host (core/moves.py)
 
 
 class Operation(enum.StrEnum):
@@ -49,6 +60,9 @@ class Operation(enum.StrEnum):
     REBOOT = "reboot"
     DELETE = "delete"
     REPAIR = "repair"
+    EVACUATE = "evacuate"
+    MIGRATE = "migrate"
+    MOVED_AWAY = "moved_away"
 
 
 # The step names each operation can produce (what the crash matrix kills after).
@@ -64,6 +78,12 @@ OPERATION_STEPS: dict[Operation, tuple[Op, ...]] = {
                        Op.FINISH),
     Operation.DELETE: (Op.STOP_GUEST, Op.REMOVE_METADATA, Op.UNMOUNT, Op.REVOKE_ACCESS,
                        Op.RECORD, Op.FINISH),
+    Operation.EVACUATE: (Op.FENCE, Op.FENCED, Op.GRANT_ACCESS, Op.MOUNT, Op.METADATA,
+                         Op.START_GUEST, Op.RECORD, Op.FINISH),
+    Operation.MIGRATE: (Op.STOP_GUEST, Op.REMOVE_METADATA, Op.UNMOUNT, Op.REVOKE_ACCESS,
+                        Op.RECORD, Op.FORGET, Op.HANDOFF, Op.GRANT_ACCESS, Op.MOUNT,
+                        Op.METADATA, Op.START_GUEST, Op.FINISH),
+    Operation.MOVED_AWAY: (Op.STOP_GUEST, Op.REMOVE_METADATA, Op.UNMOUNT, Op.FORGET),
 }
 
 
@@ -83,6 +103,7 @@ class Step:
     status: str | None = None  # record: the attachment's new status (None: delete the row)
     vm_state: str = ""  # finish: the server's new vm_state
     force: bool = False  # stop_guest: no ACPI grace (hard reboot, delete of an error server)
+    host: str = ""  # fence: the host cut off; handoff: the host the server goes to
     note: str | None = None  # record: what the user should know (kept on the action)
 
     @property

@@ -11,16 +11,19 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from attachfs.core.model import ShareScope, VmState
+from attachfs.core.moves import IN_PROGRESS
 from attachfs.core.ports import (
     ActionRecord,
     AttachmentRecord,
     BuiltinShareRecord,
     HostRecord,
+    MigrationRecord,
     ServerRecord,
 )
 from attachfs.db.tables import (
     Host,
     InstanceAction,
+    Migration,
     Server,
     Share,
     ShareAccess,
@@ -193,3 +196,33 @@ class SqlHosts:
                               .where(Server.vm_state != VmState.DELETED)
                               .group_by(Server.host))
         return {host: (int(n), int(cpus or 0), int(mem or 0)) for host, n, cpus, mem in rows}
+
+
+class SqlMigrations:
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def add(self, **fields: Any) -> MigrationRecord:
+        row = Migration(**fields)
+        self.s.add(row)
+        return row
+
+    def in_progress(self, server_uuid: str) -> MigrationRecord | None:
+        row = self.s.scalar(select(Migration).where(Migration.instance_uuid == server_uuid)
+                            .order_by(Migration.id.desc()).limit(1))
+        return row if row is not None and row.status in IN_PROGRESS else None
+
+    def search(self, instance_uuid: str | None = None, status: str | None = None,
+               migration_type: str | None = None,
+               host: str | None = None) -> list[MigrationRecord]:
+        query = select(Migration).order_by(Migration.id.desc())
+        if instance_uuid is not None:
+            query = query.where(Migration.instance_uuid == instance_uuid)
+        if status is not None:
+            query = query.where(Migration.status == status)
+        if migration_type is not None:
+            query = query.where(Migration.migration_type == migration_type)
+        if host is not None:
+            query = query.where((Migration.source_compute == host)
+                                | (Migration.dest_compute == host))
+        return list(self.s.scalars(query))

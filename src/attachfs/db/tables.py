@@ -203,3 +203,26 @@ class Host(Base):
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Migration(Base):
+    """A server's move between hosts (the compute service's migrations): an admin's evacuate
+    from a failed host or cold migrate, with the hosts and where it got to. The agents drive it
+    (core/moves.py says which host does what at each status); `GET /os-migrations` lists it."""
+
+    __tablename__ = "migrations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    instance_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    migration_type: Mapped[str] = mapped_column(String(16))  # evacuation / migration
+    source_compute: Mapped[str] = mapped_column(String(255))
+    dest_compute: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(32))
+    # the source host's storage access was revoked (evacuation: before the guest comes back)
+    fenced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    flavor_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)

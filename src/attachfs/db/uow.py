@@ -20,7 +20,14 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from attachfs.db.engine import Database
-from attachfs.db.repositories import SqlActions, SqlAttachments, SqlHosts, SqlServers, SqlShares
+from attachfs.db.repositories import (
+    SqlActions,
+    SqlAttachments,
+    SqlHosts,
+    SqlMigrations,
+    SqlServers,
+    SqlShares,
+)
 from attachfs.errors import BadRequest, Duplicate, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,7 @@ class SqlRepositories:
         self.shares = SqlShares(s)
         self.actions = SqlActions(s)
         self.hosts = SqlHosts(s)
+        self.migrations = SqlMigrations(s)
 
     def flush(self) -> None:
         self.session.flush()

@@ -354,6 +354,8 @@ class ManilaShareProvider:
         for rule in rules:
             if (rule.get("metadata") or {}).get(HOST_KEY) == host:
                 return rule
+        if host != self.host:  # another host's (a fence): by its mark only, never our address
+            return None
         for rule in rules:
             if rule.get("access_type") == access_type and rule.get("access_to") == access_to:
                 return rule

@@ -28,6 +28,12 @@ class ProviderChain:
     def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
         return self._for(share_id).get_share(share_id, context)
 
+    def fences(self, share_id: str) -> bool:
+        """Only the share service's rules cut a host off (Manila's CephFS driver evicts the
+        host's sessions when its rule goes; its NFS exports drop the host's address); a
+        built-in share is a directory a host bind-mounts, a static one the operator's."""
+        return self._for(share_id) is self.external and self.external is not None
+
     def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
                      requester: RequestContext) -> bool:
         return self._for(share_id).grant_access(share_id, host, access_level, reason, requester)

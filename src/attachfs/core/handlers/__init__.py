@@ -9,7 +9,11 @@ look-ups behind core/ports.py. Read handlers are in queries.py.
     StopServer       servers.stop_server
     RebootServer     servers.reboot_server
     DeleteServer     servers.delete_server
-    UnavailableAction servers.refuse_unavailable (shelve, migrate, ...: 403/409)
+    EvacuateServer   moves.evacuate_server       moves.py (core/moves.py: who does what)
+    MigrateServer    moves.migrate_server
+    ConfirmMigration moves.confirm_migration
+    RevertMigration  moves.revert_migration
+    UnavailableAction servers.refuse_unavailable (shelve, resize, ...: 403/409)
     AttachShare      attachments.attach_share    attachments.py
     DetachShare      attachments.detach_share
     CreateShare      shares.create_share         shares.py (built-in shares)
@@ -23,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from attachfs.core import commands
-from attachfs.core.handlers import attachments, hosts, servers, shares
+from attachfs.core.handlers import attachments, hosts, moves, servers, shares
 from attachfs.core.ports import Env, UnitOfWork
 
 HANDLERS: dict[type[commands.Command], Callable[[Any, UnitOfWork, Env], Any]] = {
@@ -32,6 +36,10 @@ HANDLERS: dict[type[commands.Command], Callable[[Any, UnitOfWork, Env], Any]] = 
     commands.StopServer: servers.stop_server,
     commands.RebootServer: servers.reboot_server,
     commands.DeleteServer: servers.delete_server,
+    commands.EvacuateServer: moves.evacuate_server,
+    commands.MigrateServer: moves.migrate_server,
+    commands.ConfirmMigration: moves.confirm_migration,
+    commands.RevertMigration: moves.revert_migration,
     commands.UnavailableAction: servers.refuse_unavailable,
     commands.AttachShare: attachments.attach_share,
     commands.DetachShare: attachments.detach_share,

@@ -26,10 +26,14 @@ def visible_server(repos: Repositories, server_uuid: str, ctx: RequestContext, *
 
 
 def record_action(repos: Repositories, server_uuid: str, action: str, ctx: RequestContext,
-                  message: str | None = None) -> None:
+                  message: str | None = None, finished: bool = False) -> None:
+    """The audit trail (os-instance-actions); `finished`: done in this request (nothing for
+    an agent to do), else the agent that carries it out finishes it."""
+    done = {"result": "Success", "finish_time": repos.hosts.now()} if finished else {}
     repos.actions.record(
         request_id=ctx.request_id or f"req-{uuidlib.uuid4()}", instance_uuid=server_uuid,
-        action=action, user_id=ctx.user_id, project_id=ctx.project_id, message=message)
+        action=action, user_id=ctx.user_id, project_id=ctx.project_id, message=message,
+        **done)
 
 
 def touch(server: ServerRecord) -> None:

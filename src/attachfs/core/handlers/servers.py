@@ -18,6 +18,7 @@ from attachfs.core.flavors import Flavor, find_flavor
 from attachfs.core.handlers.common import new_attachment, record_action, touch, visible_server
 from attachfs.core.hosts import host_state
 from attachfs.core.model import PowerIntent, TaskState, VmState, require_server_state
+from attachfs.core.moves import failed
 from attachfs.core.ports import Env, Repositories, ServerRecord, UnitOfWork
 from attachfs.core.rules import ServerKind, Transport, choose_transport
 from attachfs.core.scheduler import Candidate, Needs, place
@@ -65,10 +66,12 @@ def create_server(cmd: CreateServer, uow: UnitOfWork, env: Env) -> ServerRecord:
     return server
 
 
-def _place(repos: Repositories, env: Env, flavor: Flavor) -> tuple[str | None, str]:
-    """The host the new server runs on (core/scheduler.py), or (None, why not)."""
-    hosts = repos.hosts.all()
-    if not hosts:
+def _place(repos: Repositories, env: Env, flavor: Flavor, *, exclude: str | None = None,
+           only: str | None = None) -> tuple[str | None, str]:
+    """The host the server runs on (core/scheduler.py), or (None, why not). A move leaves its
+    source out (`exclude`); an admin may name the host (`only`: still filtered)."""
+    hosts = [h for h in repos.hosts.all() if h.name != exclude and only in (None, h.name)]
+    if not hosts and exclude is None and only is None:
         return env.host, ""
     usage, now = repos.hosts.usage(), repos.hosts.now()
     candidates = [Candidate(
@@ -115,6 +118,9 @@ def delete_server(cmd: DeleteServer, uow: UnitOfWork, env: Env) -> None:
             server.vm_state, server.task_state = VmState.DELETED, None
             record_action(repos, server.uuid, "delete", cmd.ctx)
         elif server.task_state != TaskState.DELETING:  # a repeated DELETE changes nothing
+            migration = repos.migrations.in_progress(server.uuid)
+            if migration is not None:  # a move cut short: deleted wherever it got to
+                migration.status = failed(migration.migration_type)
             server.task_state, server.power_intent = TaskState.DELETING, PowerIntent.OFF
             touch(server)
             record_action(repos, server.uuid, "delete", cmd.ctx)
@@ -137,18 +143,20 @@ UNAVAILABLE_ACTIONS: dict[str, tuple[str, int | None]] = {
     "unpause": ("os_compute_api:os-pause-server:unpause", None),
     "lock": ("os_compute_api:os-lock-server:lock", None),
     "unlock": ("os_compute_api:os-lock-server:unlock", None),
-    "migrate": ("os_compute_api:os-migrate-server:migrate", None),
     "os-migrateLive": ("os_compute_api:os-migrate-server:migrate_live", 409),
-    "evacuate": ("os_compute_api:os-evacuate", 409),
     "resize": ("os_compute_api:servers:resize", None),
-    "confirmResize": ("os_compute_api:servers:confirm_resize", None),
-    "revertResize": ("os_compute_api:servers:revert_resize", None),
     "rebuild": ("os_compute_api:servers:rebuild", 400),
     "createImage": ("os_compute_api:servers:create_image", None),
     "rescue": ("os_compute_api:os-rescue", None),
     "unrescue": ("os_compute_api:os-unrescue", None),
 }
 WITH_SHARES = "Feature not supported with instances that have shares."
+# docs/hosts.md, "Live migration": what it would take
+LIVE_MIGRATION = (
+    "attachfs does not live-migrate servers: a running guest's virtio-fs devices can move "
+    "only with QEMU 8.2 or later and a virtiofsd that migrates its state (--migration-mode), "
+    "on both hosts, and this host's QEMU and virtiofsd have neither. Cold-migrate the server "
+    "(migrate) instead: it stops, moves with its shares, and starts again.")
 
 
 def refuse_unavailable(cmd: UnavailableAction, uow: UnitOfWork, env: Env) -> None:
@@ -156,8 +164,11 @@ def refuse_unavailable(cmd: UnavailableAction, uow: UnitOfWork, env: Env) -> Non
     with uow.read() as repos:
         server = visible_server(repos, cmd.server_id, cmd.ctx)
         env.policy.authorize(rule, cmd.ctx, server.project_id)
-        if refused_with_shares and repos.attachments.count(server.uuid):
+        if refused_with_shares and cmd.action != "os-migrateLive" \
+                and repos.attachments.count(server.uuid):
             raise (BadRequest if refused_with_shares == 400 else Conflict)(WITH_SHARES)
+    if cmd.action == "os-migrateLive":
+        raise Conflict(LIVE_MIGRATION)
     if cmd.flavor_ref is not None:  # resize: an unknown flavor is the client's 400
         try:
             find_flavor(cmd.flavor_ref)

@@ -1,0 +1,195 @@
+"""Moving servers between hosts (core/moves.py): evacuate, cold migrate, confirm and revert.
+
+Each handler checks everything a client can get wrong before it writes, then records desired
+state (server row, migration row, audit trail) in one transaction; the agents carry it out.
+The compute service's order: the server (404), policy (403), the body's host (404/400), the
+server's state (409), the hosts' state (409), placement (400).
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+
+from attachfs.core.commands import (
+    ConfirmMigration,
+    EvacuateServer,
+    MigrateServer,
+    RevertMigration,
+)
+from attachfs.core.context import RequestContext
+from attachfs.core.flavors import find_flavor
+from attachfs.core.handlers.common import record_action, touch, visible_server
+from attachfs.core.handlers.servers import _place
+from attachfs.core.hosts import host_state
+from attachfs.core.model import PowerIntent, TaskState, VmState, invalid_state
+from attachfs.core.moves import MigrationStatus, MoveType, settled_vm_state
+from attachfs.core.ports import (
+    Env,
+    HostRecord,
+    MigrationRecord,
+    Repositories,
+    ServerRecord,
+    UnitOfWork,
+)
+from attachfs.core.rules import Transport
+from attachfs.errors import BadRequest, Conflict, NotFound
+
+EVACUATE_RULE = "os_compute_api:os-evacuate"
+MIGRATE_RULE = "os_compute_api:os-migrate-server:migrate"
+CONFIRM_RULE = "os_compute_api:servers:confirm_resize"
+REVERT_RULE = "os_compute_api:servers:revert_resize"
+MOVABLE = (VmState.ACTIVE, VmState.STOPPED)
+
+
+def _host_row(repos: Repositories, name: str) -> HostRecord | None:
+    return next((h for h in repos.hosts.all() if h.name == name), None)
+
+
+def _up(env: Env, repos: Repositories, host: HostRecord | None) -> bool:
+    return host is not None and host_state(host.heartbeat_at, host.forced_down,
+                                           repos.hosts.now(), env.down_after) == "up"
+
+
+def _target(repos: Repositories, env: Env, server: ServerRecord, requested: str | None,
+            missing: type[Exception]) -> str:
+    """The destination: the admin's host (which must exist and differ from the source) or the
+    scheduler's pick among the others."""
+    if requested is not None:
+        if _host_row(repos, requested) is None:
+            raise missing(f"Compute host {requested} could not be found.")
+        if requested == server.host:
+            raise BadRequest("The target host can't be the same one.")
+    host, why = _place(repos, env, find_flavor(server.flavor_id), exclude=server.host,
+                       only=requested)
+    if host is None:
+        raise BadRequest(why)
+    return host
+
+
+def _movable_shares(repos: Repositories, server: ServerRecord, action: str) -> None:
+    """An attachment of transport direct holds an access rule for the guest's address on its
+    host; it cannot follow the guest (detach it first)."""
+    for m in repos.attachments.of_server(server.uuid):
+        if m.transport == Transport.DIRECT:
+            raise Conflict(f"Cannot '{action}' instance {server.uuid}: share {m.share_id} is "
+                           "attached with transport direct, whose access rule is for the "
+                           "guest's address on its host; detach it first.")
+
+
+def _unfenceable(repos: Repositories, env: Env, server: ServerRecord) -> list[str]:
+    """Shares of the server whose storage cannot cut the failed host off (built-in and static
+    shares: a host's existing mounts of them live on without any rule)."""
+    return sorted({m.share_id for m in repos.attachments.of_server(server.uuid)
+                   if not env.shares.fences(m.share_id)})
+
+
+def _start_move(repos: Repositories, server: ServerRecord, ctx: RequestContext, kind: str,
+                dest: str, status: str, action: str) -> None:
+    repos.migrations.add(
+        uuid=str(uuidlib.uuid4()), instance_uuid=server.uuid, migration_type=kind,
+        source_compute=server.host, dest_compute=dest, status=status,
+        flavor_id=server.flavor_id, user_id=ctx.user_id, project_id=ctx.project_id)
+    record_action(repos, server.uuid, action, ctx,
+                  message=f"from host {server.host} to host {dest}")
+    touch(server)
+
+
+def evacuate_server(cmd: EvacuateServer, uow: UnitOfWork, env: Env) -> None:
+    ctx = cmd.ctx
+    with uow.write() as repos:
+        server = visible_server(repos, cmd.server_id, ctx, lock=True)
+        env.policy.authorize(EVACUATE_RULE, ctx, server.project_id)
+        if cmd.host is not None and _host_row(repos, cmd.host) is None:
+            raise NotFound(f"Compute host {cmd.host} could not be found.")
+        if server.vm_state not in (*MOVABLE, VmState.ERROR) or server.task_state is not None:
+            attr = "vm_state" if server.task_state is None else "task_state"
+            raise invalid_state("evacuate", server.uuid, attr,
+                                server.task_state or server.vm_state)
+        source = _host_row(repos, server.host)
+        if source is None or _up(env, repos, source):
+            raise Conflict(f"Compute service of {server.host} is still in use.")
+        _movable_shares(repos, server, "evacuate")
+        blind = _unfenceable(repos, env, server)
+        if blind and not source.forced_down:
+            raise Conflict(
+                f"Host {server.host} is down, but the storage of share(s) {', '.join(blind)} "
+                "cannot cut it off (built-in or static shares: a mount the host still has "
+                "stays usable); fence the host yourself (power it off), mark it forced down "
+                f"(openstack compute service set --down {server.host} nova-compute), then "
+                "evacuate again.")
+        dest = _target(repos, env, server, cmd.host, NotFound)
+        _start_move(repos, server, ctx, MoveType.EVACUATION, dest, MigrationStatus.ACCEPTED,
+                    "evacuate")
+        # rebuilt on the new host as it was (running unless it was stopped), or stopped (2.95)
+        server.power_intent = PowerIntent.OFF if cmd.stop or server.vm_state == VmState.STOPPED \
+            else PowerIntent.ON
+        server.host, server.task_state = dest, TaskState.REBUILDING
+        server.fault_message = None
+    env.wake_agent()
+
+
+def migrate_server(cmd: MigrateServer, uow: UnitOfWork, env: Env) -> None:
+    ctx = cmd.ctx
+    with uow.write() as repos:
+        server = visible_server(repos, cmd.server_id, ctx, lock=True)
+        env.policy.authorize(MIGRATE_RULE, ctx, server.project_id)
+        if cmd.host is not None and _host_row(repos, cmd.host) is None:
+            raise BadRequest(f"Compute host {cmd.host} could not be found.")
+        if server.vm_state not in MOVABLE or server.task_state is not None:
+            attr = "vm_state" if server.task_state is None else "task_state"
+            raise invalid_state("migrate", server.uuid, attr,
+                                server.task_state or server.vm_state)
+        dest = _target(repos, env, server, cmd.host, BadRequest)
+        if not _up(env, repos, _host_row(repos, server.host)):
+            raise Conflict(f"Host {server.host} is down: it cannot let the server go; "
+                           "evacuate the server instead.")
+        _movable_shares(repos, server, "migrate")
+        busy = [m.share_id for m in repos.attachments.of_server(server.uuid)
+                if m.status in ("attaching", "detaching")]
+        if busy:
+            raise Conflict(f"Cannot 'migrate' instance {server.uuid} while share(s) "
+                           f"{', '.join(busy)} are attaching or detaching.")
+        _start_move(repos, server, ctx, MoveType.MIGRATION, dest,
+                    MigrationStatus.PRE_MIGRATING, "migrate")
+        server.task_state = TaskState.RESIZE_PREP
+    env.wake_agent()
+
+
+def confirm_migration(cmd: ConfirmMigration, uow: UnitOfWork, env: Env) -> None:
+    """Nothing is left on the source (it let go before the move): only the rows change."""
+    ctx = cmd.ctx
+    with uow.write() as repos:
+        server = visible_server(repos, cmd.server_id, ctx, lock=True)
+        env.policy.authorize(CONFIRM_RULE, ctx, server.project_id)
+        migration = _resized(repos, server, "confirmResize")
+        migration.status = MigrationStatus.CONFIRMED
+        server.vm_state = settled_vm_state(server.power_intent == PowerIntent.ON)
+        record_action(repos, server.uuid, "confirmResize", ctx, finished=True)
+
+
+def revert_migration(cmd: RevertMigration, uow: UnitOfWork, env: Env) -> None:
+    ctx = cmd.ctx
+    with uow.write() as repos:
+        server = visible_server(repos, cmd.server_id, ctx, lock=True)
+        env.policy.authorize(REVERT_RULE, ctx, server.project_id)
+        migration = _resized(repos, server, "revertResize")
+        if not _up(env, repos, _host_row(repos, migration.source_compute)):
+            raise Conflict(f"Host {migration.source_compute} is down: the server cannot go "
+                           "back to it; confirm the migration instead.")
+        migration.status = MigrationStatus.REVERTING
+        server.task_state = TaskState.RESIZE_REVERTING
+        touch(server)
+        record_action(repos, server.uuid, "revertResize", ctx,
+                      message=f"from host {server.host} back to host "
+                              f"{migration.source_compute}")
+    env.wake_agent()
+
+
+def _resized(repos: Repositories, server: ServerRecord, action: str) -> MigrationRecord:
+    if server.vm_state != VmState.RESIZED or server.task_state is not None:
+        attr = "vm_state" if server.task_state is None else "task_state"
+        raise invalid_state(action, server.uuid, attr, server.task_state or server.vm_state)
+    migration = repos.migrations.in_progress(server.uuid)
+    if migration is None or migration.status != MigrationStatus.FINISHED:
+        raise BadRequest("Instance has not been resized.")
+    return migration
