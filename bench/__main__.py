@@ -19,6 +19,7 @@ from bench.floor import floor_alone
 from bench.listing import listing_part
 from bench.measure import Figures, log
 from bench.report import print_table, rows
+from bench.scale import scale_part
 from bench.transports import transports_part
 
 STATE_ROOT = Path("/var/lib/attachfs/bench-state")
@@ -45,6 +46,38 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--transports", action=argparse.BooleanOptionalAction, default=True,
                    help="run part 7: the same I/O through virtio-fs, 9p and NFS from the "
                         "host in one guest, against the host and the guest's tmpfs")
+    scale = p.add_argument_group("part 8, the scale simulation (bench/scale.py; off unless asked)")
+    scale.add_argument("--scale", action="store_true",
+                       help="also run part 8: simulated hosts (real agents on fake drivers) on "
+                            "one PostgreSQL, attaches through `attachfs api --workers N`")
+    scale.add_argument("--scale-only", action="store_true",
+                       help="run part 8 alone (make bench-scale)")
+    scale.add_argument("--scale-hosts", type=int, default=1000, metavar="N")
+    scale.add_argument("--scale-servers", type=int, default=10, metavar="N",
+                       help="servers per host, every other one running (default 10)")
+    scale.add_argument("--scale-shares", type=int, default=2, metavar="N",
+                       help="shares attached per server (default 2)")
+    scale.add_argument("--scale-procs", type=int, default=4, metavar="N",
+                       help="processes the hosts run in (default 4)")
+    scale.add_argument("--scale-pool", type=int, default=8, metavar="N",
+                       help="database connections each host process shares (default 8)")
+    scale.add_argument("--scale-agent-workers", type=int, default=1, metavar="N",
+                       help="[agent] workers of each simulated agent (default 1)")
+    scale.add_argument("--scale-bell", choices=["process", "agent", "none"], default="process",
+                       help="LISTEN connections: one per host process waking all its agents "
+                            "(default), one per agent (the real thing), none (agents poll)")
+    scale.add_argument("--scale-api-workers", type=int, default=4, metavar="N")
+    scale.add_argument("--scale-clients", type=int, default=16, metavar="N",
+                       help="concurrent API clients (default 16)")
+    scale.add_argument("--scale-idle", type=float, default=30.0, metavar="SECONDS",
+                       help="idle phase after the cold start (default 30: one resync interval)")
+    scale.add_argument("--scale-pending", type=int, metavar="N",
+                       help="attachments detached while every agent is down (default: one "
+                            "per host)")
+    scale.add_argument("--scale-dedicated", type=int, default=10, metavar="N",
+                       help="hosts measured with an engine and LISTEN of their own (default 10)")
+    scale.add_argument("--scale-timeout", type=float, default=900.0, metavar="SECONDS",
+                       help="longest wait for any phase to converge (default 900)")
     p.add_argument("--images-dir", default="/var/lib/attachfs/images")
     p.add_argument("--wait-foreign", type=float, default=300, metavar="SECONDS",
                    help="how long to wait for guests of other attachfs instances to stop "
@@ -55,12 +88,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.power_runs = args.power_runs or (1 if args.quick else 2)
     args.floor_n = 200 if args.quick else 500
     args.reads, args.detail = (200, 5) if args.quick else (500, 20)
+    args.scale = args.scale or args.scale_only
+    if args.scale_pending is None:
+        args.scale_pending = args.scale_hosts
     return args
 
 
 def plan(args: argparse.Namespace, fig: Figures,
          errors: list[str]) -> list[tuple[str, Callable[[], None]]]:
     parts: list[tuple[str, Callable[[], None]]] = []
+    scale = ("scale: simulated hosts on one PostgreSQL", lambda: scale_part(STATE_ROOT, args, fig))
+    if args.scale_only:
+        return [scale]
     if args.vm:
         parts.append(("guests: attach/detach + floor, power on, hot plug",
                       lambda: vm_part(STATE_ROOT, args, fig, errors)))
@@ -76,6 +115,8 @@ def plan(args: argparse.Namespace, fig: Figures,
     if args.postgres:
         parts.append(("listing on postgres",
                       lambda: listing_part("postgres", STATE_ROOT, args, fig)))
+    if args.scale:
+        parts.append(scale)
     return parts
 
 

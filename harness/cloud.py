@@ -45,7 +45,9 @@ def toml_of(settings: dict[str, object]) -> str:
     for dotted, value in settings.items():
         table, _, key = dotted.rpartition(".")
         tables.setdefault(table, []).append(f"{key} = {_toml_value(value)}")
-    return "".join(f"[{table}]\n" + "\n".join(lines) + "\n\n" for table, lines in tables.items())
+    top = "".join(line + "\n" for line in tables.pop("", []))  # keys of no table come first
+    return top + "".join(f"[{table}]\n" + "\n".join(lines) + "\n\n"
+                         for table, lines in tables.items())
 
 
 def _toml_value(value: object) -> str:

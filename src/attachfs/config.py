@@ -119,6 +119,10 @@ class AgentConfig(_Section):
 class LibvirtConfig(_Section):
     uri: str = "qemu:///system"
     spare_root_ports: int = Field(default=8, ge=0, le=30)
+    # Several agents on one libvirtd (hosts simulated on one machine, docs/hosts.md): each
+    # names its guests' domains after its host, so a server moved between two of them may
+    # have a domain on both while the first host is failed.
+    domains_per_host: bool = False
 
 
 class StorageConfig(_Section):

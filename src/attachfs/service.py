@@ -81,7 +81,8 @@ def build_agent(parts: Parts) -> Agent:
         private_dir(path)
     vms = LibvirtDriver(config.libvirt.uri, spare_root_ports=config.libvirt.spare_root_ports,
                         owner=f"{config.agent.host}:{config.state_path}",
-                        virtiofs_dir=config.virtiofs_dir)
+                        virtiofs_dir=config.virtiofs_dir,
+                        scope=config.agent.host if config.libvirt.domains_per_host else None)
     containers = LxcDriver(config.container_dir) if config.containers.enabled else None
     nfs = NfsTransport(config.state_path, config.metadata_socket_dir, config.nfs_server.port) \
         if {"nfs", "direct"} & set(config.agent.share_transports) else None

@@ -32,7 +32,7 @@ OWNED = {"server_id", "share_id", "name", "request_id", "export_id"}
 CATALOG = {"flavor_id": "1", "image_id": IMAGE, "type_id": "default", "service_id": "1",
            "hypervisor_id": "1"}
 # The cloud's own resources (its compute hosts): administrators only, a 403 for everyone else.
-ADMIN_ONLY = ("/v2.1/os-services", "/v2.1/os-hypervisors")
+ADMIN_ONLY = ("/v2.1/os-services", "/v2.1/os-hypervisors", "/v2.1/os-migrations")
 
 
 def admin_only(template: str) -> bool:

@@ -279,8 +279,9 @@ class Agent:
                 last_repair = time.monotonic()
             for key in self._take_due():
                 self._pool.submit(self._run_one, key)
-            timeout = min(max(poll_every - (time.monotonic() - last_poll), 0.01),
-                          max(self._next_due() - time.monotonic(), 0.01))
+            now = time.monotonic()  # sleep until the next look, pass or heartbeat is due
+            timeout = max(min(poll_every - (now - last_poll), self._next_due() - now,
+                              self.config.agent.heartbeat_interval - (now - last_beat)), 0.01)
             self._wake.wait(timeout)
             self._wake.clear()
         if bell is not None:

@@ -39,6 +39,7 @@ _RULES: list[tuple[str, str, str]] = [
     ("os_compute_api:os-hypervisors:list", ADMIN, "List hypervisors"),
     ("os_compute_api:os-hypervisors:list-detail", ADMIN, "List hypervisors with details"),
     ("os_compute_api:os-hypervisors:show", ADMIN, "Show a hypervisor"),
+    ("os_compute_api:os-migrations:index", ADMIN, "List server moves between hosts"),
     ("os_compute_api:os-instance-actions:list", PROJECT_READER_OR_ADMIN, "List actions"),
     ("os_compute_api:os-instance-actions:show", PROJECT_READER_OR_ADMIN, "Show an action"),
     # actions attachfs does not carry out (core/handlers/servers.py): the compute service's

@@ -9,6 +9,7 @@ from attachfs.api import (
     health,
     hosts,
     instance_actions,
+    migrations,
     server_shares,
     servers,
 )
@@ -20,6 +21,7 @@ ROUTERS: list[APIRouter] = [
     filesystems.router,
     instance_actions.router,
     hosts.router,  # os-services and os-hypervisors: the agents' hosts (admin)
+    migrations.router,  # os-migrations: moves between hosts (admin)
     *shareservice.ROUTERS,  # the shared-file-system API for the built-in shares, at /share
     health.router,  # the agent's own view of its health (admin, read-only)
 ]

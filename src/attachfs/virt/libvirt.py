@@ -87,13 +87,17 @@ class LibvirtDriver:
         networks: MetadataNetworks | None = None,
         virtiofs_dir: Path = DEFAULT_VIRTIOFS_DIR,
         virtiofsd: Path = VIRTIOFSD,
+        scope: str | None = None,
     ) -> None:
         """domain_type: "kvm" or "qemu"; None picks kvm only when `kvm_usable()`.
         owner: guests are tagged with it and only guests with this tag are seen; None sees
         every attachfs guest (tools and test clean-up). networks: the guests' metadata network
         helpers. virtiofs_dir: the sockets and records of the devices' virtiofsd; virtiofsd:
-        the program (virt/virtiofsd.py)."""
+        the program (virt/virtiofsd.py). scope: name each guest's domain per host
+        (libvirt_xml.domain_uuid), for several agents on one libvirtd."""
         self.owner = owner
+        self.scope = scope
+        self._servers: dict[str, str] = {}  # domain uuid -> server uuid (scope set)
         self.uri = uri
         self.spare_root_ports = spare_root_ports
         self._domain_type = domain_type
@@ -125,8 +129,15 @@ class LibvirtDriver:
         """Call `changed(uuid)` when one of this driver's guests changes (a device removed, a
         power change), `changed(None)` when events may have been missed (libvirt_events)."""
         if self._events is None:
-            self._events = DomainEvents(self.uri, self._ours, changed)
+            self._events = DomainEvents(self.uri, self._ours,
+                                        lambda dom_uuid: changed(self._server_of(dom_uuid)))
             self._events.start()
+
+    def _server_of(self, dom_uuid: str | None) -> str | None:
+        """The server a domain UUID belongs to (None when unknown: look at everything)."""
+        if dom_uuid is None or self.scope is None:
+            return dom_uuid
+        return self._servers.get(dom_uuid)
 
     def _ours(self, dom: libvirt.virDomain) -> bool:
         return str(dom.name()).startswith(NAME_PREFIX) and self._owned(dom)
@@ -145,15 +156,25 @@ class LibvirtDriver:
         return self._domain_type or ("kvm" if kvm_usable() else "qemu")
 
     def _lookup(self, uuid: str) -> libvirt.virDomain | None:
+        dom_uuid = lx.domain_uuid(uuid, self.scope)
         try:
-            dom = self.conn.lookupByUUIDString(uuid)
+            dom = self.conn.lookupByUUIDString(dom_uuid)
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
             raise VirtError(f"looking up guest {uuid}: {msg(e)}") from e
-        if dom.name() != domain_name(uuid) or not self._owned(dom):
+        if dom.name() != domain_name(dom_uuid) or not self._owned(dom):
             return None  # not one of ours
         return dom
+
+    @staticmethod
+    def _server_in(dom: libvirt.virDomain) -> str | None:
+        """The server uuid a per-host domain carries in its metadata."""
+        try:
+            xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, lx.SERVER_NS, 0)
+        except libvirt.libvirtError:
+            return None
+        return ET.fromstring(xml).get("uuid") or None
 
     def _owned(self, dom: libvirt.virDomain) -> bool:
         if self.owner is None:
@@ -167,9 +188,12 @@ class LibvirtDriver:
     # -- XML ------------------------------------------------------------------------------------
     def domain_xml(self, spec: GuestSpec) -> str:
         sockets = {s.tag: self.daemons.socket(spec.uuid, s.tag) for s in spec.shares}
+        if self.scope is not None:
+            self._servers[lx.domain_uuid(spec.uuid, self.scope)] = spec.uuid
         return lx.domain_xml(spec, domain_type=self.domain_type, owner=self.owner,
                              network_socket=stream_socket_path(spec.metadata_socket, spec.uuid),
-                             spare_root_ports=self.spare_root_ports, sockets=sockets)
+                             spare_root_ports=self.spare_root_ports, sockets=sockets,
+                             scope=self.scope)
 
     # -- VirtDriver -----------------------------------------------------------------------------
     def start_guest(self, spec: GuestSpec) -> None:
@@ -260,6 +284,11 @@ class LibvirtDriver:
             except libvirt.libvirtError:
                 continue  # vanished meanwhile
             if name == domain_name(uuid) and self._owned(dom):
+                if self.scope is not None:
+                    server = self._server_in(dom)
+                    if server is None:
+                        continue
+                    self._servers[uuid] = uuid = server
                 guests[uuid] = PowerState.RUNNING if active(dom) else PowerState.SHUTOFF
                 if guests[uuid] == PowerState.RUNNING and self.owner is not None:
                     # the owning agent's periodic repair supervises; tools (owner None) do not

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ OWNER_NS = "urn:attachfs:owner:1"
 # server's metadata socket): kept in the domain, so a restarted agent finds them in the live XML.
 RELAY_NS = "urn:attachfs:metadata-relay:1"
 BOOT_NS = "urn:attachfs:boot:1"  # the server generation the guest was started for
+# The server a domain is the guest of, when domains are named per host (domain_uuid below)
+SERVER_NS = "urn:attachfs:server:1"
 ET.register_namespace("qemu", QEMU_NS)
 ET.register_namespace("attachfs", OWNER_NS)
 ET.register_namespace("attachfs-relay", RELAY_NS)
@@ -50,6 +53,15 @@ class VirtError(BackendError):
 
 def domain_name(uuid: str) -> str:
     return NAME_PREFIX + uuid
+
+
+def domain_uuid(server_uuid: str, scope: str | None) -> str:
+    """The libvirt UUID of a server's guest: the server's own, or, when several hosts share
+    one libvirtd (hosts simulated on one machine), one of its own per host (`scope`), so a
+    server moved to another host gets a second domain while the first may still exist."""
+    if scope is None:
+        return server_uuid
+    return str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"attachfs:{scope}:{server_uuid}"))
 
 
 def check_abs(what: str, path: Path) -> str:
@@ -142,7 +154,8 @@ def to_xml(el: ET.Element) -> str:
 
 
 def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, network_socket: Path,
-               spare_root_ports: int, sockets: Mapping[str, Path]) -> str:
+               spare_root_ports: int, sockets: Mapping[str, Path],
+               scope: str | None = None) -> str:
     """The guest. Its only NIC is a QEMU stream netdev served on `network_socket`; the metadata
     network helper (virt/metadata_net.py) connects there and relays the guest's
     169.254.169.254:80, and nothing else, to `spec.metadata_socket`."""
@@ -155,14 +168,17 @@ def domain_xml(spec: GuestSpec, *, domain_type: str, owner: str | None, network_
     initrd = check_abs("initrd", spec.image.initrd)
 
     dom = ET.Element("domain", {"type": domain_type})
-    _sub(dom, "name", domain_name(spec.uuid))
-    _sub(dom, "uuid", spec.uuid)
+    libvirt_uuid = domain_uuid(spec.uuid, scope)
+    _sub(dom, "name", domain_name(libvirt_uuid))
+    _sub(dom, "uuid", libvirt_uuid)
     _sub(dom, "title", " ".join(spec.name.split())[:200])
     metadata = _sub(dom, "metadata")
     if owner is not None:
         _sub(metadata, f"{{{OWNER_NS}}}owner", owner)
     _sub(metadata, f"{{{RELAY_NS}}}relay", stream=stream, metadata_socket=metadata_socket)
     _sub(metadata, f"{{{BOOT_NS}}}boot", generation=str(spec.generation))
+    if scope is not None:
+        _sub(metadata, f"{{{SERVER_NS}}}server", uuid=spec.uuid)
     _machine(dom, spec, kernel, initrd)
     _devices(_sub(dom, "devices"), spec, console_log, spare_root_ports, sockets)
     _network(dom, spec, stream)

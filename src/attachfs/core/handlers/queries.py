@@ -15,6 +15,7 @@ from attachfs.core.ports import (
     AttachmentRecord,
     BuiltinShareRecord,
     Env,
+    MigrationRecord,
     ServerRecord,
     UnitOfWork,
 )
@@ -153,3 +154,15 @@ def share_id(uow: UnitOfWork, ctx: RequestContext, ref: ShareRef) -> str:
     """The id of a share `ctx` may see (os-filesystem's connect/disconnect name it)."""
     with uow.read() as repos:
         return shares.find_share(repos, ctx, ref).uuid
+
+
+MIGRATIONS_RULE = "os_compute_api:os-migrations:index"
+
+
+def list_migrations(uow: UnitOfWork, env: Env, ctx: RequestContext, instance_uuid: str | None,
+                    status: str | None, migration_type: str | None,
+                    host: str | None) -> list[MigrationRecord]:
+    """Moves of servers between hosts, newest first (admin: the compute service's default)."""
+    env.policy.authorize(MIGRATIONS_RULE, ctx, ctx.project_id)
+    with uow.read() as repos:
+        return repos.migrations.search(instance_uuid, status, migration_type, host)
