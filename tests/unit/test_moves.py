@@ -301,3 +301,83 @@ def test_delete_during_a_move_ends_the_migration(cloud: Cloud) -> None:
     cloud.a.converge(sid)
     assert cloud.a.virt.guests == {} and cloud.provider.rules == {}
 
+
+
+# ---- a crash after every step of a move ------------------------------------------------------
+EVACUATE = ["evacuate:fence", "evacuate:fenced", "evacuate:grant_access", "evacuate:mount",
+            "evacuate:metadata", "evacuate:start_guest", "evacuate:record", "evacuate:finish"]
+MIGRATE = ["migrate:stop_guest", "migrate:remove_metadata", "migrate:unmount",
+           "migrate:revoke_access", "migrate:record", "migrate:forget", "migrate:handoff",
+           "migrate:grant_access", "migrate:mount", "migrate:metadata", "migrate:start_guest",
+           "migrate:finish"]
+
+
+def converge_with_crash(cloud: Cloud, sid: str, point: str,
+                        worlds: tuple[World, ...]) -> bool:
+    """Every host's agent converges; the one that reaches `point` dies right after it and is
+    started again (no memory). Whether the point was reached."""
+    crashed = False
+    for w in worlds:
+        w.reconciler.executor.crash_after = point
+    for _ in range(6):
+        for w in worlds:
+            try:
+                w.converge(sid, passes=40)
+            except SystemExit:
+                crashed = True
+                w.restart_agent()
+    return crashed
+
+
+@pytest.fixture
+def crashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attachfs.agent import executor as executor_module
+
+    def exit_now(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(executor_module.os, "_exit", exit_now)
+
+
+@pytest.mark.usefixtures("crashes")
+@pytest.mark.parametrize("point", EVACUATE)
+def test_evacuate_survives_a_crash_after_each_step(cloud: Cloud, point: str) -> None:
+    sid = running_on_a(cloud, 1, 2)
+    cloud.host_down(A)
+    cloud.ask(commands.EvacuateServer(ADMIN, sid))
+    assert converge_with_crash(cloud, sid, point, (cloud.b,)), point
+    row = cloud.b.row(sid)
+    assert (row.vm_state, row.task_state, row.host) == ("active", None, B)
+    assert set(cloud.provider.rules) == {("sh1", B), ("sh2", B)}
+    assert set(cloud.b.virt.guests[sid].devices) == {"t1", "t2"}
+    assert cloud.statuses(sid) == ["active", "active"]
+    assert cloud.migration(sid).status == "done"
+
+
+@pytest.mark.usefixtures("crashes")
+@pytest.mark.parametrize("point", MIGRATE)
+def test_cold_migrate_survives_a_crash_after_each_step(cloud: Cloud, point: str) -> None:
+    sid = running_on_a(cloud, 1)
+    cloud.ask(commands.MigrateServer(ADMIN, sid))
+    assert converge_with_crash(cloud, sid, point, (cloud.a, cloud.b)), point
+    row = cloud.b.row(sid)
+    assert (row.vm_state, row.task_state, row.host) == ("resized", None, B)
+    assert set(cloud.provider.rules) == {("sh1", B)}
+    assert cloud.a.virt.guests == {} and cloud.a.host.mounts == {}
+    assert set(cloud.b.virt.guests[sid].devices) == {"t1"}
+    assert cloud.statuses(sid) == ["active"] and cloud.migration(sid).status == "finished"
+
+
+@pytest.mark.usefixtures("crashes")
+@pytest.mark.parametrize("point", ["moved_away:stop_guest", "moved_away:remove_metadata",
+                                   "moved_away:unmount", "moved_away:forget"])
+def test_a_returning_host_survives_a_crash_while_cleaning_up(cloud: Cloud, point: str) -> None:
+    sid = running_on_a(cloud, 1)
+    cloud.host_down(A)
+    cloud.ask(commands.EvacuateServer(ADMIN, sid))
+    cloud.b.converge(sid)
+    cloud.a.restart_agent()
+    assert converge_with_crash(cloud, sid, point, (cloud.a,)), point
+    cloud.a.reconciler.reconcile_host()
+    assert cloud.a.virt.guests == {} and cloud.a.host.mounts == {}
+    assert set(cloud.provider.rules) == {("sh1", B)} and sid in cloud.b.virt.guests
