@@ -62,9 +62,10 @@ class Host:
 
     def start(self) -> None:
         log = (self.state / "agent.log").open("ab")
+        enter = ["nsenter", f"--net=/var/run/netns/{self.netns}"] if self.netns else []
         self.agent = subprocess.Popen(
-            ["nsenter", f"--net=/var/run/netns/{self.netns}", ATTACHFS, "agent", "--config",
-             str(self.config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [*enter, ATTACHFS, "agent", "--config", str(self.config)], stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:
         """The host fails: its agent dies at once; its guests, mounts and daemons stay."""
@@ -200,9 +201,14 @@ def _network(netns: str, link: str, subnet: int) -> str:
 
 
 @contextmanager
-def cloud(base: Path, names: tuple[str, ...] = ("host-a", "host-b")) -> Iterator[Cloud]:
+def cloud(base: Path, names: tuple[str, ...] = ("host-a", "host-b"), *,
+          settings: dict[str, object] | None = None, netns: bool = True) -> Iterator[Cloud]:
     """The API and one agent per host, started; everything removed afterwards (guests of
-    these hosts, their mounts, namespaces, links, the database)."""
+    these hosts, their mounts, namespaces, links, the database). `settings`: more config for
+    the API and every agent (a share service). `netns` False: the agents stay in this
+    network namespace (services on loopback, such as Manila and a Ceph monitor, are reachable;
+    each host is still its own Ceph ID)."""
+    extra = settings or {}
     api_url, agent_url = _database()
     shares_root = base / "shares"
     shares_root.mkdir(parents=True, exist_ok=True)
@@ -216,14 +222,14 @@ def cloud(base: Path, names: tuple[str, ...] = ("host-a", "host-b")) -> Iterator
         api_config.write_text(toml_of({
             "state_dir": str(api_state), "database_url": api_url,
             "images.dir": str(IMAGES_DIR), "storage.root": str(shares_root),
-            "agent.down_after": DOWN_AFTER}))
+            "agent.down_after": DOWN_AFTER, **extra}))
         port = free_port()
         api = Proc([ATTACHFS, "api", "--config", str(api_config), "--listen",
                     f"127.0.0.1:{port}"], api_state / "api.log", port)
         api.start("/v2.1/", timeout=90)
         for n, name in enumerate(names, start=1):
-            netns, link = f"afs{tag}{n}", f"vafs{tag}{n}"
-            address = _network(netns, link, n)
+            ns, link = (f"afs{tag}{n}", f"vafs{tag}{n}") if netns else ("", "")
+            address = _network(ns, link, n) if netns else "127.0.0.1"
             state = base / name
             state.mkdir(parents=True, exist_ok=True)
             config = state / "attachfs.toml"
@@ -232,8 +238,8 @@ def cloud(base: Path, names: tuple[str, ...] = ("host-a", "host-b")) -> Iterator
                 "images.dir": str(IMAGES_DIR), "storage.root": str(shares_root),
                 "agent.host": name, "agent.heartbeat_interval": HEARTBEAT,
                 "agent.down_after": DOWN_AFTER, "agent.share_transports": ["virtiofs"],
-                "manila.host_address": address, "libvirt.domains_per_host": True}))
-            hosts[name] = Host(name, netns, address, state, config)
+                "manila.host_address": address, "libvirt.domains_per_host": True, **extra}))
+            hosts[name] = Host(name, ns, address, state, config)
             hosts[name].start()
         c = Cloud(api, hosts, api_url, shares_root)
         for name in names:
@@ -244,8 +250,9 @@ def cloud(base: Path, names: tuple[str, ...] = ("host-a", "host-b")) -> Iterator
             h.stop()
             hosthelp.destroy_guests(h.owner)
             hosthelp.remove_state(h.state)
-            with contextlib.suppress(subprocess.CalledProcessError):
-                ip("netns", "del", h.netns)
+            if h.netns:
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    ip("netns", "del", h.netns)
         if api is not None:
             api.stop()
         hosthelp.remove_state(base)  # the built-in shares' filesystems

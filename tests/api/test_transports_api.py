@@ -205,3 +205,22 @@ def test_direct_needs_a_builtin_nfs_share(client: TestClient, parts: Parts) -> N
     info = client.get(f"/v2.1/servers/{sid}/shares/{nfs}/mount_info").json()["mount_info"]
     assert (info["fstype"], info["source"]) == ("nfs4", f"169.254.169.254:/share-{nfs}")
     assert _rows(parts) == [(nfs, "direct")]
+
+
+def test_the_transport_is_checked_against_the_servers_own_host(tmp_path: Path) -> None:
+    """Many hosts: what the server's host registered decides, not the API's configuration."""
+    from attachfs.agent import hosts
+
+    with _configured(tmp_path, **{"agent.share_transports": ["virtiofs", "9p"]}) as (
+            client, parts):
+        only_virtiofs = parts.config.model_copy(update={"agent": parts.config.agent.model_copy(
+            update={"share_transports": ["virtiofs"]})})
+        hosts.register(parts.db, only_virtiofs)
+        sid = _stopped(client, parts)
+        share = create_share(client)
+        r = _attach(client, sid, share["id"], transport="9p")
+        assert r.status_code == 409, r.text
+        message = r.json()["conflictingRequest"]["message"]
+        assert message.startswith("Transport 9p is not available on this host (it offers: ")
+        assert "virtiofs" in message and "9p" not in message.split("offers:")[1], message
+        assert _attach(client, sid, share["id"], transport="virtiofs").status_code == 201

@@ -57,10 +57,10 @@ NOT_LEAKED = ("another project's server answers as a server that does not exist:
               "service's 403 tells the caller it exists")
 TAG_36 = ("a tag longer than virtio-fs's 36 bytes is refused up front; the compute service "
           "accepts it and fails at boot (and answers 500 past its 48-character column)")
-NOT_CARRIED_OUT = ("server actions: attachfs evacuates and cold-migrates servers with shares "
-                   "(the compute service refuses them with one message) and refuses live "
-                   "migration with its reason; an action it does not carry out, or cannot carry "
-                   "out with one host, is a 4xx saying why, where the compute service acts (202)")
+NOT_CARRIED_OUT = ("server actions: attachfs evacuates servers with shares (the compute "
+                   "service refuses it) and cold-migrates them, and refuses live migration "
+                   "with its reason; an action it does not carry out, or cannot carry out with "
+                   "one host, is a 4xx saying why, where the compute service acts (202)")
 ROUTE = ("an unknown route is attachfs's itemNotFound fault; the compute service's router "
          "answers webob's {code, title, message} body, without microversion headers")
 _NO_CELL = "Instance {%s} has no mapping to a cell."

@@ -22,6 +22,10 @@ def test_each_filter_drops_what_cannot_take_the_server() -> None:
     assert why == ("No valid host was found. Of 5 host(s): 1 down, 1 disabled, "
                    "3 without the flavor's transport.")
     assert place(hosts, Needs(8192))[1].endswith(", 3 without enough free memory.")
+    # a server that moves needs every transport its attachments use
+    assert place(hosts, Needs(256, shares=frozenset({"virtiofs", "9p"}))) == ("vm-only", "")
+    assert place(hosts, Needs(256, shares=frozenset({"nfs"})))[1].endswith(
+        "3 without a transport its shares use.")
 
 
 def test_the_most_free_memory_wins_then_the_fewest_servers_then_the_name() -> None:

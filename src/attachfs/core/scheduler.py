@@ -5,6 +5,7 @@ Filters, in order, each dropping hosts that cannot take the server:
   enabled     no admin disabled it
   containers  a container flavor needs a host that runs containers
   transport   a flavor that names a share transport needs a host that offers it
+  shares      a server that moves needs a host that offers every transport its shares use
   memory      its memory less what its servers were given covers the flavor's
 Weigher: the most free memory first, then the fewest servers, then the name (stable). No
 registered host at all (an API before its first agent, or the one-host embedded default's first
@@ -38,6 +39,7 @@ class Needs:
     memory_mib: int
     container: bool = False
     transport: str | None = None  # the flavor's share transport, when it names one
+    shares: frozenset[str] = frozenset()  # transports the server's attachments use (a move)
 
 
 FILTERS: tuple[tuple[str, Callable[[Candidate, Needs], bool]], ...] = (
@@ -46,6 +48,7 @@ FILTERS: tuple[tuple[str, Callable[[Candidate, Needs], bool]], ...] = (
     ("no containers", lambda c, n: c.containers or not n.container),
     ("without the flavor's transport", lambda c, n: n.transport is None
      or n.transport in c.transports),
+    ("without a transport its shares use", lambda c, n: n.shares <= c.transports),
     ("without enough free memory", lambda c, n: c.free_mib >= n.memory_mib),
 )
 

@@ -60,7 +60,10 @@ def attach_share(cmd: AttachShare, uow: UnitOfWork, env: Env) -> AttachmentRecor
         env.policy.authorize(RULE % "create", ctx, server.project_id)
         require_share_change_allowed(server.uuid, server.vm_state, server.task_state,
                                      ATTACH_ACTION, env.hot_plug)
-        transport = _transport(cmd, server, env)
+        host = repos.hosts.get(server.host) if server.host else None
+        # what the server's own host offers, as its agent registered it (else: this process's)
+        offered = frozenset(host.transports) if host is not None else env.transports
+        transport = _transport(cmd, server, env, offered)
     share = env.shares.get_share(share_id, ctx)  # 404 when missing or not visible
     _require_attachable_share(share)
     require_direct_export(transport, share.id, share.nfs_export)
@@ -78,14 +81,15 @@ def attach_share(cmd: AttachShare, uow: UnitOfWork, env: Env) -> AttachmentRecor
     return mapping
 
 
-def _transport(cmd: AttachShare, server: ServerRecord, env: Env) -> str:
+def _transport(cmd: AttachShare, server: ServerRecord, env: Env,
+               offered: frozenset[str]) -> str:
     """The body's choice, else the flavor's, else the operator's; one this host serves and,
     on a running server, one that can be hot-plugged."""
     flavor = FLAVORS.get(server.flavor_id)
     transport = choose_transport(cmd.transport, flavor.share_transport if flavor else None,
                                  env.default_transport, server_kind(server.flavor_id))
     if transport != Transport.BIND:  # a container's server was only made where they run
-        require_transport(transport, env.transports)
+        require_transport(transport, offered)
     require_hot_pluggable(transport, server.vm_state == VmState.ACTIVE)
     return transport
 

@@ -59,8 +59,9 @@ def _target(repos: Repositories, env: Env, server: ServerRecord, requested: str 
             raise missing(f"Compute host {requested} could not be found.")
         if requested == server.host:
             raise BadRequest("The target host can't be the same one.")
+    shares = frozenset(m.transport for m in repos.attachments.of_server(server.uuid))
     host, why = _place(repos, env, find_flavor(server.flavor_id), exclude=server.host,
-                       only=requested)
+                       only=requested, shares=shares)
     if host is None:
         raise BadRequest(why)
     return host

@@ -67,7 +67,8 @@ def create_server(cmd: CreateServer, uow: UnitOfWork, env: Env) -> ServerRecord:
 
 
 def _place(repos: Repositories, env: Env, flavor: Flavor, *, exclude: str | None = None,
-           only: str | None = None) -> tuple[str | None, str]:
+           only: str | None = None,
+           shares: frozenset[str] = frozenset()) -> tuple[str | None, str]:
     """The host the server runs on (core/scheduler.py), or (None, why not). A move leaves its
     source out (`exclude`); an admin may name the host (`only`: still filtered)."""
     hosts = [h for h in repos.hosts.all() if h.name != exclude and only in (None, h.name)]
@@ -79,7 +80,7 @@ def _place(repos: Repositories, env: Env, flavor: Flavor, *, exclude: str | None
         not h.disabled, h.containers, frozenset(h.transports), h.memory_mib,
         usage.get(h.name, (0, 0, 0))[2], usage.get(h.name, (0, 0, 0))[0]) for h in hosts]
     return place(candidates, Needs(flavor.ram_mib, flavor.kind == ServerKind.CONTAINER,
-                                   flavor.share_transport))
+                                   flavor.share_transport, shares))
 
 
 def _power_change(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: str,
