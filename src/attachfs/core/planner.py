@@ -408,9 +408,7 @@ def _plan_delete(b: _Builder) -> None:
             return
     elif a.power != MISSING:
         b.add(Operation.DELETE, Op.STOP_GUEST, force=True)
-    b.devices = {}
-    if a.metadata or a.guest_report is not None:
-        b.add(Operation.DELETE, Op.REMOVE_METADATA)
+    _give_back_metadata(b, Operation.DELETE)
     if d.vm_state == "deleted":
         return  # no row left (or already deleted): only the host side is cleaned
     for s in d.shares:
@@ -419,6 +417,13 @@ def _plan_delete(b: _Builder) -> None:
             b.add(Operation.DELETE, Op.REVOKE_ACCESS, s)
         b.add(Operation.DELETE, Op.RECORD, s, status=None)
     b.add(Operation.DELETE, Op.FINISH, vm_state="deleted")
+
+
+def _give_back_metadata(b: _Builder, operation: Operation) -> None:
+    """The guest is gone (or going): its metadata socket and the guest's last report too."""
+    b.devices = {}
+    if b.a.metadata or b.a.guest_report is not None:
+        b.add(operation, Op.REMOVE_METADATA)
 
 
 def _plan_leave(b: _Builder, move: Move) -> None:
@@ -431,9 +436,7 @@ def _plan_leave(b: _Builder, move: Move) -> None:
             return
     elif a.power != MISSING:
         b.add(operation, Op.STOP_GUEST, force=True)
-    b.devices = {}
-    if a.metadata or a.guest_report is not None:
-        b.add(operation, Op.REMOVE_METADATA)
+    _give_back_metadata(b, operation)
     for s in d.shares:
         b.unmount(operation, s.path, set())
         if not s.own_rule and s.share_id not in d.access_used_elsewhere:
@@ -464,9 +467,7 @@ def _plan_moved_away(b: _Builder) -> None:
     present = a.power != MISSING or a.metadata or a.guest_report is not None
     if a.power != MISSING:
         b.add(operation, Op.STOP_GUEST, force=True)
-    b.devices = {}
-    if a.metadata or a.guest_report is not None:
-        b.add(operation, Op.REMOVE_METADATA)
+    _give_back_metadata(b, operation)
     for s in d.shares:
         b.unmount(operation, s.path, set())
     if present:

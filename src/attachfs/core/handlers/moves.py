@@ -21,7 +21,7 @@ from attachfs.core.flavors import find_flavor
 from attachfs.core.handlers.common import record_action, touch, visible_server
 from attachfs.core.handlers.servers import _place
 from attachfs.core.hosts import host_state
-from attachfs.core.model import PowerIntent, TaskState, VmState, invalid_state
+from attachfs.core.model import PowerIntent, TaskState, VmState, require_server_state
 from attachfs.core.moves import MigrationStatus, MoveType, settled_vm_state
 from attachfs.core.ports import (
     Env,
@@ -102,10 +102,8 @@ def evacuate_server(cmd: EvacuateServer, uow: UnitOfWork, env: Env) -> None:
         env.policy.authorize(EVACUATE_RULE, ctx, server.project_id)
         if cmd.host is not None and _host_row(repos, cmd.host) is None:
             raise NotFound(f"Compute host {cmd.host} could not be found.")
-        if server.vm_state not in (*MOVABLE, VmState.ERROR) or server.task_state is not None:
-            attr = "vm_state" if server.task_state is None else "task_state"
-            raise invalid_state("evacuate", server.uuid, attr,
-                                server.task_state or server.vm_state)
+        require_server_state(server.uuid, server.vm_state, server.task_state, "evacuate",
+                             (*MOVABLE, VmState.ERROR))
         source = _host_row(repos, server.host)
         if source is None or _up(env, repos, source):
             raise Conflict(f"Compute service of {server.host} is still in use.")
@@ -136,10 +134,8 @@ def migrate_server(cmd: MigrateServer, uow: UnitOfWork, env: Env) -> None:
         env.policy.authorize(MIGRATE_RULE, ctx, server.project_id)
         if cmd.host is not None and _host_row(repos, cmd.host) is None:
             raise BadRequest(f"Compute host {cmd.host} could not be found.")
-        if server.vm_state not in MOVABLE or server.task_state is not None:
-            attr = "vm_state" if server.task_state is None else "task_state"
-            raise invalid_state("migrate", server.uuid, attr,
-                                server.task_state or server.vm_state)
+        require_server_state(server.uuid, server.vm_state, server.task_state, "migrate",
+                             MOVABLE)
         dest = _target(repos, env, server, cmd.host, BadRequest)
         if not _up(env, repos, _host_row(repos, server.host)):
             raise Conflict(f"Host {server.host} is down: it cannot let the server go; "
@@ -187,9 +183,8 @@ def revert_migration(cmd: RevertMigration, uow: UnitOfWork, env: Env) -> None:
 
 
 def _resized(repos: Repositories, server: ServerRecord, action: str) -> MigrationRecord:
-    if server.vm_state != VmState.RESIZED or server.task_state is not None:
-        attr = "vm_state" if server.task_state is None else "task_state"
-        raise invalid_state(action, server.uuid, attr, server.task_state or server.vm_state)
+    require_server_state(server.uuid, server.vm_state, server.task_state, action,
+                         (VmState.RESIZED,))
     migration = repos.migrations.in_progress(server.uuid)
     if migration is None or migration.status != MigrationStatus.FINISHED:
         raise BadRequest("Instance has not been resized.")
