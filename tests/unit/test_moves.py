@@ -381,3 +381,34 @@ def test_a_returning_host_survives_a_crash_while_cleaning_up(cloud: Cloud, point
     cloud.a.reconciler.reconcile_host()
     assert cloud.a.virt.guests == {} and cloud.a.host.mounts == {}
     assert set(cloud.provider.rules) == {("sh1", B)} and sid in cloud.b.virt.guests
+
+
+@pytest.mark.parametrize("b_fenced", [False, True])
+def test_an_evacuation_whose_new_host_fails_too_can_be_evacuated_again(
+        tmp_path: Path, b_fenced: bool) -> None:
+    provider, url = FakeProvider(), f"sqlite:///{tmp_path}/cloud.db"
+    worlds = {n: make_world(tmp_path / n, name=n, db_url=url, provider=provider)
+              for n in ("host-a", "host-b", "host-c")}
+    with worlds["host-a"].db.session() as s:
+        for n, name in enumerate(worlds):
+            s.add(Host(uuid=f"00000000-0000-0000-0000-00000000000{n}", name=name,
+                       transports=["virtiofs"], vcpus=2, memory_mib=4096 - n))
+    c = Cloud(worlds["host-a"], worlds["host-b"], SqlUnitOfWork(worlds["host-a"].db), Fencing(),
+              provider)
+    sid = running_on_a(c, 1)
+    c.host_down("host-a")
+    c.ask(commands.EvacuateServer(ADMIN, sid, host="host-b"))
+    if b_fenced:  # B fenced A and took the share, then failed before it started the guest
+        c.b.reconcile(sid)
+        provider.rules[("sh1", "host-b")] = "rw"
+    c.host_down("host-b")
+    with pytest.raises(errors.Conflict, match="task_state rebuilding"):
+        c.ask(commands.MigrateServer(ADMIN, sid))
+    c.ask(commands.EvacuateServer(ADMIN, sid))
+    assert c.a.row(sid).host == "host-c"
+    worlds["host-c"].converge(sid)
+    assert set(provider.rules) == {("sh1", "host-c")}  # neither failed host keeps access
+    assert worlds["host-c"].row(sid).vm_state == "active"
+    with c.a.db.read() as s:
+        statuses = list(s.scalars(select(Migration.status).order_by(Migration.id)))
+    assert statuses == (["failed", "done"] if b_fenced else ["done"])

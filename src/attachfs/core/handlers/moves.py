@@ -22,7 +22,7 @@ from attachfs.core.handlers.common import record_action, touch, visible_server
 from attachfs.core.handlers.servers import _place
 from attachfs.core.hosts import host_state
 from attachfs.core.model import PowerIntent, TaskState, VmState, require_server_state
-from attachfs.core.moves import MigrationStatus, MoveType, settled_vm_state
+from attachfs.core.moves import MigrationStatus, MoveType, failed, settled_vm_state
 from attachfs.core.ports import (
     Env,
     HostRecord,
@@ -84,6 +84,15 @@ def _unfenceable(repos: Repositories, env: Env, server: ServerRecord) -> list[st
                    if not env.shares.fences(m.share_id)})
 
 
+def _stuck_evacuation(repos: Repositories, env: Env, server: ServerRecord,
+                      host: HostRecord | None) -> MigrationRecord | None:
+    """The evacuation of a server whose destination failed before it finished (the server is
+    still `rebuilding` there): it may be evacuated again, from that host."""
+    if server.task_state != TaskState.REBUILDING or _up(env, repos, host):
+        return None
+    return repos.migrations.in_progress(server.uuid)
+
+
 def _start_move(repos: Repositories, server: ServerRecord, ctx: RequestContext, kind: str,
                 dest: str, status: str, action: str) -> None:
     repos.migrations.add(
@@ -96,35 +105,55 @@ def _start_move(repos: Repositories, server: ServerRecord, ctx: RequestContext, 
 
 
 def evacuate_server(cmd: EvacuateServer, uow: UnitOfWork, env: Env) -> None:
-    ctx = cmd.ctx
     with uow.write() as repos:
-        server = visible_server(repos, cmd.server_id, ctx, lock=True)
-        env.policy.authorize(EVACUATE_RULE, ctx, server.project_id)
-        if cmd.host is not None and _host_row(repos, cmd.host) is None:
-            raise NotFound(f"Compute host {cmd.host} could not be found.")
+        _evacuate(cmd, repos, env)
+    env.wake_agent()
+
+
+def _evacuate(cmd: EvacuateServer, repos: Repositories, env: Env) -> None:
+    """The checks and the writes, in evacuate_server's one transaction."""
+    ctx = cmd.ctx
+    server = visible_server(repos, cmd.server_id, ctx, lock=True)
+    env.policy.authorize(EVACUATE_RULE, ctx, server.project_id)
+    if cmd.host is not None and _host_row(repos, cmd.host) is None:
+        raise NotFound(f"Compute host {cmd.host} could not be found.")
+    source = _host_row(repos, server.host)
+    stuck = _stuck_evacuation(repos, env, server, source)
+    if stuck is None:
         require_server_state(server.uuid, server.vm_state, server.task_state, "evacuate",
                              (*MOVABLE, VmState.ERROR))
-        source = _host_row(repos, server.host)
-        if source is None or _up(env, repos, source):
-            raise Conflict(f"Compute service of {server.host} is still in use.")
-        _movable_shares(repos, server, "evacuate")
-        blind = _unfenceable(repos, env, server)
-        if blind and not source.forced_down:
-            raise Conflict(
-                f"Host {server.host} is down, but the storage of share(s) {', '.join(blind)} "
-                "cannot cut it off (built-in or static shares: a mount the host still has "
-                "stays usable); fence the host yourself (power it off), mark it forced down "
-                f"(openstack compute service set --down {server.host} nova-compute), then "
-                "evacuate again.")
+    if source is None or _up(env, repos, source):
+        raise Conflict(f"Compute service of {server.host} is still in use.")
+    if stuck is not None and not stuck.fenced:
+        # the new host failed before it fenced the first one (so it took nothing): the
+        # same evacuation goes on to another host, which fences the first failed host
         dest = _target(repos, env, server, cmd.host, NotFound)
-        _start_move(repos, server, ctx, MoveType.EVACUATION, dest, MigrationStatus.ACCEPTED,
-                    "evacuate")
-        # rebuilt on the new host as it was (running unless it was stopped), or stopped (2.95)
-        server.power_intent = PowerIntent.OFF if cmd.stop or server.vm_state == VmState.STOPPED \
-            else PowerIntent.ON
-        server.host, server.task_state = dest, TaskState.REBUILDING
-        server.fault_message = None
-    env.wake_agent()
+        record_action(repos, server.uuid, "evacuate", ctx,
+                      message=f"from host {stuck.source_compute} to host {dest} (host "
+                              f"{server.host} failed before it took the server)")
+        stuck.dest_compute, server.host = dest, dest
+        touch(server)
+        return
+    if stuck is not None:  # it fenced and may hold the shares: that host is fenced too
+        stuck.status = failed(stuck.migration_type)
+        server.task_state = None
+    _movable_shares(repos, server, "evacuate")
+    blind = _unfenceable(repos, env, server)
+    if blind and not source.forced_down:
+        raise Conflict(
+            f"Host {server.host} is down, but the storage of share(s) {', '.join(blind)} "
+            "cannot cut it off (built-in or static shares: a mount the host still has "
+            "stays usable); fence the host yourself (power it off), mark it forced down "
+            f"(openstack compute service set --down {server.host} nova-compute), then "
+            "evacuate again.")
+    dest = _target(repos, env, server, cmd.host, NotFound)
+    _start_move(repos, server, ctx, MoveType.EVACUATION, dest, MigrationStatus.ACCEPTED,
+                "evacuate")
+    # rebuilt on the new host as it was (running unless it was stopped), or stopped (2.95)
+    server.power_intent = PowerIntent.OFF if cmd.stop or server.vm_state == VmState.STOPPED \
+        else PowerIntent.ON
+    server.host, server.task_state = dest, TaskState.REBUILDING
+    server.fault_message = None
 
 
 def migrate_server(cmd: MigrateServer, uow: UnitOfWork, env: Env) -> None:
