@@ -62,9 +62,9 @@ def open_parts(config: Config, prepare: bool = True) -> Parts:
 
 def build_api(parts: Parts, wake: Callable[[], None] = lambda: None) -> FastAPI:
     """`wake`: this process's agent, if any; on PostgreSQL every other agent is rung too."""
-    def wake_agents() -> None:
+    def wake_agents(host: str | None) -> None:
         wake()
-        doorbell.ring(parts.db)
+        doorbell.ring(parts.db, host)
 
     state = ApiState(parts.config, parts.db, parts.provider, parts.builtin,
                      PolicyEnforcer(parts.config.api.policy_file), wake_agents,

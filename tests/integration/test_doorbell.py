@@ -99,3 +99,30 @@ def test_a_lost_connection_comes_back_and_looks_once(pg_url: str, tmp_path: Path
     finally:
         listener.stop()
         parts.db.dispose()
+
+
+def test_a_ring_wakes_only_the_servers_host(pg_url: str, tmp_path: Path) -> None:
+    """With a thousand hosts, a change costs one look, not a thousand."""
+    config = load_config(None, {"state_dir": str(tmp_path / "state"), "database_url": pg_url,
+                                "images.dir": str(make_image_dir(tmp_path)),
+                                "agent.host": "test-host"})
+    parts = open_parts(config)
+    mine, other = Bell(), Bell()
+    listeners = [doorbell.Listener(parts.db, mine, "test-host"),
+                 doorbell.Listener(parts.db, other, "other-host")]
+    for listener in listeners:
+        listener.start()
+    try:
+        assert all(listener.listening.wait(10) for listener in listeners)
+        time.sleep(0.5)  # the looks each makes once it listens
+        mine.count = other.count = 0
+        doorbell.ring(parts.db, "test-host")
+        doorbell.ring(parts.db, None)  # every host
+        wait_until = time.monotonic() + 5
+        while time.monotonic() < wait_until and (mine.count < 2 or other.count < 1):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert (mine.count, other.count) == (2, 1)
+    finally:
+        for listener in listeners:
+            listener.stop()

@@ -253,7 +253,8 @@ class Agent:
     def run(self) -> None:
         log.info("agent for host %s starting", self.r.host)
         self._register()
-        bell = doorbell.Listener(self.r.db, self.wake) if doorbell.listens(self.r.db) else None
+        bell = doorbell.Listener(self.r.db, self.wake, self.r.host) \
+            if doorbell.listens(self.r.db) else None
         if bell is not None:
             bell.start()
         self.r.virt.watch(self.guest_changed)

@@ -181,7 +181,7 @@ class ServerSteps:
                                                            migration.status)
             row.host, row.share_slots = step.host, None
             row.generation += 1
-        doorbell.ring(self.db)
+        doorbell.ring(self.db, step.host)
         log.info("server %s: handed over to host %s", snap.server.uuid, step.host)
 
     def fail_move(self, snap: Snapshot | None, fault: str) -> None:

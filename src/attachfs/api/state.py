@@ -30,7 +30,7 @@ class ApiState:
     provider: ProviderChain  # where attached shares come from (built-in, static or Manila)
     builtin: LocalShareProvider  # the built-in shares of /os-filesystem
     policy: PolicyEnforcer
-    wake_agent: Callable[[], None]
+    wake_agent: Callable[[str | None], None]
     authenticator: Authenticator
 
     @cached_property

@@ -259,7 +259,8 @@ class Env:
     shares: ShareLookup
     builtin: BuiltinStorage
     images: ImageLookup
-    wake_agent: Callable[[], None]  # after a commit that changed desired state
+    # after a commit that changed desired state: the host whose agent acts (None: every host)
+    wake_agent: Callable[[str | None], None]
     host: str
     hot_plug: bool
     max_attachments_per_server: int

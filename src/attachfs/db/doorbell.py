@@ -28,14 +28,16 @@ def listens(db: Database) -> bool:
     return db.url.startswith("postgresql")
 
 
-def ring(db: Database) -> None:
-    """Every listening agent: look for work now. Best effort: a failure is logged (the agents'
-    periodic look finds the change anyway)."""
+def ring(db: Database, host: str | None = None) -> None:
+    """The agent of `host` (None: every listening agent): look for work now. Only that host's
+    agent wakes, so a change costs one look, not one per host. Best effort: a failure is
+    logged (the agents' periodic look finds the change anyway)."""
     if not listens(db):
         return
     try:
         with db.session() as s:
-            s.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+            s.execute(text("SELECT pg_notify(:channel, :host)"),
+                      {"channel": CHANNEL, "host": host or ""})
     except Exception as exc:  # noqa: BLE001 - the safety net covers it
         log.warning("could not ring the agents: %s", exc)
 
@@ -51,9 +53,10 @@ class Listener:
     after a lost connection it connects again (backoff up to 5 s) and calls `rung()` once,
     since rings may have been missed meanwhile. `listening` says whether it is connected."""
 
-    def __init__(self, db: Database, rung: Callable[[], None]) -> None:
+    def __init__(self, db: Database, rung: Callable[[], None], host: str = "") -> None:
         self.url = libpq_url(db.url)
         self.rung = rung
+        self.host = host  # rings for another host are not for us ("": hear every ring)
         self.listening = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -75,8 +78,9 @@ class Listener:
                     delay = 0.1
                     self.rung()  # whatever was rung while not listening
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self.rung()
+                        for note in conn.notifies(timeout=1.0, stop_after=1):
+                            if not self.host or note.payload in ("", self.host):
+                                self.rung()
             except psycopg.Error as exc:
                 if self.listening.is_set():
                     log.warning("doorbell: connection lost (%s); connecting again", exc)

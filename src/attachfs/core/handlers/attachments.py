@@ -77,7 +77,7 @@ def attach_share(cmd: AttachShare, uow: UnitOfWork, env: Env) -> AttachmentRecor
             repos.flush()
     except Duplicate as exc:  # a concurrent attach of the same share or tag won the race
         raise already_attached(share.id, tag) from exc
-    env.wake_agent()
+    env.wake_agent(server.host)
     return mapping
 
 
@@ -158,4 +158,4 @@ def detach_share(cmd: DetachShare, uow: UnitOfWork, env: Env) -> None:
         mapping.requester_token = ctx.auth_token
         touch(server)
         record_action(repos, server.uuid, "detach_share", ctx, message=cmd.share_id)
-    env.wake_agent()
+    env.wake_agent(server.host)

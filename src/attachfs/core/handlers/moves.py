@@ -106,12 +106,12 @@ def _start_move(repos: Repositories, server: ServerRecord, ctx: RequestContext, 
 
 def evacuate_server(cmd: EvacuateServer, uow: UnitOfWork, env: Env) -> None:
     with uow.write() as repos:
-        _evacuate(cmd, repos, env)
-    env.wake_agent()
+        host = _evacuate(cmd, repos, env)
+    env.wake_agent(host)
 
 
-def _evacuate(cmd: EvacuateServer, repos: Repositories, env: Env) -> None:
-    """The checks and the writes, in evacuate_server's one transaction."""
+def _evacuate(cmd: EvacuateServer, repos: Repositories, env: Env) -> str:
+    """The checks and the writes, in evacuate_server's one transaction; the new host."""
     ctx = cmd.ctx
     server = visible_server(repos, cmd.server_id, ctx, lock=True)
     env.policy.authorize(EVACUATE_RULE, ctx, server.project_id)
@@ -133,7 +133,7 @@ def _evacuate(cmd: EvacuateServer, repos: Repositories, env: Env) -> None:
                               f"{server.host} failed before it took the server)")
         stuck.dest_compute, server.host = dest, dest
         touch(server)
-        return
+        return dest
     if stuck is not None:  # it fenced and may hold the shares: that host is fenced too
         stuck.status = failed(stuck.migration_type)
         server.task_state = None
@@ -154,6 +154,7 @@ def _evacuate(cmd: EvacuateServer, repos: Repositories, env: Env) -> None:
         else PowerIntent.ON
     server.host, server.task_state = dest, TaskState.REBUILDING
     server.fault_message = None
+    return dest
 
 
 def migrate_server(cmd: MigrateServer, uow: UnitOfWork, env: Env) -> None:
@@ -178,7 +179,7 @@ def migrate_server(cmd: MigrateServer, uow: UnitOfWork, env: Env) -> None:
         _start_move(repos, server, ctx, MoveType.MIGRATION, dest,
                     MigrationStatus.PRE_MIGRATING, "migrate")
         server.task_state = TaskState.RESIZE_PREP
-    env.wake_agent()
+    env.wake_agent(server.host)
 
 
 def confirm_migration(cmd: ConfirmMigration, uow: UnitOfWork, env: Env) -> None:
@@ -208,7 +209,7 @@ def revert_migration(cmd: RevertMigration, uow: UnitOfWork, env: Env) -> None:
         record_action(repos, server.uuid, "revertResize", ctx,
                       message=f"from host {server.host} back to host "
                               f"{migration.source_compute}")
-    env.wake_agent()
+    env.wake_agent(server.host)
 
 
 def _resized(repos: Repositories, server: ServerRecord, action: str) -> MigrationRecord:

@@ -48,7 +48,7 @@ def create_share(cmd: CreateShare, uow: UnitOfWork, env: Env) -> BuiltinShareRec
     except BaseException:
         env.builtin.delete_dir(share_id)  # nothing half-done: the filesystem goes too
         raise
-    env.wake_agent()  # a project share is attached to the project's servers
+    env.wake_agent(None)  # a project share is attached to the project's servers (anywhere)
     return share
 
 
