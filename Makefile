@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup demo demo-ceph test test-fast lint bench clean
+.PHONY: setup demo demo-ceph test test-fast lint bench bench-scale clean
 
 setup:
 	@bash scripts/setup.sh
@@ -35,8 +35,14 @@ test-fast:
 	.venv/bin/pytest -q -m "not vm" tests
 
 # The benchmark (bench/, outside the runtime package; see docs/bench.md): ~5 minutes, boots guests.
+# ARGS passes options, e.g. make bench ARGS=--scale (adds part 8, the scale simulation).
 bench: setup
-	$(PY) -m bench
+	$(PY) -m bench $(ARGS)
+
+# Part 8 alone: 1,000 simulated hosts (real agents on the test fakes) on one PostgreSQL, attaches
+# through `attachfs api --workers 4` (docs/bench.md, "8. Scale simulation"). ~20 minutes on 2 cores.
+bench-scale: setup
+	$(PY) -m bench --scale-only $(ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

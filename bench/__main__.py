@@ -57,6 +57,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                        help="servers per host, every other one running (default 10)")
     scale.add_argument("--scale-shares", type=int, default=2, metavar="N",
                        help="shares attached per server (default 2)")
+    scale.add_argument("--scale-attaches", type=int, default=2000, metavar="N",
+                       help="attaches sent through the API, drawn at random; the other "
+                            "attachments are inserted settled (default 2000; more than "
+                            "there are: all of them)")
+    scale.add_argument("--scale-floor", type=int, default=400, metavar="N",
+                       help="attaches to servers of a host with no agent before the agents "
+                            "start: the API alone, the baseline (default 400)")
     scale.add_argument("--scale-procs", type=int, default=4, metavar="N",
                        help="processes the hosts run in (default 4)")
     scale.add_argument("--scale-pool", type=int, default=8, metavar="N",
@@ -64,8 +71,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     scale.add_argument("--scale-agent-workers", type=int, default=1, metavar="N",
                        help="[agent] workers of each simulated agent (default 1)")
     scale.add_argument("--scale-bell", choices=["process", "agent", "none"], default="process",
-                       help="LISTEN connections: one per host process waking all its agents "
-                            "(default), one per agent (the real thing), none (agents poll)")
+                       help="LISTEN connections: one per host process, waking the agents "
+                            "each ring is for (default); one per agent (the real thing); "
+                            "none (the agents poll)")
     scale.add_argument("--scale-api-workers", type=int, default=4, metavar="N")
     scale.add_argument("--scale-clients", type=int, default=16, metavar="N",
                        help="concurrent API clients (default 16)")

@@ -1,23 +1,27 @@
-"""Part 8 (`python -m bench --scale`): a cloud of simulated hosts on one PostgreSQL.
+"""Part 8 (`python -m bench --scale`, `make bench-scale`): a cloud of simulated hosts on one
+PostgreSQL.
 
 HOSTS hosts (default 1,000), each a real agent on the test-only fake virt and storage drivers
 (bench/scale_hosts.py, in PROCS processes), SERVERS servers per host (10; every other one
-running), SHARES built-in shares per server (2), and the real compute API (`attachfs api
---workers N`). In order:
+running), SHARES built-in shares attached per server (2), and the real compute API
+(`attachfs api --workers N`) on a throw-away database. In order:
 
-1. cold start: every agent starts at once and builds the running servers (fake guests);
-2. idle: IDLE s with nothing asked: what the hosts alone cost the database;
-3. attach: one POST /v2.1/servers/{id}/shares per (server, share) from CLIENTS concurrent
-   clients: throughput, and POST -> `inactive` (stopped server) / `active` (running server,
-   hot plug) from the rows' own times;
-4. restart: every agent stopped; one attachment per host detached through the API while they
-   are down; every agent started at once: the time until all are back and the database is
-   converged again;
-5. dedicated: a few hosts each with the real engine, pool and LISTEN of their own: the
+1. floor: attaches to stopped servers of a host no agent runs: the API and database alone;
+2. cold start: every agent starts at once and builds the running servers (fake guests);
+3. idle: IDLE s with nothing asked: what the hosts alone cost the database;
+4. round trips: GET /v2.1/ on a keep-alive connection and on new ones;
+5. attach: ATTACHES POST /v2.1/servers/{id}/shares (the other attachments inserted settled)
+   from CLIENTS concurrent clients: throughput, and POST -> `inactive` (stopped server) /
+   `active` (running server, hot plug) from the rows' own times;
+6. restart: every agent stopped; one attachment per host detached through the API while they
+   are down; every agent started at once: until all are registered, converged, through
+   their start-up passes;
+7. dedicated: a few hosts each with the real engine, pool and LISTEN of their own: the
    connections one agent per real host holds.
 
-Database connections are sampled from pg_stat_activity every 0.2 s. Figures are printed and
-written, never asserted. See docs/bench.md, "Scale simulation".
+Database connections are sampled from pg_stat_activity every 0.2 s; transactions and the
+cores each part used are taken at the phases' ends. Figures are printed and written, never
+asserted. See docs/bench.md, "8. Scale simulation".
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import os
 import queue
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -48,7 +53,7 @@ from bench.servers import ROOT
 from harness.host import remove_state
 from harness.process import free_port, wait_for
 
-PREFIX, DEDICATED_PREFIX = "sim-", "ded-"
+PREFIX, DEDICATED_PREFIX, FLOOR_HOST = "sim-", "ded-", "floor-no-agent"
 PROJECT = "bench"  # X-Auth-Token bench:bench (noauth): user bench, project bench
 IMAGE_ID = "img-1"  # tests/fakes/world.py IMAGE: what the fake hosts boot
 SAMPLE = 0.2  # s between pg_stat_activity samples
@@ -83,10 +88,23 @@ def _share(name: str) -> dict[str, Any]:
             "user_id": PROJECT}
 
 
-def seed(url: str, args: argparse.Namespace, storage_root: Path) -> list[Target]:
+def _mapping(server: str, share: str, tag: str, status: str, storage_root: Path) -> dict[str, Any]:
+    return {"uuid": str(uuid.uuid4()), "instance_uuid": server, "share_id": share,
+            "status": status, "tag": tag, "share_proto": "LOCAL",
+            "export_location": f"local:{storage_root}/{share}", "mount_point": None,
+            "fault_message": None, "request_id": None, "user_id": PROJECT,
+            "project_id": PROJECT}
+
+
+def seed(url: str, args: argparse.Namespace,
+         storage_root: Path) -> tuple[list[Target], list[Target], list[Target]]:
     """Servers and built-in share rows in bulk (the API would write the same rows; creating
-    each share's ext4 image is not what is measured); the attachments are left to the API.
-    The dedicated hosts' servers come with attachments already asked (`attaching`)."""
+    each share's ext4 image is not what is measured). (the attachments the API is to make,
+    every attachment). With --scale-attaches N below the total, the N are drawn at random and
+    the others are inserted settled: `inactive` on a stopped server, `active` on a running
+    one, whose agent then starts its guest with them plugged (the state an attach through the
+    API ends in). The dedicated hosts' servers come with attachments asked (`attaching`); the
+    floor's stopped servers are on a host no agent runs."""
     from sqlalchemy import insert
 
     from attachfs.db.engine import Database
@@ -102,6 +120,19 @@ def seed(url: str, args: argparse.Namespace, storage_root: Path) -> list[Target]
                 share = _share(f"fs-{h}-{i}-{j}")
                 shares.append(share)
                 targets.append(Target(row["uuid"], share["uuid"], f"t{j}", host, i % 2 == 0))
+    measured = list(targets)
+    if args.scale_attaches < len(targets):
+        measured = random.Random(12).sample(targets, args.scale_attaches)
+        chosen = set(measured)
+        mappings += [_mapping(t.server, t.share, t.tag, "active" if t.running else "inactive",
+                              storage_root) for t in targets if t not in chosen]
+    floor = []
+    for i in range(args.scale_floor):  # stopped servers on a host with no agent: the API alone
+        row = _server(f"floor-{i}", FLOOR_HOST, running=False)
+        servers.append(row)
+        share = _share(f"fs-floor-{i}")
+        shares.append(share)
+        floor.append(Target(row["uuid"], share["uuid"], "t0", FLOOR_HOST, False))
     for h in range(args.scale_dedicated):
         for i in range(args.scale_servers):
             row = _server(f"ded-{h}-{i}", f"{DEDICATED_PREFIX}{h:04d}", running=False)
@@ -109,12 +140,8 @@ def seed(url: str, args: argparse.Namespace, storage_root: Path) -> list[Target]
             for j in range(args.scale_shares):
                 share = _share(f"fs-ded-{h}-{i}-{j}")
                 shares.append(share)
-                mappings.append({
-                    "uuid": str(uuid.uuid4()), "instance_uuid": row["uuid"],
-                    "share_id": share["uuid"], "status": "attaching", "tag": f"t{j}",
-                    "share_proto": "LOCAL", "export_location": f"local:{storage_root}/"
-                    f"{share['uuid']}", "mount_point": None, "fault_message": None,
-                    "request_id": None, "user_id": PROJECT, "project_id": PROJECT})
+                mappings.append(_mapping(row["uuid"], share["uuid"], f"t{j}", "attaching",
+                                         storage_root))
     db = Database(url)
     try:
         with db.engine.begin() as conn:
@@ -124,7 +151,7 @@ def seed(url: str, args: argparse.Namespace, storage_root: Path) -> list[Target]
                         conn.execute(insert(table), rows[start:start + 5000])
     finally:
         db.dispose()
-    return targets
+    return measured, targets, floor
 
 
 def with_app(url: str, name: str) -> str:
@@ -243,6 +270,13 @@ class Monitor:
             for k, v in now.items():
                 peak[k] = max(peak.get(k, 0), v)
 
+    def headroom(self) -> int:
+        """Connections the server can still open (max_connections less those in use)."""
+        row = self._conn.execute("SELECT current_setting('max_connections')::int - count(*) "
+                                 "FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                                 ).fetchone()
+        return int(row[0]) if row else 0
+
     def transactions(self) -> int:
         row = self._conn.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database "
                                  "WHERE datname = %s", (self.name,)).fetchone()
@@ -270,13 +304,14 @@ class Monitor:
 
 # ---- the host processes ----------------------------------------------------------------------
 class HostProc:
-    """One `python -m bench.scale_hosts` process; its events in a queue."""
+    """One `python -m bench.scale_hosts` process; the latest of each of its events."""
 
     def __init__(self, argv: list[str], log_path: Path) -> None:
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, cwd=ROOT, text=True, bufsize=1)
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: dict[str, dict[str, Any]] = {}
+        self.cond = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -284,40 +319,58 @@ class HostProc:
         assert out is not None
         for line in out:
             try:
-                self.events.put(json.loads(line))
+                event = json.loads(line)
             except ValueError:
                 continue
-        self.events.put({"event": "exited"})
+            with self.cond:
+                self.seen[event["event"]] = event
+                self.cond.notify_all()
+        with self.cond:
+            self.seen["exited"] = {"event": "exited"}
+            self.cond.notify_all()
 
-    def send(self, command: str) -> None:
+    def send(self, command: str, forget: tuple[str, ...] = ()) -> None:
+        """`command`; the events in `forget` are those of an earlier command."""
         assert self.proc.stdin is not None
+        with self.cond:
+            for event in forget:
+                self.seen.pop(event, None)
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
 
+    def has(self, event: str) -> dict[str, Any] | None:
+        with self.cond:
+            self._check_alive()
+            return self.seen.get(event)
+
+    def _check_alive(self) -> None:
+        if "exited" in self.seen:
+            self.proc.wait(10)
+            tail = Path(self.log.name).read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"host process {self.proc.pid} exited "
+                               f"({self.proc.returncode}); its log ends:\n{tail}")
+
     def wait(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                got = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise TimeoutError(f"host process {self.proc.pid}: no {event} in {timeout:.0f}s") \
-                    from None
-            if got["event"] == event:
-                return got
-            if got["event"] == "exited":
-                self.proc.wait(10)
-                tail = Path(self.log.name).read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"host process {self.proc.pid} exited "
-                                   f"({self.proc.returncode}); its log ends:\n{tail}")
+        with self.cond:
+            self.cond.wait_for(lambda: event in self.seen or "exited" in self.seen, timeout)
+            if event in self.seen:
+                return self.seen[event]
+            self._check_alive()
+        raise TimeoutError(f"host process {self.proc.pid}: no {event} in {timeout:.0f}s")
+
+    def quit(self) -> None:
+        """Ask it to stop its agents and exit (close() waits for that)."""
+        if self.proc.poll() is None:
+            with suppress(OSError):
+                self.send("quit")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.send("quit")
-                self.proc.wait(120)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+        self.quit()
+        try:
+            self.proc.wait(300)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self.log.close()
 
 
@@ -349,6 +402,8 @@ def host_procs(url: str, state: Path, args: argparse.Namespace,
         yield procs
     finally:
         for p in procs:
+            p.quit()
+        for p in procs:
             p.close()
 
 
@@ -356,13 +411,37 @@ def start_all(procs: list[HostProc]) -> float:
     """Every agent of every process started (the commands go out back to back); the time."""
     t0 = time.time()
     for p in procs:
-        p.send("start")
+        p.send("start", forget=("started", "verified", "stopped"))
     return t0
 
 
 def wait_all(procs: list[HostProc], event: str, timeout: float) -> float:
     """The latest time of `event` over the processes."""
     return max(float(p.wait(event, timeout)["t"]) for p in procs)
+
+
+def watch_start(procs: list[HostProc], rows: Rows, t0: float, hosts: int, timeout: float,
+                prefix: str = PREFIX) -> dict[str, float]:
+    """After the agents of `procs` were started at `t0`: the seconds until every process had
+    started its agents, every host was registered anew, nothing was unconverged and every
+    agent had made its start-up passes (`verified`), each checked every CHECK s (the
+    processes' own times for their events)."""
+    marks: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(marks) < 4:
+        for event in ("started", "verified"):
+            seen = [p.has(event) for p in procs]
+            if event not in marks and all(seen):
+                marks[event] = max(float(e["t"]) for e in seen if e) - t0
+        if "registered" not in marks and rows.registered_since(t0, prefix) >= hosts:
+            marks["registered"] = time.time() - t0
+        if "converged" not in marks and rows.unconverged(prefix) == 0:
+            marks["converged"] = time.time() - t0
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"after {timeout:.0f}s only {sorted(marks)} of started, "
+                               f"registered, converged, verified")
+        time.sleep(CHECK)
+    return marks
 
 
 # ---- the database's view ---------------------------------------------------------------------
@@ -463,8 +542,15 @@ def fire(base: str, requests: Sequence[tuple[str, str, dict[str, Any] | None, tu
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    finally:  # interrupted: the clients send no more
+        while not todo.empty():
+            try:
+                todo.get_nowait()
+            except queue.Empty:
+                break
     return out
 
 
@@ -494,7 +580,8 @@ def api_running(url: str, state: Path, workers: int, cpu: Cpu) -> Iterator[str]:
             except httpx.TransportError:
                 return False
         wait_for("the API workers", answers, 120, 0.2)
-        wait_for(f"{workers} API workers", lambda: len(_children_of(proc.pid)) >= workers, 60)
+        if workers > 1:
+            wait_for(f"{workers} API workers", lambda: len(_children_of(proc.pid)) >= workers, 60)
         yield base
     finally:
         proc.terminate()
@@ -514,7 +601,16 @@ def scale_part(state_root: Path, args: argparse.Namespace, fig: Figures) -> None
         run(url, name, state, args, fig)
     finally:
         drop_pg(name)
+        keep_logs(state, state_root / "scale-logs")
         remove_state(state)
+
+
+def keep_logs(state: Path, dest: Path) -> None:
+    """The API's and the host processes' logs of the last run, kept for reading."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    for log_file in state.glob("*.log"):
+        shutil.copy(log_file, dest / log_file.name)
 
 
 def run(url: str, name: str, state: Path, args: argparse.Namespace, fig: Figures) -> None:
@@ -528,28 +624,57 @@ def run(url: str, name: str, state: Path, args: argparse.Namespace, fig: Figures
         row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
                            "'client backend'").fetchone()
         fig["scale_other_connections_at_start"] = float(row[0]) - 1 if row else float("nan")
-    for key in ("hosts", "servers", "shares", "procs", "pool", "agent_workers", "clients",
-                "api_workers", "dedicated"):
+    args.scale_attaches = min(args.scale_attaches, args.scale_hosts * args.scale_servers
+                              * args.scale_shares)
+    fig[f"scale_bell_{args.scale_bell}"] = 1.0
+    for key in ("floor", "hosts", "servers", "shares", "attaches", "procs", "pool", "agent_workers",
+                "clients", "api_workers", "dedicated"):
         fig[f"scale_{key}"] = float(getattr(args, f"scale_{key}"))
     migrate(url)
     t0 = time.perf_counter()
-    targets = seed(url, args, state / "api" / "shares")
+    measured, targets, floor = seed(url, args, state / "api" / "shares")
     log(f"scale: seeded {args.scale_hosts * args.scale_servers} servers and {len(targets)} "
-        f"shares in {time.perf_counter() - t0:.1f}s")
+        f"shares ({len(targets) - len(measured)} attached settled) in "
+        f"{time.perf_counter() - t0:.1f}s")
     cpu = Cpu()
     rows = Rows(url)
     try:
         with Monitor(name, cpu) as mon, api_running(url, state, args.scale_api_workers,
                                                     cpu) as base, \
                 host_procs(url, state, args, cpu) as procs:
+            api_floor(base, floor, args, fig)
             cold_start(procs, rows, mon, args, fig)
             idle(mon, args, fig)
-            attach_phase(base, targets, rows, mon, args, fig)
+            round_trips(base, fig)
+            attach_phase(base, measured, rows, mon, args, fig)
             restart_phase(base, targets, procs, rows, mon, args, fig)
-            if args.scale_dedicated:
+        if args.scale_dedicated:  # the simulated hosts and the API gone: room for their own
+            with Monitor(name, cpu) as mon:
                 dedicated_phase(url, state, rows, mon, args, fig)
     finally:
         rows.close()
+
+
+def attach_requests(targets: list[Target]) -> list[tuple[str, str, dict[str, Any] | None,
+                                                        tuple[str, str]]]:
+    return [("POST", f"/v2.1/servers/{t.server}/shares",
+             {"share": {"share_id": t.share, "tag": t.tag}}, (t.server, t.share))
+            for t in targets]
+
+
+def api_floor(base: str, floor: list[Target], args: argparse.Namespace, fig: Figures) -> None:
+    """The same attaches from the same clients to stopped servers of a host no agent runs,
+    before any agent starts: the API and the database alone."""
+    if not floor:
+        return
+    log(f"scale: floor: {len(floor)} attaches, API alone")
+    t0 = time.time()
+    sent = fire(base, attach_requests(floor), args.scale_clients)
+    ok = [s.seconds for s in sent if s.status == 201]
+    fig["scale_floor_req_per_s"] = len(ok) / (max(s.t_send + s.seconds for s in sent) - t0)
+    fig["scale_floor_post_p50_ms"] = pct(ok, 50) * 1000
+    fig["scale_floor_post_p99_ms"] = pct(ok, 99) * 1000
+    fig["scale_floor_failed"] = float(len(sent) - len(ok))
 
 
 def cold_start(procs: list[HostProc], rows: Rows, mon: Monitor, args: argparse.Namespace,
@@ -558,15 +683,11 @@ def cold_start(procs: list[HostProc], rows: Rows, mon: Monitor, args: argparse.N
     log(f"scale: starting {args.scale_hosts} agents in {len(procs)} processes; they build "
         f"{running} running servers")
     with mon.phase_of("cold", fig):
-        t0 = start_all(procs)
-        started = wait_all(procs, "started", 300)
-        done = converge(rows, "every server built", args.scale_timeout)
-        verified = wait_all(procs, "verified", args.scale_timeout)
-    fig["scale_cold_started_s"] = started - t0
-    fig["scale_cold_converged_s"] = done - t0
-    fig["scale_cold_verified_s"] = verified - t0
+        marks = watch_start(procs, rows, start_all(procs), args.scale_hosts, args.scale_timeout)
+    for what, seconds in marks.items():
+        fig[f"scale_cold_{what}_s"] = seconds
     fig["scale_cold_errors"] = float(rows.errors())
-    log(f"scale: cold start converged after {done - t0:.1f}s")
+    log(f"scale: cold start converged after {marks['converged']:.1f}s")
 
 
 def idle(mon: Monitor, args: argparse.Namespace, fig: Figures) -> None:
@@ -575,13 +696,31 @@ def idle(mon: Monitor, args: argparse.Namespace, fig: Figures) -> None:
         time.sleep(args.scale_idle)
 
 
+def round_trips(base: str, fig: Figures, n: int = 30) -> None:
+    """GET /v2.1/ (no database) on one keep-alive connection, and on a new connection each:
+    what any request pays before its work (see docs/bench.md on `--workers` and Nagle)."""
+    keep, fresh = [], []
+    with httpx.Client(base_url=base, timeout=60) as http:
+        for i in range(n + 2):
+            t0 = time.perf_counter()
+            http.get("/v2.1/").raise_for_status()
+            if i >= 2:
+                keep.append(time.perf_counter() - t0)
+    for _ in range(n):
+        with httpx.Client(base_url=base, timeout=60) as http:
+            t0 = time.perf_counter()
+            http.get("/v2.1/").raise_for_status()
+            fresh.append(time.perf_counter() - t0)
+    for key, samples in (("keepalive", keep), ("fresh", fresh)):
+        fig[f"scale_api_get_{key}_p50_ms"] = pct(samples, 50) * 1000
+        fig[f"scale_api_get_{key}_p99_ms"] = pct(samples, 99) * 1000
+
+
 def attach_phase(base: str, targets: list[Target], rows: Rows, mon: Monitor,
                  args: argparse.Namespace, fig: Figures) -> None:
     order = list(targets)
     random.Random(8).shuffle(order)
-    requests = [("POST", f"/v2.1/servers/{t.server}/shares",
-                 {"share": {"share_id": t.share, "tag": t.tag}}, (t.server, t.share))
-                for t in order]
+    requests = attach_requests(order)
     log(f"scale: {len(requests)} attaches from {args.scale_clients} clients over "
         f"{args.scale_api_workers} API workers")
     with mon.phase_of("attach", fig):
@@ -621,50 +760,49 @@ def attach_phase(base: str, targets: list[Target], rows: Rows, mon: Monitor,
 
 def restart_phase(base: str, targets: list[Target], procs: list[HostProc], rows: Rows,
                   mon: Monitor, args: argparse.Namespace, fig: Figures) -> None:
-    first: dict[str, Target] = {}
+    first: dict[str, Target] = {}  # a stopped server's: no guest to wait for (detach_timeout)
     for t in targets:
-        first.setdefault(t.host, t)
+        if not t.running:
+            first.setdefault(t.host, t)
     pending = list(first.values())[:args.scale_pending]
     log(f"scale: stopping every agent; {len(pending)} detaches while they are down; then "
         "every agent at once")
     with mon.phase_of("restart", fig):
         t0 = time.time()
         for p in procs:
-            p.send("stop")
+            p.send("stop", forget=("stopped",))
         stopped = wait_all(procs, "stopped", 600)
         sent = fire(base, [("DELETE", f"/v2.1/servers/{t.server}/shares/{t.share}", None,
                             (t.server, t.share)) for t in pending], args.scale_clients)
-        t1 = start_all(procs)
-        started = wait_all(procs, "started", 300)
-        registered = wait_for("every host registered again",
-                              lambda: rows.registered_since(t1) >= args.scale_hosts and time.time(),
-                              args.scale_timeout, CHECK)
-        done = converge(rows, "every agent converged again", args.scale_timeout)
-        verified = wait_all(procs, "verified", args.scale_timeout)
+        marks = watch_start(procs, rows, start_all(procs), args.scale_hosts, args.scale_timeout)
     fig["scale_restart_stop_s"] = stopped - t0
     fig["scale_restart_pending"] = float(sum(s.status == 200 for s in sent))
-    fig["scale_restart_started_s"] = started - t1
-    fig["scale_restart_registered_s"] = float(registered) - t1
-    fig["scale_restart_converged_s"] = done - t1
-    fig["scale_restart_verified_s"] = verified - t1
+    for what, seconds in marks.items():
+        fig[f"scale_restart_{what}_s"] = seconds
     fig["scale_restart_errors"] = float(rows.errors())
-    log(f"scale: restart converged after {done - t1:.1f}s, every agent verified after "
-        f"{verified - t1:.1f}s")
+    log(f"scale: restart converged after {marks['converged']:.1f}s, every agent verified "
+        f"after {marks['verified']:.1f}s")
 
 
 def dedicated_phase(url: str, state: Path, rows: Rows, mon: Monitor, args: argparse.Namespace,
                     fig: Figures) -> None:
-    k = args.scale_dedicated
+    free = mon.headroom()
+    k = min(args.scale_dedicated, max(1, (free - 10) // 8))  # never past max_connections
+    fig["scale_dedicated_agents"] = float(k)
     log(f"scale: {k} dedicated agents (own engine, own LISTEN, default workers), "
         f"{k * args.scale_servers * args.scale_shares} attachments waiting for them")
     proc = HostProc(host_argv(url, state, 0, k, args, dedicated=True), state / "dedicated.log")
+    rows.db.dispose()  # its pooled connection is not one of theirs
     try:
         proc.wait("ready", 300)
         with mon.phase_of("dedicated", fig):
             t0 = time.time()
             proc.send("start")
-            wait_for("the dedicated hosts converged",
-                     lambda: rows.unconverged(DEDICATED_PREFIX) == 0, args.scale_timeout, CHECK)
+            names = [f"{DEDICATED_PREFIX}{i:04d}" for i in range(k)]
+            wait_for("the dedicated hosts converged", lambda: rows.scalar(
+                "SELECT count(*) FROM share_mappings m JOIN servers s ON s.uuid = "
+                "m.instance_uuid WHERE s.host = ANY(:names) AND m.status = 'attaching'",
+                names=names) == 0, args.scale_timeout, CHECK)
             proc.wait("verified", args.scale_timeout)
             fig["scale_dedicated_converged_s"] = time.time() - t0
             time.sleep(3.0)  # settled: what each agent keeps open while idle
@@ -684,21 +822,39 @@ def scale_rows(fig: Figures) -> list[tuple[str, str, str, str]]:
             out.append((label, fmt.format(fig[key]), base, "-"))
 
     n, s = int(fig["scale_hosts"]), int(fig["scale_hosts"] * fig["scale_servers"])
-    out.append(("[scale] hosts / servers / attachments",
-                f"{n} / {s} / {int(s * fig['scale_shares'])}", "-", "-"))
+    bell = next((k.removeprefix("scale_bell_") for k in fig if k.startswith("scale_bell_")), "?")
+    out.append(("[scale] hosts / servers / attachments (through the API)",
+                f"{n} / {s} / {int(s * fig['scale_shares'])} ({fig['scale_attaches']:.0f})",
+                f"doorbell: {bell}", "-"))
     out.append(("[scale] host processes x pool, API workers, clients",
                 f"{fig['scale_procs']:.0f} x {fig['scale_pool']:.0f}, "
                 f"{fig['scale_api_workers']:.0f}, {fig['scale_clients']:.0f}", "-", "-"))
     row("[scale] cold start: all servers built", "scale_cold_converged_s", "{:.1f} s")
     row("[scale] idle: transactions/s (hosts alone)", "scale_idle_tx_per_s", "{:.0f}/s")
-    row("[scale] attach throughput", "scale_attach_req_per_s", "{:.1f}/s")
-    for what, key in (("attach POST", "attach_post"), ("POST -> inactive", "to_inactive"),
-                      ("POST -> active", "to_active")):
+    for what in ("keepalive", "fresh"):
+        row(f"[scale] API GET /v2.1/ p50, {'keep-alive' if what == 'keepalive' else 'new'} "
+            "connection", f"scale_api_get_{what}_p50_ms", "{:.1f} ms")
+    def versus(label: str, key: str, base: str, unit: str) -> None:
+        if key in fig and base in fig:
+            out.append((label, f"{fig[key]:.1f}{unit}", f"{fig[base]:.1f}{unit} (API alone)",
+                        f"{fig[key] / fig[base]:.2f}x" if fig[base] else "-"))
+        else:
+            row(label, key, "{:.1f}" + unit)
+
+    versus("[scale] attach throughput", "scale_attach_req_per_s", "scale_floor_req_per_s", "/s")
+    for q in ("p50", "p99"):
+        versus(f"[scale] attach POST {q}", f"scale_attach_post_{q}_ms",
+               f"scale_floor_post_{q}_ms", " ms")
+    for what, key in (("POST -> inactive", "to_inactive"), ("POST -> active", "to_active")):
         for q in ("p50", "p99"):
             row(f"[scale] {what} {q}", f"scale_{key}_{q}_ms", "{:.0f} ms")
     row("[scale] attach: first POST -> all settled", "scale_attach_settled_s", "{:.1f} s")
     row("[scale] attach: transactions/s", "scale_attach_tx_per_s", "{:.0f}/s")
-    row("[scale] failed requests / errors", "scale_attach_failed")
+    if "scale_attach_failed" in fig:
+        out.append(("[scale] failed attaches; errors cold / attach / restart",
+                    f"{fig['scale_attach_failed']:.0f}; " + " / ".join(
+                        f"{fig.get(f'scale_{p}_errors', float('nan')):.0f}"
+                        for p in ("cold", "attach", "restart")), "-", "-"))
     row("[scale] restart: every agent stopped", "scale_restart_stop_s", "{:.1f} s")
     row("[scale] restart: every host registered", "scale_restart_registered_s", "{:.1f} s")
     row("[scale] restart: converged (pending detaches done)", "scale_restart_converged_s",
@@ -718,9 +874,10 @@ def scale_rows(fig: Figures) -> list[tuple[str, str, str, str]]:
                  if f"scale_{phase}_cpu_{who}_cores" in fig]
         if cores:
             out.append((f"[scale] cores used, {phase}", ", ".join(cores), "-", "-"))
-    if "scale_dedicated_idle_conns" in fig and fig["scale_dedicated"]:
-        per = fig["scale_dedicated_idle_conns"] / fig["scale_dedicated"]
-        peak = fig.get("scale_dedicated_conns_dedicated", float("nan")) / fig["scale_dedicated"]
+    if "scale_dedicated_idle_conns" in fig and fig.get("scale_dedicated_agents"):
+        per = fig["scale_dedicated_idle_conns"] / fig["scale_dedicated_agents"]
+        peak = (fig.get("scale_dedicated_conns_dedicated", float("nan"))
+                / fig["scale_dedicated_agents"])
         out.append(("[scale] one agent per host: connections each", f"{per:.1f} idle, "
                     f"{peak:.1f} peak", f"x {n} hosts = {per * n:.0f} idle, {peak * n:.0f} peak",
                     "-"))

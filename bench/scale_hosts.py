@@ -17,11 +17,12 @@ What differs from one agent per real host, and why (docs/bench.md, "Scale simula
 
 - the hosts of a process share ONE `Database` whose pool is `--pool` connections, no overflow
   (a real agent has its own engine: pool 20 + 20 overflow);
-- `--bell process`: ONE doorbell connection (LISTEN attachfs_wake) per process, and each
-  ring wakes every agent of the process, as each agent's own Listener would be woken (the
-  ring carries no host, so every agent looks for work on every ring); `--bell agent`: each
-  agent its own Listener (the real thing: one connection each); `--bell none`: no LISTEN, the
-  agents poll every [agent] poll_interval;
+- `--bell process`: ONE doorbell connection (LISTEN attachfs_wake) per process; a ring
+  wakes the agents that their own Listener would: the one of the host the ring names, or
+  every one for a ring that names none (PostgreSQL then delivers each ring to a few
+  connections, not to one per host); `--bell agent`: each agent its own Listener (the real
+  thing: one connection each); `--bell none`: no LISTEN, the agents poll every [agent]
+  poll_interval;
 - the host registration asks `qemu-system-x86_64 --version` once per process, not once per
   agent start, and the virtiofsd orphan scan (a walk of /proc per host pass) is skipped: the
   fake guests have no virtiofsd. Both are costs of one host, not of the shared database.
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import sessionmaker
 
@@ -61,7 +63,6 @@ from tests.fakes.metadata import FakeMetadata
 from tests.fakes.storage import FakeHost, FakeProvider
 from tests.fakes.virt import FakeVirt
 
-RealListener = doorbell.Listener
 IMAGE = BootImage(id="img-1", name="fake", kernel=Path("/k"), initrd=Path("/i"))  # as world.py
 
 
@@ -79,46 +80,73 @@ class PooledDatabase(Database):
 
 
 class Hub:
-    """One real doorbell Listener for the process; each ring wakes every agent in it."""
+    """One LISTEN connection for the process, standing in for each agent's own Listener: a
+    ring wakes the agents that their own Listener would wake, those of the host the ring
+    names (its payload), or every one for a ring that names none. Like doorbell.Listener it
+    connects again after a lost connection and then wakes every agent once."""
 
     def __init__(self) -> None:
-        self.wakers: set[Callable[[], None]] = set()
+        self.wakers: dict[str, Callable[[], None]] = {}  # host -> its agent's wake()
         self.lock = threading.Lock()
-        self.listener: Any = None
+        self.listening = threading.Event()
+        self._stop = threading.Event()
+        self.url = ""
 
     def start(self, db: Database) -> None:
-        self.listener = RealListener(db, self.ring)
-        self.listener.start()
+        self.url = doorbell.libpq_url(db.url)
+        self._stop = threading.Event()
+        self.listening = threading.Event()
+        threading.Thread(target=self._run, args=(self._stop, self.listening), name="hub",
+                         daemon=True).start()
 
     def stop(self) -> None:
-        if self.listener is not None:
-            self.listener.stop()
-            self.listener = None
+        self._stop.set()
 
-    def ring(self) -> None:
+    def ring(self, host: str) -> None:
         with self.lock:
-            wakers = list(self.wakers)
+            wakers = list(self.wakers.values()) if not host else \
+                [w for h, w in self.wakers.items() if h == host]
         for wake in wakers:
             wake()
+
+    def _run(self, stop: threading.Event, listening: threading.Event) -> None:
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {doorbell.CHANNEL}")
+                    listening.set()
+                    delay = 0.1
+                    self.ring("")  # whatever was rung while not listening
+                    while not stop.is_set():
+                        for note in conn.notifies(timeout=1.0, stop_after=1):
+                            self.ring(note.payload)
+            except psycopg.Error:
+                listening.clear()
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        listening.clear()
 
 
 HUB = Hub()
 
 
 class SharedBell:
-    """Stands in for `doorbell.Listener` in an agent: the process's one Listener rings it."""
+    """Stands in for `doorbell.Listener` in an agent: the process's hub rings it."""
 
-    def __init__(self, _db: Database, rung: Callable[[], None]) -> None:
+    def __init__(self, _db: Database, rung: Callable[[], None], host: str = "") -> None:
         self.rung = rung
-        self.listening: threading.Event = HUB.listener.listening
+        agent: Any = getattr(rung, "__self__", None)  # the Agent whose wake() this is
+        self.host = host or str(agent.config.agent.host)
+        self.listening: threading.Event = HUB.listening
 
     def start(self) -> None:
         with HUB.lock:
-            HUB.wakers.add(self.rung)
+            HUB.wakers[self.host] = self.rung
 
     def stop(self) -> None:
         with HUB.lock:
-            HUB.wakers.discard(self.rung)
+            HUB.wakers.pop(self.host, None)
 
 
 def simulate(bell: str) -> None:
