@@ -287,5 +287,6 @@ class Agent:
             self._wake.clear()
         if bell is not None:
             bell.stop()
-        self._pool.shutdown(wait=True)
+        # passes not started yet are dropped: the next start's repair looks at every server
+        self._pool.shutdown(wait=True, cancel_futures=True)
         log.info("agent stopped")
