@@ -51,7 +51,7 @@ from bench.listing import PG_ADMIN, create_pg, drop_pg
 from bench.measure import HEADERS, Figures, log, pct
 from bench.servers import ROOT
 from harness.host import remove_state
-from harness.process import free_port, wait_for
+from harness.process import children, free_port, wait_for
 
 PREFIX, DEDICATED_PREFIX, FLOOR_HOST = "sim-", "ded-", "floor-no-agent"
 PROJECT = "bench"  # X-Auth-Token bench:bench (noauth): user bench, project bench
@@ -171,17 +171,6 @@ def _ticks(pid: int, children: bool = False) -> float:
     return used / os.sysconf("SC_CLK_TCK")
 
 
-def _children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
 
 
 def _postmaster() -> int | None:
@@ -210,10 +199,10 @@ class Cpu:
         out = {"bench": sum(os.times()[:2])}
         if self.postmaster is not None:
             out["postgres"] = _ticks(self.postmaster, children=True) + sum(
-                _ticks(p) for p in _children_of(self.postmaster))
+                _ticks(p) for p in children(self.postmaster))
         if self.api is not None:
             out["api"] = _ticks(self.api, children=True) + sum(
-                _ticks(p) for p in _children_of(self.api))
+                _ticks(p) for p in children(self.api))
         out["hosts"] = sum(_ticks(p) for p in self.hosts)
         return out
 
@@ -581,7 +570,7 @@ def api_running(url: str, state: Path, workers: int, cpu: Cpu) -> Iterator[str]:
                 return False
         wait_for("the API workers", answers, 120, 0.2)
         if workers > 1:
-            wait_for(f"{workers} API workers", lambda: len(_children_of(proc.pid)) >= workers, 60)
+            wait_for(f"{workers} API workers", lambda: len(children(proc.pid)) >= workers, 60)
         yield base
     finally:
         proc.terminate()

@@ -216,3 +216,17 @@ def processes_running(program: str, under: Path) -> list[int]:
     with `python -m`) with `under`, or a path below it, among their arguments."""
     return [pid for pid, cmd in processes_mentioning(under)
             if any(a == program or a.endswith("/" + program) for a in cmd.split()[:3])]
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out

@@ -15,6 +15,7 @@ import pytest
 
 from attachfs.config import load_config
 from attachfs.service import open_parts
+from harness.process import children
 from tests.conftest import make_image_dir, settle_server
 from tests.vm.harness import free_port, wait_for
 
@@ -23,17 +24,6 @@ pytestmark = [pytest.mark.postgres,
 WORKERS = 4
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
 
 
 def test_duplicate_attaches_over_four_workers_one_winner(pg_url: str, tmp_path: Path) -> None:
@@ -56,7 +46,7 @@ def test_duplicate_attaches_over_four_workers_one_winner(pg_url: str, tmp_path: 
                 except httpx.TransportError:
                     return False
             wait_for("the API workers", answers, 60)
-            wait_for(f"{WORKERS} workers", lambda: len(_children(proc.pid)) >= WORKERS, 30)
+            wait_for(f"{WORKERS} workers", lambda: len(children(proc.pid)) >= WORKERS, 30)
             r = http.post("/v2.1/servers", json={"server": {
                 "name": "w", "flavorRef": "1", "imageRef": "debian-busybox"}})
             assert r.status_code == 202, r.text
