@@ -39,9 +39,12 @@ def admin_mount(ceph_cluster: CephCluster, tmp_path: Path,
     r = manila_cephfs.request("GET", f"/shares/{share['id']}/export_locations")
     path = r.json()["export_locations"][0]["path"].rsplit(":", 1)[1]
     mnt = tmp_path / "admin"
-    with ceph_cluster.fuse_mount(path, mnt, "admin", ceph_cluster.admin_key):
-        (mnt / "from-ceph.txt").write_text("written-in-ceph\n")
-        yield mnt, share
+    try:
+        with ceph_cluster.fuse_mount(path, mnt, "admin", ceph_cluster.admin_key):
+            (mnt / "from-ceph.txt").write_text("written-in-ceph\n")
+            yield mnt, share
+    finally:  # the tests after this one on the same Manila and Ceph get their space back
+        manila_cephfs.request("DELETE", f"/shares/{share['id']}")
 
 
 def ping(admin: Path, name: str, timeout: float = 90) -> bool:
