@@ -24,6 +24,7 @@ from attachfs.core.hosts import host_state
 from attachfs.core.model import PowerIntent, TaskState, VmState, require_server_state
 from attachfs.core.moves import MigrationStatus, MoveType, failed, settled_vm_state
 from attachfs.core.ports import (
+    AttachmentRecord,
     Env,
     HostRecord,
     MigrationRecord,
@@ -51,7 +52,7 @@ def _up(env: Env, repos: Repositories, host: HostRecord | None) -> bool:
 
 
 def _target(repos: Repositories, env: Env, server: ServerRecord, requested: str | None,
-            missing: type[Exception]) -> str:
+            missing: type[Exception], attachments: list[AttachmentRecord]) -> str:
     """The destination: the admin's host (which must exist and differ from the source) or the
     scheduler's pick among the others."""
     if requested is not None:
@@ -59,7 +60,7 @@ def _target(repos: Repositories, env: Env, server: ServerRecord, requested: str 
             raise missing(f"Compute host {requested} could not be found.")
         if requested == server.host:
             raise BadRequest("The target host can't be the same one.")
-    shares = frozenset(m.transport for m in repos.attachments.of_server(server.uuid))
+    shares = frozenset(m.transport for m in attachments)
     host, why = _place(repos, env, find_flavor(server.flavor_id), exclude=server.host,
                        only=requested, shares=shares)
     if host is None:
@@ -67,20 +68,21 @@ def _target(repos: Repositories, env: Env, server: ServerRecord, requested: str 
     return host
 
 
-def _movable_shares(repos: Repositories, server: ServerRecord, action: str) -> None:
+def _movable_shares(attachments: list[AttachmentRecord], server: ServerRecord,
+                    action: str) -> None:
     """An attachment of transport direct holds an access rule for the guest's address on its
     host; it cannot follow the guest (detach it first)."""
-    for m in repos.attachments.of_server(server.uuid):
+    for m in attachments:
         if m.transport == Transport.DIRECT:
             raise Conflict(f"Cannot '{action}' instance {server.uuid}: share {m.share_id} is "
                            "attached with transport direct, whose access rule is for the "
                            "guest's address on its host; detach it first.")
 
 
-def _unfenceable(repos: Repositories, env: Env, server: ServerRecord) -> list[str]:
+def _unfenceable(attachments: list[AttachmentRecord], env: Env) -> list[str]:
     """Shares of the server whose storage cannot cut the failed host off (built-in and static
     shares: a host's existing mounts of them live on without any rule)."""
-    return sorted({m.share_id for m in repos.attachments.of_server(server.uuid)
+    return sorted({m.share_id for m in attachments
                    if not env.shares.fences(m.share_id)})
 
 
@@ -118,6 +120,7 @@ def _evacuate(cmd: EvacuateServer, repos: Repositories, env: Env) -> str:
     if cmd.host is not None and _host_row(repos, cmd.host) is None:
         raise NotFound(f"Compute host {cmd.host} could not be found.")
     source = _host_row(repos, server.host)
+    attachments = repos.attachments.of_server(server.uuid)  # read once per request
     stuck = _stuck_evacuation(repos, env, server, source)
     if stuck is None:
         require_server_state(server.uuid, server.vm_state, server.task_state, "evacuate",
@@ -127,7 +130,7 @@ def _evacuate(cmd: EvacuateServer, repos: Repositories, env: Env) -> str:
     if stuck is not None and not stuck.fenced:
         # the new host failed before it fenced the first one (so it took nothing): the
         # same evacuation goes on to another host, which fences the first failed host
-        dest = _target(repos, env, server, cmd.host, NotFound)
+        dest = _target(repos, env, server, cmd.host, NotFound, attachments)
         record_action(repos, server.uuid, "evacuate", ctx,
                       message=f"from host {stuck.source_compute} to host {dest} (host "
                               f"{server.host} failed before it took the server)")
@@ -137,8 +140,8 @@ def _evacuate(cmd: EvacuateServer, repos: Repositories, env: Env) -> str:
     if stuck is not None:  # it fenced and may hold the shares: that host is fenced too
         stuck.status = failed(stuck.migration_type)
         server.task_state = None
-    _movable_shares(repos, server, "evacuate")
-    blind = _unfenceable(repos, env, server)
+    _movable_shares(attachments, server, "evacuate")
+    blind = _unfenceable(attachments, env)
     if blind and not source.forced_down:
         raise Conflict(
             f"Host {server.host} is down, but the storage of share(s) {', '.join(blind)} "
@@ -146,7 +149,7 @@ def _evacuate(cmd: EvacuateServer, repos: Repositories, env: Env) -> str:
             "stays usable); fence the host yourself (power it off), mark it forced down "
             f"(openstack compute service set --down {server.host} nova-compute), then "
             "evacuate again.")
-    dest = _target(repos, env, server, cmd.host, NotFound)
+    dest = _target(repos, env, server, cmd.host, NotFound, attachments)
     _start_move(repos, server, ctx, MoveType.EVACUATION, dest, MigrationStatus.ACCEPTED,
                 "evacuate")
     # rebuilt on the new host as it was (running unless it was stopped), or stopped (2.95)
@@ -166,12 +169,13 @@ def migrate_server(cmd: MigrateServer, uow: UnitOfWork, env: Env) -> None:
             raise BadRequest(f"Compute host {cmd.host} could not be found.")
         require_server_state(server.uuid, server.vm_state, server.task_state, "migrate",
                              MOVABLE)
-        dest = _target(repos, env, server, cmd.host, BadRequest)
+        attachments = repos.attachments.of_server(server.uuid)  # read once per request
+        dest = _target(repos, env, server, cmd.host, BadRequest, attachments)
         if not _up(env, repos, _host_row(repos, server.host)):
             raise Conflict(f"Host {server.host} is down: it cannot let the server go; "
                            "evacuate the server instead.")
-        _movable_shares(repos, server, "migrate")
-        busy = [m.share_id for m in repos.attachments.of_server(server.uuid)
+        _movable_shares(attachments, server, "migrate")
+        busy = [m.share_id for m in attachments
                 if m.status in ("attaching", "detaching")]
         if busy:
             raise Conflict(f"Cannot 'migrate' instance {server.uuid} while share(s) "
