@@ -142,9 +142,22 @@ class ManilaRest:
                                                  token).json()["share"]
             if share["status"] == "available":
                 return share
-            assert share["status"] in ("creating",), share
+            if share["status"] != "creating":
+                raise AssertionError(f"share {share_id} went to {share['status']}: "
+                                     f"{self.why_failed(share_id, token)}\n{share}")
             time.sleep(0.2)
         raise AssertionError(f"share {share_id} never became available")
+
+    def why_failed(self, share_id: str, token: str | None = None) -> str:
+        """Manila's user messages about a resource (the only reason its API gives for an
+        `error`), and, where this client runs the services, their logs' error lines."""
+        r = self.request("GET", "/messages", token, params={"resource_id": share_id})
+        said = [m.get("user_message", "") for m in r.json().get("messages", [])] \
+            if r.status_code == 200 else [f"GET /messages: {r.status_code}"]
+        return "; ".join(said) + self.error_lines()
+
+    def error_lines(self) -> str:
+        return ""
 
     def rules(self, share_id: str, token: str | None = None) -> list[dict[str, Any]]:
         r = self.request("GET", "/share-access-rules", token, params={"share_id": share_id})
@@ -400,6 +413,12 @@ class Manila(ManilaRest):
         r = self.request("POST", "/types", json={"share_type": {
             "name": name, "share_type_access:is_public": True, "extra_specs": specs}})
         assert r.status_code == 200, r.text
+
+    def error_lines(self) -> str:
+        found = [f"{log.name}: {line}" for log in sorted(self.workdir.glob("*.log"))
+                 for line in log.read_text(errors="replace").splitlines()
+                 if " ERROR " in line or "Traceback" in line]
+        return "\n" + "\n".join(found[-30:]) if found else ""
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = self.workdir / f"{name}.log"
