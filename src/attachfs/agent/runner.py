@@ -9,6 +9,9 @@
 - Repair only enqueues: at start and every resync interval every server of this host, every
   guest without a server and the host itself (mounts nothing uses, virtiofsd orphans) get a
   pass.
+- The guest side: after each pass over a server its metadata service is rung (a guest waiting
+  for a change is answered at once), and a guest's mount report brings forward the pass that
+  waits for it (a hot detach waits for the guest to unmount).
 """
 
 from __future__ import annotations
@@ -72,6 +75,16 @@ class Agent:
         else:
             self.enqueue(uuid, urgent=True)
         self._wake.set()
+
+    def guest_reported(self, uuid: str) -> None:
+        """The guest sent its mount report: a pass of that server already due (one waiting for
+        the guest to unmount is requeued every POLL_GUEST s) runs now. A server with no pass
+        due, or backing off after an error, is left alone: a report changes no plan there."""
+        with self._lock:
+            due = uuid in self._inflight or (uuid in self._due and uuid not in self._retrying)
+        if due:
+            self.enqueue(uuid, urgent=True)
+            self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -174,6 +187,8 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - supervised: no exception ends the agent
             result = self._pass_failed(key, exc)
         finally:
+            if key != HOST:  # what the pass recorded may change what the guest is told
+                self.r.metadata.changed(key)
             with self._lock:
                 self._inflight.discard(key)
                 again = key in self._again
@@ -258,6 +273,7 @@ class Agent:
         if bell is not None:
             bell.start()
         self.r.virt.watch(self.guest_changed)
+        self.r.metadata.reports.watch(self.guest_reported)
         self.repair()
         last_repair = last_beat = last_poll = time.monotonic()
         while not self._stop.is_set():

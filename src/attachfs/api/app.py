@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attachfs.api import microversion
 from attachfs.api.faults import BAD_REQUEST, HTTP_FAULTS, UNAVAILABLE, fault, fault_of
@@ -67,24 +67,42 @@ def create_app(state: ApiState) -> FastAPI:
     _add_request_context(app, state)
     _add_error_handlers(app)
     for router in ROUTERS:
-        app.include_router(router)
+        # The routers' own routes (their paths carry the prefix), not include_router: this
+        # FastAPI matches an included router's routes twice per request, through a wrapper
+        # per route (measured: ~0.2 ms of a 0.6 ms GET /v2.1/). No router sets dependencies
+        # or other options that including would pass on.
+        app.router.routes.extend(router.routes)
     return app
 
 
 def _add_request_context(app: FastAPI, state: ApiState) -> None:
-    """Every request gets an id; compute API requests a microversion; all but discovery a
-    RequestContext (who is calling)."""
+    app.add_middleware(RequestContextMiddleware, state=state)
 
-    @app.middleware("http")
-    async def context_middleware(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+
+class RequestContextMiddleware:
+    """Every request gets an id; compute API requests a microversion; all but discovery a
+    RequestContext (who is calling).
+
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which runs the rest of the app in a
+    task of its own and streams the response through a queue (measured: ~0.3 ms a request)."""
+
+    def __init__(self, app: ASGIApp, state: ApiState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         request_id = f"req-{uuid.uuid4()}"
-        if not is_compute(request.url.path):
-            other = await _authenticated(request, call_next, request_id)
-            other.headers["x-openstack-request-id"] = request_id
-            return other
-        response: Response
+        request = Request(scope)
+        headers: list[tuple[bytes, bytes]] = [
+            (b"x-openstack-request-id", request_id.encode())]
+        if not is_compute(scope["path"]):
+            await self._authenticated(request, receive, _adding(send, headers), request_id)
+            return
+        headers += [(b"vary", microversion.VARY.encode()),
+                    (b"x-compute-request-id", request_id.encode())]
         try:
             version = microversion.parse(request.headers.get(microversion.HEADERS[0]),
                                          request.headers.get(microversion.HEADERS[1]))
@@ -94,35 +112,56 @@ def _add_request_context(app: FastAPI, state: ApiState) -> None:
             response = fault(406, "computeFault", exc.message)
             if exc.asked:
                 response.headers[microversion.HEADERS[0]] = f"compute {exc.asked}"
+            await response(scope, receive, _adding(send, headers))
+            return
         except ClientError as exc:
-            response = fault_of(exc)
-        else:
-            request.state.version = version
-            request.state.extension = extension
-            if _unsupported_content_type(request):
-                response = fault(415, HTTP_FAULTS[415], "Unsupported Content-Type")
-            else:
-                response = await _authenticated(request, call_next, request_id)
-            if "content-type" not in response.headers:  # even DELETE's empty 200
-                response.headers["Content-Type"] = JSON
-            response.headers[microversion.HEADERS[0]] = f"compute {version}" + (
-                f", {microversion.EXT_SERVICE} {extension}" if extension else "")
-            response.headers[microversion.HEADERS[1]] = str(version)
-        response.headers["Vary"] = microversion.VARY
-        response.headers["x-openstack-request-id"] = request_id
-        response.headers["x-compute-request-id"] = request_id
-        return response
+            await fault_of(exc)(scope, receive, _adding(send, headers))
+            return
+        request.state.version = version
+        request.state.extension = extension
+        said = f"compute {version}" + (
+            f", {microversion.EXT_SERVICE} {extension}" if extension else "")
+        headers += [(microversion.HEADERS[0].lower().encode(), said.encode()),
+                    (microversion.HEADERS[1].lower().encode(), str(version).encode())]
+        send = _adding(send, headers, default_type=JSON)  # even DELETE's empty 200
+        if _unsupported_content_type(request):
+            await fault(415, HTTP_FAULTS[415], "Unsupported Content-Type")(scope, receive, send)
+            return
+        await self._authenticated(request, receive, send, request_id)
 
-    async def _authenticated(request: Request, call_next: Callable[[Request], Awaitable[Response]],
-                             request_id: str) -> Response:
-        if request.url.path in UNAUTHENTICATED:
-            return await call_next(request)
-        try:
-            request.state.context = await run_in_threadpool(
-                state.authenticator.authenticate, request.headers, request_id)
-        except ClientError as exc:
-            return fault_of(exc)
-        return await call_next(request)
+    async def _authenticated(self, request: Request, receive: Receive, send: Send,
+                             request_id: str) -> None:
+        scope = request.scope
+        if scope["path"] not in UNAUTHENTICATED:
+            authenticator = self.state.authenticator
+            try:
+                if authenticator.blocks:
+                    request.state.context = await run_in_threadpool(
+                        authenticator.authenticate, request.headers, request_id)
+                else:
+                    request.state.context = authenticator.authenticate(request.headers,
+                                                                       request_id)
+            except ClientError as exc:
+                await fault_of(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _adding(send: Send, headers: list[tuple[bytes, bytes]],
+            default_type: str | None = None) -> Send:
+    """`send` with `headers` set on the response (replacing any of the same name), and a
+    Content-Type when the response has none."""
+    names = {name for name, _ in headers}
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+            if default_type and not any(k.lower() == b"content-type" for k, _ in kept):
+                kept.append((b"content-type", default_type.encode()))
+            message = {**message, "headers": kept + headers}
+        await send(message)
+
+    return sending
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -17,12 +17,18 @@ from attachfs.core.context import RequestContext
 
 
 class Authenticator(Protocol):
+    # Whether authenticate may block (a token validation over the network): then the app
+    # calls it in a worker thread, else inline.
+    blocks: bool
+
     def authenticate(self, headers: Mapping[str, str], request_id: str) -> RequestContext:
         """Who is calling; raise errors.Unauthorized (401) when that cannot be established.
-        May block (token validation): the app calls it in a worker thread."""
+        May block only where `blocks` says so."""
 
 
 class NoAuth:
+    blocks = False  # parses the token, nothing more
+
     def __init__(self, api: ApiConfig) -> None:
         self.api = api
 

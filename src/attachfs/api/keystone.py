@@ -104,6 +104,8 @@ def _middleware_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class KeystoneAuthenticator:
+    blocks = True  # a token not in the cache is validated by Keystone
+
     def __init__(self, config: Config, app: WsgiApp | None = None) -> None:
         from keystonemiddleware.auth_token import AuthProtocol
 

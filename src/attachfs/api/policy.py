@@ -1,10 +1,14 @@
 """Authorization with oslo.policy, using the compute service's rule names and defaults.
 
-An operator's policy file (YAML or JSON, `api.policy_file`) overrides any rule.
+An operator's policy file (YAML or JSON, `api.policy_file`) overrides any rule; a change to it
+applies within DECISIONS_KEPT_S.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from oslo_config import cfg
@@ -73,8 +77,18 @@ _RULES: list[tuple[str, str, str]] = [
 ]
 
 
+# How long a decision is reused. oslo.policy re-reads the policy file's state and inspects each
+# check's signature on every call (measured: ~0.5 ms of a ~1.3 ms attach); a decision depends
+# only on the rule, who asks and the target project, so it is kept for this long (a changed
+# policy file applies within it).
+DECISIONS_KEPT_S = 1.0
+
+DecisionKey = tuple[str, str, str, tuple[str, ...], str]
+
+
 class PolicyEnforcer:
-    def __init__(self, policy_file: str = "") -> None:
+    def __init__(self, policy_file: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         conf = cfg.ConfigOpts()
         conf([], project="attachfs", validate_default_values=True)
         self._enforcer = policy.Enforcer(conf, policy_file=policy_file or "policy.yaml")
@@ -83,14 +97,29 @@ class PolicyEnforcer:
         )
         if policy_file:
             self._enforcer.load_rules()
+        self._clock = clock
+        self._decisions: dict[DecisionKey, bool] = {}
+        self._decisions_since = clock()
+        self._lock = threading.Lock()  # oslo.policy's rule reload is not thread-safe
 
     def allowed(self, rule: str, context: RequestContext, target_project: str) -> bool:
+        key = (rule, context.user_id, context.project_id, context.roles, target_project)
+        now = self._clock()
+        if now - self._decisions_since >= DECISIONS_KEPT_S:
+            self._decisions, self._decisions_since = {}, now
+        decided = self._decisions.get(key)
+        if decided is None:
+            decided = self._decisions[key] = self._decide(rule, context, target_project)
+        return decided
+
+    def _decide(self, rule: str, context: RequestContext, target_project: str) -> bool:
         creds: dict[str, Any] = {
             "user_id": context.user_id, "project_id": context.project_id,
             "roles": list(context.roles),
         }
         target = {"project_id": target_project, "user_id": context.user_id}
-        return bool(self._enforcer.enforce(rule, target, creds, do_raise=False))
+        with self._lock:
+            return bool(self._enforcer.enforce(rule, target, creds, do_raise=False))
 
     def authorize(self, rule: str, context: RequestContext, target_project: str) -> None:
         if not self.allowed(rule, context, target_project):

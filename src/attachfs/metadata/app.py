@@ -7,14 +7,26 @@ consulted for identity), so a guest cannot ask as another.
 What a guest reports (POST /attachfs/v1/mounts) stays untrusted: it is bounded, checked line
 by line, reduced to tags this same server has, and only ever tells the host *when* to pull a
 device of this server.
+
+Long-poll: `meta_data.json` carries an ETag (the SHA-256 of its body). A GET with
+`If-None-Match` of the current ETag and `?wait=N` is held until what this server's metadata says
+changes (the agent rings the server's `MetadataBell` after each pass over it), re-read every
+`LongPoll.recheck` s as a safety net, and answered 304 after N s (at most `LongPoll.max_wait`).
+At most `LongPoll.max_waiting` requests of one guest wait at once (more: 429); a waiting request
+whose client went away ends at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -38,6 +50,17 @@ CONFIG_DRIVE_EXTENDED = "attachfs/meta_data.json"
 MOUNT_KEYS = ("transport", "fstype", "source", "options", "target")
 # Attachments the guest should mount: present as devices. Detaching and failed ones are not.
 LISTED = (AttachmentStatus.ACTIVE, AttachmentStatus.INACTIVE)
+WAIT_QUERY = "wait"  # `meta_data.json?wait=N`: hold the answer up to N s while it is unchanged
+
+
+@dataclass(frozen=True)
+class LongPoll:
+    """What one guest's waiting metadata requests may hold: how long one waits at most (s), how
+    many wait at once, how often a waiting one re-reads the rows without being rung (s)."""
+
+    max_wait: float = 60.0
+    max_waiting: int = 4
+    recheck: float = 5.0
 
 
 def share_devices(mappings: list[ShareMapping], extended: bool = False,
@@ -69,15 +92,23 @@ def meta_data(server: Server, mappings: list[ShareMapping], extended: bool = Fal
 
 class GuestReports:
     """What each guest says it has mounted (POST /attachfs/v1/mounts from the guest agent).
-    In memory: it only serves hot detach, which waits for the guest to let go of a share."""
+    In memory: it only serves hot detach, which waits for the guest to let go of a share. A
+    watcher (the agent) is told of each report as it arrives, so that wait ends at once."""
 
     def __init__(self) -> None:
         self._mounted: dict[str, tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
+        self._watcher: Callable[[str], None] | None = None
+
+    def watch(self, watcher: Callable[[str], None]) -> None:
+        """`watcher(server_uuid)` after each report (called on the listener's thread)."""
+        self._watcher = watcher
 
     def record(self, server_uuid: str, tags: frozenset[str]) -> None:
         with self._lock:
             self._mounted[server_uuid] = (time.monotonic(), tags)
+        if self._watcher is not None:
+            self._watcher(server_uuid)
 
     def mounted(self, server_uuid: str) -> tuple[float, frozenset[str]] | None:
         """(when reported, tags) or None if the guest never reported."""
@@ -91,6 +122,88 @@ class GuestReports:
 
 MAX_REPORT = 64 * 1024
 MAX_REPORT_LINES = 1024
+
+
+class MetadataBell:
+    """Rung (from any thread) when what one server's metadata says may have changed; wakes that
+    server's waiting requests, each an asyncio future on its listener's own loop. `rings`
+    counts the rings, so a ring between a request's read and its wait is not missed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rings = 0
+        self._closed = False
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+
+    @property
+    def rings(self) -> int:
+        return self._rings
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def waiting(self) -> int:
+        """Requests parked on this bell right now."""
+        with self._lock:
+            return len(self._waiters)
+
+    def ring(self) -> None:
+        with self._lock:
+            self._rings += 1
+            waiters = list(self._waiters)
+        for loop, woken in waiters:
+            # RuntimeError: that listener's loop is closed, nobody waits there any more
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_wake, woken)
+
+    def close(self) -> None:
+        """The server's listener stops: its waiting requests are answered now, none waits."""
+        self._closed = True
+        self.ring()
+
+    async def wait(self, since: int, timeout: float) -> bool:
+        """Until a ring after `since` (a value of `rings`) or `timeout` s; whether rung."""
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        entry = (loop, woken)
+        with self._lock:
+            if self._rings != since or self._closed:
+                return True
+            self._waiters.add(entry)
+        try:
+            await asyncio.wait_for(woken, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self._lock:
+                self._waiters.discard(entry)
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
+
+
+def etag_of(body: bytes) -> str:
+    """The entity tag of a metadata answer: the SHA-256 of its body, which a guest can compute
+    of the file it saved (busybox sha256sum) without reading any header."""
+    return f'"{hashlib.sha256(body).hexdigest()}"'
+
+
+def _if_none_match(header: str) -> frozenset[str]:
+    """The entity tags of an If-None-Match header (weak ones compared as strong: the body is
+    all there is). Untrusted: only what it says is compared, nothing of it is echoed."""
+    return frozenset(tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip())
+
+
+def _wait_of(value: str, bound: float) -> float | None:
+    """`?wait=N`: whole seconds, at most `bound`; None when it is not a number."""
+    if not value.isascii() or not value.isdigit() or len(value) > 6:
+        return None
+    return min(float(value), bound)
 
 
 def config_drive_files(server: Server, mappings: list[ShareMapping],
@@ -107,11 +220,14 @@ def config_drive_files(server: Server, mappings: list[ShareMapping],
 
 
 class _GuestMetadata:
-    """What one server's metadata socket answers (each socket serves exactly one server)."""
+    """What one server's metadata socket answers (each socket serves exactly one server, on one
+    event loop: `waiting` needs no lock)."""
 
     def __init__(self, db: Database, server_uuid: str, reports: GuestReports | None,
-                 nfs: NfsLink | None) -> None:
+                 nfs: NfsLink | None, bell: MetadataBell, long_poll: LongPoll) -> None:
         self.db, self.server_uuid, self.reports, self.nfs = db, server_uuid, reports, nfs
+        self.bell, self.long_poll = bell, long_poll
+        self.waiting = 0  # requests of this guest held for a change now
 
     def load(self) -> tuple[Server, list[ShareMapping]] | None:
         with self.db.read() as s:
@@ -140,11 +256,45 @@ class _GuestMetadata:
         return PlainTextResponse("meta_data.json\nuser_data\n")
 
     async def meta_data_json(self, request: Request) -> Response:
-        found = self.load()
-        if found is None or request.path_params["version"] not in VERSIONS:
+        if request.path_params["version"] not in VERSIONS:
             return _not_found()
+        wait = _wait_of(request.query_params.get(WAIT_QUERY, "0"), self.long_poll.max_wait)
+        if wait is None:
+            return PlainTextResponse("400 Bad Request: wait is whole seconds", status_code=400)
+        known = _if_none_match(request.headers.get("if-none-match", ""))
         extended = EXTENSION_QUERY in request.query_params
-        return JSONResponse(meta_data(*found, extended, self.nfs))
+        deadline = time.monotonic() + wait
+        gone: asyncio.Task[None] | None = None  # ends when the client goes away
+        try:
+            while True:
+                since = self.bell.rings  # before the read: a ring after it is not missed
+                found = self.load()
+                if found is None:
+                    return _not_found()
+                answer = JSONResponse(meta_data(*found, extended, self.nfs))
+                etag = etag_of(bytes(answer.body))
+                if etag not in known and "*" not in known:
+                    answer.headers["etag"] = etag
+                    return answer
+                left = deadline - time.monotonic()
+                if left <= 0 or self.bell.closed or gone is not None and gone.done():
+                    return Response(status_code=304, headers={"etag": etag})
+                if gone is None:
+                    if self.waiting >= self.long_poll.max_waiting:
+                        return PlainTextResponse("429 Too Many Requests: already waiting",
+                                                 status_code=429, headers={"retry-after": "1"})
+                    self.waiting += 1
+                    gone = asyncio.ensure_future(_client_gone(request))
+                rung = asyncio.ensure_future(
+                    self.bell.wait(since, min(left, self.long_poll.recheck)))
+                try:
+                    await asyncio.wait((rung, gone), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    rung.cancel()
+        finally:
+            if gone is not None:
+                gone.cancel()
+                self.waiting -= 1
 
     async def user_data(self, request: Request) -> Response:
         found = self.load()
@@ -176,6 +326,12 @@ def _not_found() -> Response:
     return PlainTextResponse("404 Not Found", status_code=404)
 
 
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (a GET's body, if any, is passed over)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _read_bounded(request: Request) -> bytes | None:
     """The body, or None past MAX_REPORT (read no further than that)."""
     declared = request.headers.get("content-length", "")
@@ -190,8 +346,11 @@ async def _read_bounded(request: Request) -> bytes | None:
 
 
 def make_app(db: Database, server_uuid: str, reports: GuestReports | None = None,
-             nfs: NfsLink | None = None) -> Starlette:
-    guest = _GuestMetadata(db, server_uuid, reports, nfs)
+             nfs: NfsLink | None = None, bell: MetadataBell | None = None,
+             long_poll: LongPoll = LongPoll()) -> Starlette:
+    """`bell`: what the agent rings when this server's rows may have changed (None: a bell of
+    its own, which nothing rings: waiting requests see a change by their re-reads only)."""
+    guest = _GuestMetadata(db, server_uuid, reports, nfs, bell or MetadataBell(), long_poll)
     return Starlette(routes=[
         Route("/attachfs/v1/mounts", guest.report_mounts, methods=["POST"]),
         Route("/", guest.root), Route("/openstack", guest.versions),

@@ -9,7 +9,13 @@ at most `max_connections` open connections (one more is closed at once, unanswer
 must arrive whole within `request_timeout` s of its first byte (or of the connection, for the
 first one: a connection that sends nothing is closed), an idle keep-alive connection is closed
 after `keep_alive_timeout` s, request line + headers at most `max_header_bytes` (more: 431), a
-body at most `max_body_bytes` (more: 413).
+body at most `max_body_bytes` (more: 413). A request that waits for a change (long-poll,
+metadata/app.py) is held at most `long_poll.max_wait` s, and at most `long_poll.max_waiting` of
+one guest's requests wait at once.
+
+The agent rings a server's bell (`changed`) after each pass over it, which answers that guest's
+waiting request at once if what its metadata says changed; the guest's reports are passed to the
+agent's watcher (`reports.watch`) as they arrive.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from attachfs.config import MetadataConfig
 from attachfs.db.engine import Database
-from attachfs.metadata.app import GuestReports, make_app
+from attachfs.metadata.app import GuestReports, LongPoll, MetadataBell, make_app
 from attachfs.paths import under_root
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,7 @@ class MetadataLimits:
     keep_alive_timeout: float = 5.0
     max_header_bytes: int = 8192
     max_body_bytes: int = 65536
+    long_poll: LongPoll = LongPoll()
 
     @classmethod
     def from_config(cls, config: MetadataConfig) -> MetadataLimits:
@@ -184,6 +191,7 @@ class MetadataSockets:
         self.socket_dir = socket_dir
         self.limits = limits or MetadataLimits()
         self._listeners: dict[str, _Listener] = {}
+        self._bells: dict[str, MetadataBell] = {}
         self.reports = GuestReports()
         self._lock = threading.Lock()
 
@@ -200,8 +208,10 @@ class MetadataSockets:
                 return path
             self.socket_dir.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
-            config = uvicorn_config(make_app(self.db, server_uuid, self.reports), path,
-                                    self.limits)
+            bell = self._bells.setdefault(server_uuid, MetadataBell())
+            app = make_app(self.db, server_uuid, self.reports, bell=bell,
+                           long_poll=self.limits.long_poll)
+            config = uvicorn_config(app, path, self.limits)
             self._listeners[server_uuid] = _Listener(uvicorn.Server(config))
         deadline = time.monotonic() + 5
         while not path.exists() and time.monotonic() < deadline:
@@ -218,9 +228,20 @@ class MetadataSockets:
         return listener is not None and listener.thread.is_alive() \
             and self.socket_path(server_uuid).exists()
 
+    def changed(self, server_uuid: str) -> None:
+        """What the server's metadata says may have changed (the agent ran a pass over it):
+        its guest's waiting request looks again now."""
+        with self._lock:
+            bell = self._bells.get(server_uuid)
+        if bell is not None:
+            bell.ring()
+
     def remove(self, server_uuid: str) -> None:
         with self._lock:
             listener = self._listeners.pop(server_uuid, None)
+            bell = self._bells.pop(server_uuid, None)
+        if bell is not None:
+            bell.close()  # waiting requests answer now: the listener's shutdown waits for them
         if listener:
             listener.stop()
         self.reports.forget(server_uuid)

@@ -109,18 +109,19 @@ def _record_attach(repos: Repositories, env: Env, cmd: AttachShare, server: Serv
     require_share_change_allowed(server.uuid, server.vm_state, server.task_state,
                                  ATTACH_ACTION, env.hot_plug)
     require_hot_pluggable(transport, server.vm_state == VmState.ACTIVE)
-    existing = repos.attachments.get(server.uuid, share.id)
+    attached = repos.attachments.of_server(server.uuid)  # one query for every check below
+    existing = next((m for m in attached if m.share_id == share.id), None)
     if existing is not None:
         existing.status = status_after_retry(existing.status, share.id, tag, cmd.retry)
         existing.fault_message, existing.user_id = None, cmd.ctx.user_id
         existing.request_id, existing.read_only = cmd.ctx.request_id, cmd.read_only
         existing.requester_token, existing.transport = cmd.ctx.auth_token, transport
         return existing
-    if repos.attachments.share_with_tag(server.uuid, tag) is not None:
+    if any(m.tag == tag for m in attached):
         raise already_attached(share.id, tag)
     mount_point = cmd.mount_point or share.mount_point
-    _require_free_mount_point(repos, server, guest_mount_point(mount_point, tag))
-    count = repos.attachments.count(server.uuid)
+    _require_free_mount_point(attached, guest_mount_point(mount_point, tag))
+    count = len(attached)
     if count >= env.max_attachments_per_server:
         raise Conflict(f"Server already has {count} shares attached "
                        f"(limit {env.max_attachments_per_server})")
@@ -129,8 +130,8 @@ def _record_attach(repos: Repositories, env: Env, cmd: AttachShare, server: Serv
                           transport)
 
 
-def _require_free_mount_point(repos: Repositories, server: ServerRecord, path: str) -> None:
-    for other in repos.attachments.of_server(server.uuid):
+def _require_free_mount_point(attached: list[AttachmentRecord], path: str) -> None:
+    for other in attached:
         taken = guest_mount_point(other.mount_point, other.tag)
         if mount_points_overlap(path, taken):
             raise Conflict(f"Mount point {path} overlaps {taken}, where share {other.share_id} "
