@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -23,8 +24,13 @@ class Version:
         return f"{self.major}.{self.minor}"
 
     def at_least(self, text: str) -> bool:
-        major, minor = text.split(".")
-        return (self.major, self.minor) >= (int(major), int(minor))
+        return (self.major, self.minor) >= _parsed(text)
+
+
+@functools.lru_cache(maxsize=256)  # the code's own literals: a server view asks ~20 a server
+def _parsed(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")
+    return int(major), int(minor)
 
 
 def fmt(v: tuple[int, int]) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from attachfs.api.microversion import Version
 from attachfs.core.flavors import FLAVORS, Flavor
 from attachfs.core.model import server_status
-from attachfs.core.ports import AttachmentRecord, ServerRecord
+from attachfs.core.ports import AttachedShare, ServerRecord
 
 POWER_STATE = {"active": 1, "stopped": 4, "building": 0, "error": 0, "deleted": 0}
 
@@ -22,7 +23,7 @@ def link(base: str, kind: str, ident: str) -> list[dict[str, str]]:
             {"rel": "bookmark", "href": f"{base}/{kind}/{ident}"}]
 
 
-def share_mapping(m: AttachmentRecord, admin: bool) -> dict[str, Any]:
+def share_mapping(m: AttachedShare, admin: bool) -> dict[str, Any]:
     view: dict[str, Any] = {"share_id": m.share_id, "status": m.status, "tag": m.tag}
     if admin:  # the compute API shows the mapping uuid and export location to admins only
         view["uuid"] = m.uuid
@@ -30,16 +31,18 @@ def share_mapping(m: AttachmentRecord, admin: bool) -> dict[str, Any]:
     return view
 
 
-def attached_share(m: AttachmentRecord, admin: bool) -> dict[str, Any]:
+def attached_share(m: AttachedShare, admin: bool) -> dict[str, Any]:
     """Seed 004's extension on the server body; unlike 2.97's view it also says why an
     attachment failed, so the reason kept by the agent is visible to its owner."""
-    view = share_mapping(m, admin)
-    if m.mount_point:
-        view["mount_point"] = m.mount_point
+    view: dict[str, Any] = {"share_id": m.share_id, "status": m.status, "tag": m.tag}
+    if admin:  # as in share_mapping (written out: a page of servers holds thousands)
+        view["uuid"], view["export_location"] = m.uuid, m.export_location
+    if mount_point := m.mount_point:
+        view["mount_point"] = mount_point
     if m.read_only:
         view["read_only"] = True
-    if m.fault_message:
-        view["fault"] = m.fault_message
+    if fault := m.fault_message:
+        view["fault"] = fault
     return view
 
 
@@ -66,7 +69,7 @@ SINCE = {"locked": "2.9", "host_status": "2.16", "description": "2.19", "tags": 
          "pinned_availability_zone": "2.96"}
 
 
-def server_detail(s: ServerRecord, mappings: list[AttachmentRecord], base: str, version: Version,
+def server_detail(s: ServerRecord, mappings: Sequence[AttachedShare], base: str, version: Version,
                   admin: bool, extended: bool = False) -> dict[str, Any]:
     """`extended`: the client asked for attachfs's extension (any version), which adds
     seed 004's `os-extended-shares:shares_attached`; without it the body is the compute

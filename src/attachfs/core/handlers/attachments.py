@@ -4,7 +4,7 @@ os-filesystem's connect/disconnect): record `attaching`/`detaching` for the agen
 from __future__ import annotations
 
 from attachfs.core.commands import AttachShare, DetachShare
-from attachfs.core.context import ShareInfo
+from attachfs.core.context import RequestContext, ShareInfo
 from attachfs.core.flavors import FLAVORS, server_kind
 from attachfs.core.handlers.common import (
     NO_CELL,
@@ -21,6 +21,7 @@ from attachfs.core.model import (
     is_uuid,
     require_free_slot,
     require_share_change_allowed,
+    share_visible,
     status_after_detach_request,
     status_after_retry,
     validate_uuid,
@@ -46,8 +47,12 @@ RULE = "os_compute_api:os-server-shares:%s"
 
 def attach_share(cmd: AttachShare, uow: UnitOfWork, env: Env) -> AttachmentRecord:
     """The compute service's order: input, the server (404), policy (403), the server's state
-    (409), then the share (asked of the provider outside any transaction: it may be a remote
-    service), then the attachment itself, recorded with the server row locked."""
+    (409), then the share, then the attachment itself, recorded with the server row locked.
+
+    A built-in share is a row of this database: found in the same transaction, so the whole
+    request is one transaction. Any other share is asked of its provider outside any
+    transaction (it may be a remote service), between a first look at the server and the
+    transaction that records the attachment, which checks the server again."""
     ctx = cmd.ctx
     share_id = validate_uuid(cmd.share_id, "share_id")
     if cmd.tag is not None:
@@ -55,30 +60,59 @@ def attach_share(cmd: AttachShare, uow: UnitOfWork, env: Env) -> AttachmentRecor
     validate_mount_point(cmd.mount_point)
     if cmd.transport is not None and (problem := transport_problem(cmd.transport)):
         raise BadRequest(f"Invalid input for field/attribute transport: {problem}")
-    with uow.read() as repos:
-        server = visible_server(repos, cmd.server_id, ctx, missing=NO_CELL)
-        env.policy.authorize(RULE % "create", ctx, server.project_id)
-        require_share_change_allowed(server.uuid, server.vm_state, server.task_state,
-                                     ATTACH_ACTION, env.hot_plug)
-        host = repos.hosts.get(server.host) if server.host else None
-        # what the server's own host offers, as its agent registered it (else: this process's)
-        offered = frozenset(host.transports) if host is not None else env.transports
-        transport = _transport(cmd, server, env, offered)
-    share = env.shares.get_share(share_id, ctx)  # 404 when missing or not visible
-    _require_attachable_share(share)
-    require_direct_export(transport, share.id, share.nfs_export)
+    tag = cmd.tag if cmd.tag is not None else share_id
+    try:
+        with uow.write() as repos:
+            server, transport = _checked_server(repos, cmd, env)
+            share = _builtin_share(repos, env, share_id, ctx)
+            if share is not None:
+                mapping = _record_attach(repos, env, cmd, server, share, transport)
+    except Duplicate as exc:  # a concurrent attach of the same share or tag won the race
+        raise already_attached(share_id, tag) from exc
+    if share is None:  # not built-in: asked of its provider, outside any transaction
+        return _attach_provided(cmd, uow, env, env.shares.get_share(share_id, ctx))
+    env.wake_agent(server.host)
+    return mapping
+
+
+def _attach_provided(cmd: AttachShare, uow: UnitOfWork, env: Env,
+                     share: ShareInfo) -> AttachmentRecord:
+    """The attachment of a share its provider has shown (404 before this when it did not):
+    the server checked again (it may have changed meanwhile), then recorded."""
     tag = cmd.tag if cmd.tag is not None else share.id
     try:
         with uow.write() as repos:
-            server = visible_server(repos, cmd.server_id, ctx, lock=True, missing=NO_CELL)
-            mapping = _record_attach(repos, env, cmd, server, share, tag, transport)
-            touch(server)
-            record_action(repos, server.uuid, "attach_share", ctx, message=share.id)
-            repos.flush()
-    except Duplicate as exc:  # a concurrent attach of the same share or tag won the race
+            server, transport = _checked_server(repos, cmd, env)
+            mapping = _record_attach(repos, env, cmd, server, share, transport)
+    except Duplicate as exc:
         raise already_attached(share.id, tag) from exc
     env.wake_agent(server.host)
     return mapping
+
+
+def _checked_server(repos: Repositories, cmd: AttachShare,
+                    env: Env) -> tuple[ServerRecord, str]:
+    """The server (404), policy (403), its state (409), and the transport the attachment
+    will use; the server row locked (PostgreSQL; SQLite's writer holds the database)."""
+    server = visible_server(repos, cmd.server_id, cmd.ctx, lock=True, missing=NO_CELL)
+    env.policy.authorize(RULE % "create", cmd.ctx, server.project_id)
+    require_share_change_allowed(server.uuid, server.vm_state, server.task_state,
+                                 ATTACH_ACTION, env.hot_plug)
+    host = repos.hosts.get(server.host) if server.host else None
+    # what the server's own host offers, as its agent registered it (else: this process's)
+    offered = frozenset(host.transports) if host is not None else env.transports
+    return server, _transport(cmd, server, env, offered)
+
+
+def _builtin_share(repos: Repositories, env: Env, share_id: str,
+                   ctx: RequestContext) -> ShareInfo | None:
+    """A built-in share (404 when the caller may not see it), or None: not built-in."""
+    row = repos.shares.get(share_id)
+    if row is None:
+        return None
+    if not share_visible(row, ctx):
+        raise NotFound(f"Share {share_id} could not be found.")
+    return env.builtin.info(row)
 
 
 def _transport(cmd: AttachShare, server: ServerRecord, env: Env,
@@ -94,21 +128,32 @@ def _transport(cmd: AttachShare, server: ServerRecord, env: Env,
     return transport
 
 
-def _require_attachable_share(share: ShareInfo) -> None:
-    """The compute service's checks of the share, in its order and words."""
+def _require_attachable_share(share: ShareInfo, transport: str) -> None:
+    """The compute service's checks of the share, in its order and words; then whether the
+    transport can reach it."""
     if share.status != "available":
         raise Conflict(f"Share {share.id} is in '{share.status}' instead of 'available' status.")
     if not share.export_locations:
         raise Conflict(f"Share {share.id} export location is missing.")
     require_attachable(share.protocol)
+    require_direct_export(transport, share.id, share.nfs_export)
 
 
 def _record_attach(repos: Repositories, env: Env, cmd: AttachShare, server: ServerRecord,
-                   share: ShareInfo, tag: str, transport: str) -> AttachmentRecord:
-    # again under the lock: the state may have changed since the first look
-    require_share_change_allowed(server.uuid, server.vm_state, server.task_state,
-                                 ATTACH_ACTION, env.hot_plug)
-    require_hot_pluggable(transport, server.vm_state == VmState.ACTIVE)
+                   share: ShareInfo, transport: str) -> AttachmentRecord:
+    """The share's checks, then the attachment, the server's new generation and the audit
+    trail, in the caller's transaction."""
+    _require_attachable_share(share, transport)
+    mapping = _new_or_retried(repos, env, cmd, server, share, transport)
+    touch(server)
+    record_action(repos, server.uuid, "attach_share", cmd.ctx, message=share.id)
+    repos.flush()
+    return mapping
+
+
+def _new_or_retried(repos: Repositories, env: Env, cmd: AttachShare, server: ServerRecord,
+                    share: ShareInfo, transport: str) -> AttachmentRecord:
+    tag = cmd.tag if cmd.tag is not None else share.id
     attached = repos.attachments.of_server(server.uuid)  # one query for every check below
     existing = next((m for m in attached if m.share_id == share.id), None)
     if existing is not None:

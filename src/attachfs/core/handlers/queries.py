@@ -12,6 +12,7 @@ from attachfs.core.handlers.common import NO_CELL, visible_server
 from attachfs.core.model import is_uuid
 from attachfs.core.ports import (
     ActionRecord,
+    AttachedShare,
     AttachmentRecord,
     BuiltinShareRecord,
     Env,
@@ -60,7 +61,7 @@ class ServerPage:
 
 def list_servers(uow: UnitOfWork, env: Env, ctx: RequestContext, page: ServerPage,
                  with_attachments: bool = False
-                 ) -> tuple[list[ServerRecord], dict[str, list[AttachmentRecord]]]:
+                 ) -> tuple[list[ServerRecord], dict[str, list[AttachedShare]]]:
     env.policy.authorize(servers.RULE % "index", ctx, ctx.project_id)
     matches = name_filter(page.name) if page.name is not None else None
     with uow.read() as repos:
@@ -74,7 +75,7 @@ def list_servers(uow: UnitOfWork, env: Env, ctx: RequestContext, page: ServerPag
                 raise BadRequest(f"marker [{page.marker}] not found")
             rows = rows[ids.index(page.marker) + 1:]
         rows = rows[:page.limit]
-        by_server: dict[str, list[AttachmentRecord]] = {}
+        by_server: dict[str, list[AttachedShare]] = {}
         if with_attachments:
             for m in repos.attachments.of_servers([sv.uuid for sv in rows]):
                 by_server.setdefault(m.instance_uuid, []).append(m)
