@@ -21,6 +21,7 @@ from bench.measure import Figures, log
 from bench.report import print_table, rows
 from bench.scale import scale_part
 from bench.transports import transports_part
+from bench.writes import writes_part
 
 STATE_ROOT = Path("/var/lib/attachfs/bench-state")
 
@@ -86,6 +87,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                        help="hosts measured with an engine and LISTEN of their own (default 10)")
     scale.add_argument("--scale-timeout", type=float, default=900.0, metavar="SECONDS",
                        help="longest wait for any phase to converge (default 900)")
+    p.add_argument("--writes", action=argparse.BooleanOptionalAction, default=True,
+                   help="run part 9: attach/detach through the API alone against the floor, "
+                        "one at a time and from several clients, on SQLite (and PostgreSQL)")
+    p.add_argument("--write-workers", type=int, default=2, metavar="N",
+                   help="API processes (and floor processes) for part 9's throughput on "
+                        "PostgreSQL (default 2: one a core)")
     p.add_argument("--images-dir", default="/var/lib/attachfs/images")
     p.add_argument("--wait-foreign", type=float, default=300, metavar="SECONDS",
                    help="how long to wait for guests of other attachfs instances to stop "
@@ -96,6 +103,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.power_runs = args.power_runs or (1 if args.quick else 2)
     args.floor_n = 200 if args.quick else 500
     args.reads, args.detail = (200, 5) if args.quick else (500, 20)
+    args.write_n, args.write_m = (200, 600) if args.quick else (500, 2000)
     args.scale = args.scale or args.scale_only
     if args.scale_pending is None:
         args.scale_pending = args.scale_hosts
@@ -123,6 +131,11 @@ def plan(args: argparse.Namespace, fig: Figures,
     if args.postgres:
         parts.append(("listing on postgres",
                       lambda: listing_part("postgres", STATE_ROOT, args, fig)))
+    if args.writes:
+        parts.append(("writes on sqlite", lambda: writes_part("sqlite", STATE_ROOT, args, fig)))
+        if args.postgres:
+            parts.append(("writes on postgres",
+                          lambda: writes_part("postgres", STATE_ROOT, args, fig)))
     if args.scale:
         parts.append(scale)
     return parts

@@ -5,12 +5,20 @@ mounted share hotN at`, and DELETE -> 404. The floor, measured in the same run: 
 of our own (LibvirtDriver(owner="bench-floor"), no attachfs API, agent or host mount) whose
 user_data tries `mount -t virtiofs floorN` every 50 ms, timed from `driver.attach_share`
 (libvirt attach-device) to its console line.
+
+Part 4 alone (its own serve, share and server; the same rounds as in `python -m bench`):
+
+    .venv/bin/python -m bench.hotplug [--hot-rounds N] [--images-dir DIR] [--json FILE]
+
+The images directory defaults to $ATTACHFS_IMAGES (as harness/serve.py), else
+/var/lib/attachfs/images.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import json
 import random
 import re
 import tempfile
@@ -22,7 +30,7 @@ from bench.console import TAIL_POLL, tail
 from bench.measure import Figures, attach, detach, log, mapping_status, stats
 from bench.power import other_guests, start_server, stop_server
 from harness.host import remove_state
-from harness.serve import Serve
+from harness.serve import IMAGES_DIR, Serve
 
 FLOOR_OWNER = "bench-floor"
 FLOOR_SCRIPT = """#!/bin/sh
@@ -114,8 +122,10 @@ def hot_round(serve: Serve, sid: str, share_id: str, console: Path, tag: str,
               pause: float) -> HotRow:
     """(POST wall time, POST -> mounted, DELETE wall time, DELETE -> guest unmounted (None:
     not seen before the 404), DELETE -> 404), durations in seconds. `pause`: seconds between
-    the mount and the DELETE, so that the DELETE lands at a random point of the guest agent's
-    1 s poll rather than always just after the round that mounted (which is ~1 s too late)."""
+    the mount and the DELETE, so that the DELETE lands at a random point of whatever the guest
+    agent does between rounds (a guest agent that polls every second would otherwise always
+    see it just after the round that mounted, ~1 s too late; one that waits on the metadata
+    service is answered at once either way)."""
     client = serve.http
     with tail(console) as con:
         wall = time.time()
@@ -234,3 +244,56 @@ def hot_part(serve: Serve, sid: str, share_id: str, console: Path, state_root: P
         except Exception as exc:  # noqa: BLE001 - the server is deleted next anyway
             log(f"cleanup: stopping server {sid} failed: {exc}")
         remove_state(state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Part 4 alone: a serve, a share and a server booted and stopped, then `hot_part`."""
+    from bench.attach import CONFIG, boot_and_stop, delete_server, wait_quiet
+    from bench.report import hot_rows, print_table
+    from harness import host
+
+    p = argparse.ArgumentParser(prog="python -m bench.hotplug", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hot-rounds", type=int, default=12,
+                   help="measured rounds, each side, after one warm-up round (default 12)")
+    p.add_argument("--images-dir", default=str(IMAGES_DIR),
+                   help="the guest image catalogue (default $ATTACHFS_IMAGES, else %(default)s)")
+    p.add_argument("--wait-foreign", type=float, default=300, metavar="SECONDS",
+                   help="how long to wait for other attachfs guests to stop (then go on)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = p.parse_args(argv)
+    state_root = Path("/var/lib/attachfs/bench-state")
+    state_root.mkdir(parents=True, exist_ok=True)
+    state = Path(tempfile.mkdtemp(prefix="hot-", dir=state_root))
+    serve = Serve(state, CONFIG, token="bench:bench", images_dir=Path(args.images_dir),
+                  http_timeout=60)
+    fig: Figures = {}
+    errors: list[str] = []
+    sid = None
+    try:
+        wait_quiet(args.wait_foreign)
+        fig["other_guests_at_start"] = float(len(host.attachfs_guests()))
+        serve.start()
+        name = f"bench-{uuid.uuid4().hex[:8]}"
+        share_id = serve.new_share(name)[0]
+        sid = boot_and_stop(serve, name, fig)
+        hot_part(serve, sid, share_id, serve.state_dir / "console" / f"{sid}.log", state_root,
+                 args, fig)
+    except Exception as exc:  # noqa: BLE001 - the rounds done are still printed
+        errors.append(f"{type(exc).__name__}: {exc}")
+        log(f"part 4 FAILED: {exc}")
+    finally:
+        if sid is not None:
+            delete_server(serve, sid)
+        serve.cleanup()
+    print_table(hot_rows(fig))
+    for error in errors:
+        print(f"error: {error}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"figures": fig, "errors": errors,
+                                               "args": vars(args)}, indent=2))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

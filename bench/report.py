@@ -9,6 +9,7 @@ from collections.abc import Callable
 from bench.measure import Figures, Row
 from bench.power import POWER_SHARES
 from bench.scale import scale_rows
+from bench.writes import writes_rows
 
 Add = Callable[..., None]
 LISTINGS = (("list_shares", "GET servers/{id}/shares (32)"),
@@ -79,6 +80,7 @@ def rows(fig: Figures) -> list[Row]:
     _cycle_rows(add)
     _floor_rows(add)
     _listing_rows(add)
+    out += writes_rows(fig)
     add("other guests running at the start", "other_guests_at_start", None, lambda v: f"{v:.0f}")
     return (out + hot_rows(fig) + power_rows(fig) + io_rows(fig) + transport_rows(fig)
             + scale_rows(fig))

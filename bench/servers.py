@@ -13,6 +13,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,14 +24,14 @@ FLOOR_TABLE = "bench_floor"
 ROOT = Path(__file__).resolve().parents[1]  # the repository: where `-m bench.servers` imports
 
 
-def floor_argv(db_url: str, port: int) -> list[str]:
+def floor_argv(db_url: str, port: int, workers: int = 1) -> list[str]:
     return [sys.executable, "-m", "bench.servers", "floor", "--db-url", db_url,
-            "--port", str(port)]
+            "--port", str(port), "--workers", str(workers)]
 
 
-def api_argv(state_dir: Path, db_url: str, port: int) -> list[str]:
+def api_argv(state_dir: Path, db_url: str, port: int, workers: int = 1) -> list[str]:
     return [sys.executable, "-m", "bench.servers", "api", "--state-dir", str(state_dir),
-            "--db-url", db_url, "--port", str(port)]
+            "--db-url", db_url, "--port", str(port), "--workers", str(workers)]
 
 
 def floor_app(db_url: str) -> Any:
@@ -47,7 +50,8 @@ def floor_app(db_url: str) -> Any:
     meta.create_all(engine)
     with engine.begin() as conn:
         if conn.scalar(select(table.c.id).where(table.c.id == 1)) is None:
-            conn.execute(insert(table).values(id=1, payload="first row"))
+            # no explicit id: PostgreSQL's sequence would hand out 1 again to the next write
+            conn.execute(insert(table).values(payload="first row"))
 
     def ping(_request: Request) -> Response:  # HTTP only, no database
         return JSONResponse({"ok": True})
@@ -76,6 +80,15 @@ def api_app(state_dir: str, db_url: str) -> Any:
     return build_api(open_parts(config))
 
 
+WORKER_ARGS = "ATTACHFS_BENCH_SERVER"  # mode, database and state dir, for each worker
+
+
+def worker_app() -> Any:
+    """One of `--workers N` processes (uvicorn calls it in each)."""
+    mode, db_url, state_dir = json.loads(os.environ[WORKER_ARGS])
+    return floor_app(db_url) if mode == "floor" else api_app(state_dir, db_url)
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
@@ -84,9 +97,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--db-url", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--state-dir", default="")
+    p.add_argument("--workers", type=int, default=1)
     args = p.parse_args(argv)
-    app = floor_app(args.db_url) if args.mode == "floor" else api_app(args.state_dir, args.db_url)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    if args.workers == 1:
+        app = floor_app(args.db_url) if args.mode == "floor" else api_app(args.state_dir,
+                                                                          args.db_url)
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+        return
+    # As `attachfs api --workers N` does (attachfs/service.py run_api): one listening
+    # socket made with IPPROTO_TCP, so that the workers' connections get TCP_NODELAY.
+    from uvicorn.supervisors import Multiprocess
+
+    if args.mode == "floor":
+        floor_app(args.db_url)  # the table, made once before the workers start
+    else:
+        api_app(args.state_dir, args.db_url)  # the migrations, once
+    os.environ[WORKER_ARGS] = json.dumps([args.mode, args.db_url, args.state_dir])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", args.port))
+    sock.set_inheritable(True)
+    Multiprocess(uvicorn.Config("bench.servers:worker_app", factory=True,
+                                workers=args.workers, log_level="warning"),
+                 sockets=[sock]).run()
 
 
 if __name__ == "__main__":

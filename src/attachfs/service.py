@@ -20,7 +20,6 @@ from attachfs.api.app import ApiState, create_app
 from attachfs.api.auth import make_authenticator
 from attachfs.api.policy import PolicyEnforcer
 from attachfs.config import Config
-from attachfs.db import doorbell
 from attachfs.db.engine import Database, migrate
 from attachfs.metadata.sockets import MetadataLimits, MetadataSockets
 from attachfs.notify.base import make_notifier
@@ -62,13 +61,10 @@ def open_parts(config: Config, prepare: bool = True) -> Parts:
 
 
 def build_api(parts: Parts, wake: Callable[[], None] = lambda: None) -> FastAPI:
-    """`wake`: this process's agent, if any; on PostgreSQL every other agent is rung too."""
-    def wake_agents(host: str | None) -> None:
-        wake()
-        doorbell.ring(parts.db, host)
-
+    """`wake`: this process's agent, if any; on PostgreSQL the other agents hear the ring
+    each change's transaction sends (db/uow.py)."""
     state = ApiState(parts.config, parts.db, parts.provider, parts.builtin,
-                     PolicyEnforcer(parts.config.api.policy_file), wake_agents,
+                     PolicyEnforcer(parts.config.api.policy_file), lambda host: wake(),
                      make_authenticator(parts.config))
     return create_app(state)
 

@@ -12,6 +12,7 @@ class FakeMetadata:
         self.root = root
         self.served: set[str] = set()
         self.reports = GuestReports()
+        self.rung: list[str] = []  # servers whose metadata the agent said may have changed
 
     def socket_path(self, server_uuid: str) -> Path:
         return self.root / f"{server_uuid}.sock"
@@ -19,6 +20,9 @@ class FakeMetadata:
     def ensure(self, server_uuid: str) -> Path:
         self.served.add(server_uuid)
         return self.socket_path(server_uuid)
+
+    def changed(self, server_uuid: str) -> None:
+        self.rung.append(server_uuid)
 
     def serving(self, server_uuid: str) -> bool:
         return server_uuid in self.served

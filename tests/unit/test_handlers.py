@@ -93,9 +93,9 @@ def world(tmp_path: Path) -> Iterator[World]:
     db = Database(url)
     shares, storage, wakes = Shares(), Storage(), []
     env = Env(policy=AllowAll(), shares=shares, builtin=storage, images=Images(),
-              wake_agent=lambda host: wakes.append(1), host="h1", hot_plug=True,
+              host="h1", hot_plug=True,
               max_attachments_per_server=3)
-    yield World(SqlUnitOfWork(db), env, shares, storage, wakes)
+    yield World(SqlUnitOfWork(db, lambda host: wakes.append(1)), env, shares, storage, wakes)
     db.dispose()
 
 

@@ -48,7 +48,7 @@ class Cloud:
     @property
     def env(self) -> Env:
         return Env(policy=AllowAll(), shares=self.shares, builtin=Storage(), images=Images(),
-                   wake_agent=lambda host: None, host=A, hot_plug=True,
+                   host=A, hot_plug=True,
                    max_attachments_per_server=8, down_after=60.0)
 
     def ask(self, command: commands.Command) -> None:

@@ -33,13 +33,14 @@ from attachfs.db.engine import Database, migrate
 from attachfs.db.tables import Server, ShareMapping
 from attachfs.errors import NoFreeSlot
 from attachfs.metadata.sockets import MetadataSockets
+from harness.serve import IMAGES_DIR
 
 if TYPE_CHECKING:
     from attachfs.virt.libvirt import LibvirtDriver
 
 pytestmark = pytest.mark.vm
 
-IMAGES = Path("/var/lib/attachfs/images")
+IMAGES = IMAGES_DIR  # $ATTACHFS_IMAGES, else /var/lib/attachfs/images
 SHARES = Path("/var/lib/attachfs/test-shares")
 RUN = Path("/run/attachfs-test")
 OWNER = "test-hotplug"

@@ -23,8 +23,9 @@ import pytest
 from attachfs.db.engine import Database, migrate
 from attachfs.db.tables import Server, ShareMapping
 from attachfs.metadata.sockets import MetadataSockets
+from harness.serve import IMAGES_DIR
 
-IMAGES = Path("/var/lib/attachfs/images")
+IMAGES = IMAGES_DIR  # $ATTACHFS_IMAGES, else /var/lib/attachfs/images
 SHARES = Path("/var/lib/attachfs/test-shares")
 RUN = Path("/run/attachfs-test")
 

@@ -30,12 +30,14 @@ class ApiState:
     provider: ProviderChain  # where attached shares come from (built-in, static or Manila)
     builtin: LocalShareProvider  # the built-in shares of /os-filesystem
     policy: PolicyEnforcer
+    # this process's agent (`attachfs serve`), called once a change for `host` committed;
+    # agents in other processes hear PostgreSQL's NOTIFY (db/uow.py)
     wake_agent: Callable[[str | None], None]
     authenticator: Authenticator
 
     @cached_property
     def uow(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.db)
+        return SqlUnitOfWork(self.db, self.wake_agent)
 
     @cached_property
     def images(self) -> HostImages:
@@ -45,7 +47,7 @@ class ApiState:
     def env(self) -> Env:
         api, agent = self.config.api, self.config.agent
         return Env(policy=self.policy, shares=self.provider, builtin=BuiltinShares(self.builtin),
-                   images=self.images, wake_agent=self.wake_agent, host=agent.host,
+                   images=self.images, host=agent.host,
                    hot_plug=api.hot_plug, max_attachments_per_server=api.max_attachments_per_server,
                    transports=frozenset(agent.share_transports),
                    default_transport=agent.share_transport,

@@ -8,7 +8,7 @@ Records are the rows as the core sees them: plain attributes, read and written b
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,6 +234,10 @@ class Repositories(Protocol):
 
     def flush(self) -> None: ...
 
+    def ring(self, host: str | None) -> None:
+        """Wake the agent of `host` (None: every agent) once this transaction commits, and
+        not at all if it rolls back: the desired state it changed is then visible."""
+
 
 class UnitOfWork(Protocol):
     """Transactions: `write()` commits when its block ends without error and rolls back on
@@ -282,7 +286,6 @@ class Env:
     builtin: BuiltinStorage
     images: ImageLookup
     # after a commit that changed desired state: the host whose agent acts (None: every host)
-    wake_agent: Callable[[str | None], None]
     host: str
     hot_plug: bool
     max_attachments_per_server: int

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from attachfs.core.model import ShareScope, VmState
@@ -150,12 +150,17 @@ class SqlShares:
             ShareAccess.share_id == share_id, ShareAccess.locked).limit(1))
 
 
+_INSERT_ACTION = insert(InstanceAction.__table__)  # type: ignore[arg-type]  # a Table
+
+
 class SqlActions:
     def __init__(self, s: Session) -> None:
         self.s = s
 
     def record(self, **fields: Any) -> None:
-        self.s.add(InstanceAction(**fields))
+        # A Core INSERT: nothing reads the row back in this transaction, and an ORM object
+        # would add a class of its own to the flush (measured: ~0.1 ms of an attach).
+        self.s.execute(_INSERT_ACTION, fields)
 
     def of_server(self, server_uuid: str) -> list[ActionRecord]:
         return list(self.s.scalars(select(InstanceAction).where(
@@ -175,6 +180,12 @@ class SqlActions:
         action.result, action.finish_time = result, utcnow()
 
 
+# Built once: a statement built per call cost its construction and cache key each time.
+_HOST_BY_ID = select(Host).where(Host.id == bindparam("ref"))
+_HOST_BY_UUID_OR_NAME = select(Host).where((Host.uuid == bindparam("ref"))
+                                           | (Host.name == bindparam("ref")))
+
+
 class SqlHosts:
     def __init__(self, s: Session) -> None:
         self.s = s
@@ -183,14 +194,14 @@ class SqlHosts:
         return list(self.s.scalars(select(Host).order_by(Host.id)))
 
     def get(self, ref: str, *, lock: bool = False) -> HostRecord | None:
-        query = select(Host)
+        ref_value: int | str = ref
         if ref.isascii() and ref.isdigit() and len(ref) <= 9:  # an id, within INTEGER's range
-            query = query.where(Host.id == int(ref))
+            query, ref_value = _HOST_BY_ID, int(ref)
         else:
-            query = query.where((Host.uuid == ref) | (Host.name == ref))
+            query = _HOST_BY_UUID_OR_NAME
         if lock:
             query = query.with_for_update()
-        return self.s.scalar(query)
+        return self.s.scalar(query, {"ref": ref_value})
 
     def now(self) -> dt.datetime:
         return utcnow()

@@ -71,7 +71,6 @@ def attach_share(cmd: AttachShare, uow: UnitOfWork, env: Env) -> AttachmentRecor
         raise already_attached(share_id, tag) from exc
     if share is None:  # not built-in: asked of its provider, outside any transaction
         return _attach_provided(cmd, uow, env, env.shares.get_share(share_id, ctx))
-    env.wake_agent(server.host)
     return mapping
 
 
@@ -86,7 +85,6 @@ def _attach_provided(cmd: AttachShare, uow: UnitOfWork, env: Env,
             mapping = _record_attach(repos, env, cmd, server, share, transport)
     except Duplicate as exc:
         raise already_attached(share.id, tag) from exc
-    env.wake_agent(server.host)
     return mapping
 
 
@@ -147,6 +145,7 @@ def _record_attach(repos: Repositories, env: Env, cmd: AttachShare, server: Serv
     mapping = _new_or_retried(repos, env, cmd, server, share, transport)
     touch(server)
     record_action(repos, server.uuid, "attach_share", cmd.ctx, message=share.id)
+    repos.ring(server.host)
     repos.flush()
     return mapping
 
@@ -204,4 +203,4 @@ def detach_share(cmd: DetachShare, uow: UnitOfWork, env: Env) -> None:
         mapping.requester_token = ctx.auth_token
         touch(server)
         record_action(repos, server.uuid, "detach_share", ctx, message=cmd.share_id)
-    env.wake_agent(server.host)
+        repos.ring(server.host)

@@ -108,8 +108,7 @@ def _start_move(repos: Repositories, server: ServerRecord, ctx: RequestContext, 
 
 def evacuate_server(cmd: EvacuateServer, uow: UnitOfWork, env: Env) -> None:
     with uow.write() as repos:
-        host = _evacuate(cmd, repos, env)
-    env.wake_agent(host)
+        repos.ring(_evacuate(cmd, repos, env))
 
 
 def _evacuate(cmd: EvacuateServer, repos: Repositories, env: Env) -> str:
@@ -183,7 +182,7 @@ def migrate_server(cmd: MigrateServer, uow: UnitOfWork, env: Env) -> None:
         _start_move(repos, server, ctx, MoveType.MIGRATION, dest,
                     MigrationStatus.PRE_MIGRATING, "migrate")
         server.task_state = TaskState.RESIZE_PREP
-    env.wake_agent(server.host)
+        repos.ring(server.host)
 
 
 def confirm_migration(cmd: ConfirmMigration, uow: UnitOfWork, env: Env) -> None:
@@ -213,7 +212,7 @@ def revert_migration(cmd: RevertMigration, uow: UnitOfWork, env: Env) -> None:
         record_action(repos, server.uuid, "revertResize", ctx,
                       message=f"from host {server.host} back to host "
                               f"{migration.source_compute}")
-    env.wake_agent(server.host)
+        repos.ring(server.host)
 
 
 def _resized(repos: Repositories, server: ServerRecord, action: str) -> MigrationRecord:

@@ -62,7 +62,7 @@ def create_server(cmd: CreateServer, uow: UnitOfWork, env: Env) -> ServerRecord:
             new_attachment(repos, server, share, share.id, share.mount_point, ctx,
                            transport=transport)
         record_action(repos, server.uuid, "create", ctx)
-    env.wake_agent(server.host)
+        repos.ring(server.host)
     return server
 
 
@@ -92,7 +92,7 @@ def _power_change(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: str
         server.task_state, server.power_intent = task, intent
         touch(server)
         record_action(repos, server.uuid, verb, ctx)
-    env.wake_agent(server.host)
+        repos.ring(server.host)
 
 
 def start_server(cmd: StartServer, uow: UnitOfWork, env: Env) -> None:
@@ -125,7 +125,7 @@ def delete_server(cmd: DeleteServer, uow: UnitOfWork, env: Env) -> None:
             server.task_state, server.power_intent = TaskState.DELETING, PowerIntent.OFF
             touch(server)
             record_action(repos, server.uuid, "delete", cmd.ctx)
-    env.wake_agent(server.host)
+        repos.ring(server.host)
 
 
 # Server actions of the compute service that attachfs does not carry out: each with its policy

@@ -42,13 +42,13 @@ def create_share(cmd: CreateShare, uow: UnitOfWork, env: Env) -> BuiltinShareRec
             repos.flush()
             if cmd.scope == ShareScope.PROJECT:
                 _attach_to_project_servers(repos, env, ctx, share)
+                repos.ring(None)  # attached to the project's servers (on any host)
     except Duplicate as exc:  # a concurrent create of the same name won the race
         env.builtin.delete_dir(share_id)
         raise Conflict(cmd.taken_message) from exc
     except BaseException:
         env.builtin.delete_dir(share_id)  # nothing half-done: the filesystem goes too
         raise
-    env.wake_agent(None)  # a project share is attached to the project's servers (anywhere)
     return share
 
 
