@@ -14,7 +14,7 @@ from attachfs.api.validation import NO_QUERY, check_body, check_query
 from attachfs.core.commands import AttachShare, DetachShare
 from attachfs.core.guest_mount import guest_mount
 from attachfs.core.handlers import attachments, queries
-from attachfs.core.ports import AttachmentRecord
+from attachfs.core.ports import AttachedShare
 from attachfs.core.rules import TAG_CHARS, Transport
 
 router = APIRouter(prefix="/v2.1/servers/{server_id}/shares")
@@ -54,7 +54,7 @@ ATTACH_RETRY = attach_schema(read_only=True, retry=True)
 ATTACH_TRANSPORT = attach_schema(read_only=True, retry=True, transport=True)
 
 
-def mapping_view(request: Request, mapping: AttachmentRecord, admin: bool) -> dict[str, Any]:
+def mapping_view(request: Request, mapping: AttachedShare, admin: bool) -> dict[str, Any]:
     view = views.share_mapping(mapping, admin)
     if deps.extension(request, READ_ONLY_EXT):
         view["read_only"] = mapping.read_only

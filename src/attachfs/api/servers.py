@@ -181,10 +181,11 @@ def show_server(server_id: str, request: Request) -> dict[str, Any]:
     if deps.version(request).at_least("2.102"):
         check_query(NO_QUERY, request.query_params)
     ctx = deps.context(request)
-    server, mappings = queries.show_server(deps.uow(request), deps.env(request), ctx, server_id)
+    extended = deps.extension(request, "1.0")  # only then are attachments shown
+    server, mappings = queries.show_server(deps.uow(request), deps.env(request), ctx, server_id,
+                                           with_attachments=extended)
     return {"server": views.server_detail(server, mappings, deps.base_url(request),
-                                          deps.version(request), ctx.is_admin,
-                                          deps.extension(request, "1.0"))}
+                                          deps.version(request), ctx.is_admin, extended)}
 
 
 @router.delete("/{server_id}", status_code=204)

@@ -44,7 +44,7 @@ class ServerRecord(Protocol):
 
 
 class AttachedShare(Protocol):
-    """What a server's view shows of each attachment (read-only)."""
+    """What the views of a server and its attachments show of each (read-only)."""
 
     @property
     def instance_uuid(self) -> str: ...
@@ -64,6 +64,8 @@ class AttachedShare(Protocol):
     def read_only(self) -> bool: ...
     @property
     def fault_message(self) -> str | None: ...
+    @property
+    def transport(self) -> str: ...
 
 
 class AttachmentRecord(Protocol):

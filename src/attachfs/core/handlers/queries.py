@@ -28,11 +28,11 @@ ACTIONS_RULE = "os_compute_api:os-instance-actions:%s"
 
 # ---- attachments -----------------------------------------------------------------------------
 def list_attachments(uow: UnitOfWork, env: Env, ctx: RequestContext,
-                     server_id: str) -> list[AttachmentRecord]:
+                     server_id: str) -> list[AttachedShare]:
     with uow.read() as repos:
         server = visible_server(repos, server_id, ctx, missing=NO_CELL)
         env.policy.authorize(attachments.RULE % "index", ctx, server.project_id)
-        return repos.attachments.of_server(server.uuid)
+        return repos.attachments.of_servers([server.uuid])
 
 
 def show_attachment(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: str,
@@ -82,12 +82,13 @@ def list_servers(uow: UnitOfWork, env: Env, ctx: RequestContext, page: ServerPag
         return rows, by_server
 
 
-def show_server(uow: UnitOfWork, env: Env, ctx: RequestContext,
-                server_id: str) -> tuple[ServerRecord, list[AttachmentRecord]]:
+def show_server(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: str,
+                with_attachments: bool = False) -> tuple[ServerRecord, list[AttachedShare]]:
     with uow.read() as repos:
         server = visible_server(repos, server_id, ctx)
         env.policy.authorize(servers.RULE % "show", ctx, server.project_id)
-        return server, repos.attachments.of_server(server.uuid)
+        return server, (repos.attachments.of_servers([server.uuid]) if with_attachments
+                        else [])
 
 
 def console_server(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: str) -> str:
