@@ -121,6 +121,38 @@ def measure(kind: str, state: Path, db_url: str, floor_url: str, ids: tuple[str,
         fig.update(summary(p + "servers_detail", sample(
             client, "GET", "/v2.1/servers/detail?all_tenants=1", 200, args.detail,
             warmup=1, headers=ADMIN_EXTENDED)))
+    fig.update(summary(p + "rows_floor", rows_floor(db_url, args.detail)))
+
+
+# What servers/detail shows of each attachment (core/ports.py AttachedShare)
+ATTACHED_COLUMNS = ("instance_uuid, uuid, share_id, status, tag, export_location, mount_point, "
+                    "read_only, fault_message, transport")
+
+
+def rows_floor(db_url: str, n: int) -> list[float]:
+    """The floor of servers/detail's own work, in this process, no HTTP: its 10,016
+    attachments fetched by the database driver itself and encoded as JSON (seconds each)."""
+    import json
+
+    query = f"SELECT {ATTACHED_COLUMNS} FROM share_mappings ORDER BY id"
+    if db_url.startswith("sqlite"):
+        import sqlite3
+
+        conn: Any = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+    else:
+        import psycopg
+
+        conn = psycopg.connect(db_url.replace("postgresql+psycopg:", "postgresql:"))
+    out = []
+    try:
+        for _ in range(n + 1):
+            t0 = time.perf_counter()
+            rows = conn.execute(query).fetchall()
+            json.dumps([list(r) for r in rows])
+            out.append(time.perf_counter() - t0)
+    finally:
+        conn.close()
+    return out[1:]  # the first one warms the caches
 
 
 # the server bodies with their attachments (attachfs's extension): the read path measured
