@@ -79,8 +79,13 @@ class Reconciler:
         """The rows (desired) and what the host has (actual) for one server."""
         with self.db.read() as s:
             snap = read_snapshot(s, uuid)
+            releasing = set(self.memory.release_started)
             desired = desired_of(s, snap, uuid, self.mount_path, self.memory,
                                  self.config.agent, self.config.containers.mount_layout)
+        if set(self.memory.release_started) - releasing:
+            # a detach starts: the guest is told now rather than after this pass (its report
+            # counts from the moment just recorded; the runner rings after the pass as well)
+            self.metadata.changed(uuid)
         actual = observe(uuid, self.virt, self.metadata, self.a.mounts, self.config.mount_root,
                          self.memory)
         if access_due(desired, self.memory, self.config.agent.access_check_interval,

@@ -4,8 +4,9 @@ BEGIN IMMEDIATE so concurrent requests queue instead of failing with 'database i
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from alembic import command
@@ -70,13 +71,18 @@ class Database:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer: AbstractContextManager[object] = (
+            threading.RLock() if url.startswith("sqlite") else nullcontext())
         self._readers = sessionmaker(self.engine.execution_options(attachfs_read_only=True),
                                      expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One unit of work: commits on success, rolls back on any error."""
-        with self._sessions() as s, s.begin():
+        """One unit of work: commits on success, rolls back on any error. On SQLite the
+        writers of this process take turns on a lock of their own first: waiting for SQLite's
+        lock is its busy handler's sleep-and-retry (1, 2, 5, 10 ms...), which left the
+        database idle between writers (measured: 8 concurrent attach clients)."""
+        with self._writer, self._sessions() as s, s.begin():
             yield s
 
     @contextmanager
