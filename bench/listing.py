@@ -8,6 +8,8 @@ import argparse
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,22 +82,31 @@ def drop_pg(name: str) -> None:
         print(f"cleanup: dropping database {name} failed: {exc}")
 
 
-def listing_part(kind: str, state_root: Path, args: argparse.Namespace, fig: Figures) -> None:
-    state = Path(tempfile.mkdtemp(prefix=f"list-{kind}-", dir=state_root))
+@contextmanager
+def scratch_databases(kind: str, state_root: Path, prefix: str) -> Iterator[tuple[Path, str, str]]:
+    """A throw-away state directory, an empty database of `kind` (SQLite in that directory, or
+    a new PostgreSQL database) and the floor's database beside it: (state, url, floor url).
+    All removed afterwards."""
+    state = Path(tempfile.mkdtemp(prefix=f"{prefix}-{kind}-", dir=state_root))
     pg_name = f"attachfs_bench_{uuid.uuid4().hex[:8]}"
-    db_url = f"sqlite:///{state / 'attachfs.db'}"
     try:
         if kind == "postgres":
             db_url = create_pg(pg_name)
-        t0 = time.perf_counter()
-        sid, share_id = seed(state, db_url)
-        log(f"{kind}: seeded {SERVERS * PER_SERVER} attachments in {time.perf_counter() - t0:.1f}s")
-        floor_url = db_url if kind == "postgres" else f"sqlite:///{state / 'floor.db'}"
-        measure(kind, state, db_url, floor_url, (sid, share_id), args, fig)
+            yield state, db_url, db_url
+        else:
+            yield state, f"sqlite:///{state / 'attachfs.db'}", f"sqlite:///{state / 'floor.db'}"
     finally:
         if kind == "postgres":
             drop_pg(pg_name)
         remove_state(state)
+
+
+def listing_part(kind: str, state_root: Path, args: argparse.Namespace, fig: Figures) -> None:
+    with scratch_databases(kind, state_root, "list") as (state, db_url, floor_url):
+        t0 = time.perf_counter()
+        sid, share_id = seed(state, db_url)
+        log(f"{kind}: seeded {SERVERS * PER_SERVER} attachments in {time.perf_counter() - t0:.1f}s")
+        measure(kind, state, db_url, floor_url, (sid, share_id), args, fig)
 
 
 def measure(kind: str, state: Path, db_url: str, floor_url: str, ids: tuple[str, str],

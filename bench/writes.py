@@ -15,7 +15,6 @@ an httpx client costs more CPU per request than the floor itself, and it shares 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -24,10 +23,9 @@ from typing import Any
 import httpx
 
 from bench import loadgen
-from bench.listing import create_pg, drop_pg
+from bench.listing import scratch_databases
 from bench.measure import HEADERS, Figures, Row, log, summary
 from bench.servers import ROOT, api_argv, floor_argv
-from harness.host import remove_state
 from harness.process import free_port, running
 
 SERVERS, SHARES = 200, 30  # 6,000 (server, share) pairs; 30 fit the per-server limit (32)
@@ -72,19 +70,8 @@ def detach_requests(pairs: list[tuple[str, str]]) -> list[bytes]:
 
 
 def writes_part(kind: str, state_root: Path, args: argparse.Namespace, fig: Figures) -> None:
-    state = Path(tempfile.mkdtemp(prefix=f"writes-{kind}-", dir=state_root))
-    pg_name = f"attachfs_bench_{uuid.uuid4().hex[:8]}"
-    db_url = f"sqlite:///{state / 'attachfs.db'}"
-    try:
-        if kind == "postgres":
-            db_url = create_pg(pg_name)
-        pairs = seed(state, db_url)
-        floor_url = db_url if kind == "postgres" else f"sqlite:///{state / 'floor.db'}"
-        measure(kind, state, db_url, floor_url, pairs, args, fig)
-    finally:
-        if kind == "postgres":
-            drop_pg(pg_name)
-        remove_state(state)
+    with scratch_databases(kind, state_root, "writes") as (state, db_url, floor_url):
+        measure(kind, state, db_url, floor_url, seed(state, db_url), args, fig)
 
 
 def measure(kind: str, state: Path, db_url: str, floor_url: str,
