@@ -20,6 +20,7 @@ from bench.listing import listing_part
 from bench.measure import Figures, log
 from bench.report import print_table, rows
 from bench.scale import scale_part
+from bench.startup import startup_part, startup_rows
 from bench.transports import transports_part
 from bench.writes import writes_part
 
@@ -87,6 +88,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                        help="hosts measured with an engine and LISTEN of their own (default 10)")
     scale.add_argument("--scale-timeout", type=float, default=900.0, metavar="SECONDS",
                        help="longest wait for any phase to converge (default 900)")
+    p.add_argument("--startup", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the memory and start-up part: serve's time to first answer and "
+                        "RSS with 0 and 10,000 attachments (bench/startup.py)")
     p.add_argument("--writes", action=argparse.BooleanOptionalAction, default=True,
                    help="run part 9: attach/detach through the API alone against the floor, "
                         "one at a time and from several clients, on SQLite (and PostgreSQL)")
@@ -136,6 +140,9 @@ def plan(args: argparse.Namespace, fig: Figures,
         if args.postgres:
             parts.append(("writes on postgres",
                           lambda: writes_part("postgres", STATE_ROOT, args, fig)))
+    if args.startup:
+        parts.append(("memory and start-up", lambda: startup_part(
+            STATE_ROOT, fig, runs=3, gets=50 if args.quick else 200, postgres=args.postgres)))
     if args.scale:
         parts.append(scale)
     return parts
@@ -162,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
             log(f"part {name} FAILED: {exc}")
     print(f"\nload average at start: {fig['loadavg_1m_at_start']:.2f} on {os.cpu_count()} cores")
-    print_table(rows(fig))
+    print_table(rows(fig) + startup_rows(fig))
     for e in errors:
         print(f"error: {e}")
     if args.json:
