@@ -14,7 +14,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from attachfs.db.engine import alembic_config, migrate
+from attachfs.db.engine import alembic_config, migrate, newest_revision, schema_revision
 from attachfs.db.tables import Base
 from tests.conftest import PG_ADMIN_URL
 
@@ -70,3 +70,22 @@ def test_0005_keeps_rows_and_scopes_names(empty_db: str) -> None:
         assert diff == [], diff
     finally:
         engine.dispose()
+
+
+def test_each_migration_is_named_after_its_revision() -> None:
+    """migrate() skips alembic on a database already at the newest file's revision, which it
+    reads from the file names: each file must be named after its revision, in one chain."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    for rev in script.walk_revisions():
+        assert Path(rev.path).name.split("_", 1)[0] == rev.revision
+    assert script.get_heads() == [newest_revision()]
+
+
+def test_a_database_at_the_newest_revision_is_left_alone(empty_db: str) -> None:
+    assert schema_revision(empty_db) is None
+    migrate(empty_db)
+    assert schema_revision(empty_db) == newest_revision()
+    migrate(empty_db)  # a restart: nothing to do
+    assert schema_revision(empty_db) == newest_revision()

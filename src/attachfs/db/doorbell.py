@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import psycopg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -69,6 +68,8 @@ class Listener:
         self._stop.set()
 
     def _run(self) -> None:
+        import psycopg  # only where an agent listens (PostgreSQL)
+
         delay = 0.1
         while not self._stop.is_set():
             try:

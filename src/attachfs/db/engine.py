@@ -8,11 +8,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -46,6 +49,8 @@ def make_engine(url: str) -> Engine:
 
 
 def alembic_config(url: str) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig  # only when migrating (~0.4 s import)
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -61,7 +66,29 @@ def migrate(url: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(path, timeout=30) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
+    if schema_revision(url) == newest_revision():
+        return  # a restart: alembic is not even imported (~0.4 s and ~15 MiB)
+    from alembic import command
+
     command.upgrade(alembic_config(url), "head")
+
+
+def newest_revision() -> str:
+    """The newest migration's revision: by our convention each file is named after its
+    revision (`0010_migrations.py` is revision "0010"; tests/unit/test_migrations.py checks)."""
+    return max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+
+
+def schema_revision(url: str) -> str | None:
+    """The revision the database is at, or None (no database or no schema yet)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except DBAPIError:
+        return None
+    finally:
+        engine.dispose()
 
 
 class Database:
