@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -127,12 +128,19 @@ def serve(config: Config) -> None:
     agent_thread.start()
     host, port = config.listen_address()
     log.info("attachfs serving the compute API on http://%s:%d/v2.1", host, port)
+    # uvicorn raises the SIGTERM it caught again once it has shut down, with the handler it
+    # found: the default one ended the process there, before the agent below was stopped.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(build_api(parts, agent.wake), host=host, port=port, log_level="warning")
     finally:
         agent.stop()
         agent_thread.join(timeout=30)
         agent.r.metadata.close()
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 WORKER_CONFIG = "ATTACHFS_API_CONFIG"  # the configuration, as JSON, for each API worker
@@ -175,8 +183,6 @@ def api_worker() -> FastAPI:
 
 
 def run_agent(config: Config) -> None:
-    import signal
-
     configure_logging(config)
     share_state_mounts(config)
     parts = open_parts(config)
