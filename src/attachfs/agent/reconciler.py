@@ -77,12 +77,14 @@ class Reconciler:
 
     def _desired_and_actual(self, uuid: str) -> tuple[Snapshot | None, Desired, Actual]:
         """The rows (desired) and what the host has (actual) for one server."""
+        started = self.memory.release_started  # shared by the workers: looked up, not iterated
         with self.db.read() as s:
             snap = read_snapshot(s, uuid)
-            releasing = set(self.memory.release_started)
+            ids = [m.id for m in snap.mappings] if snap is not None else []
+            waiting = {i for i in ids if i in started}
             desired = desired_of(s, snap, uuid, self.mount_path, self.memory,
                                  self.config.agent, self.config.containers.mount_layout)
-        if set(self.memory.release_started) - releasing:
+        if any(i in started and i not in waiting for i in ids):
             # a detach starts: the guest is told now rather than after this pass (its report
             # counts from the moment just recorded; the runner rings after the pass as well)
             self.metadata.changed(uuid)
