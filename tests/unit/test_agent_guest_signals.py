@@ -95,3 +95,21 @@ def test_a_detach_rings_as_soon_as_its_start_is_recorded(world: World) -> None:
     assert world.metadata.rung == [sid]
     world.reconcile(sid)  # still waiting for the guest: no new start, no ring from the pass
     assert world.metadata.rung == [sid]
+
+
+def test_a_look_for_work_keeps_a_waiting_pass_at_its_time(world: World) -> None:
+    """The loop looks for work at every wake; rows that did not change since the last look
+    leave a planned pass where it is (a detach waiting for its guest looks again in
+    POLL_GUEST, not at once)."""
+    agent = world.agent
+    sid, (mid,) = running_server(world, 1)
+    agent._poll()  # the runner's first look: remembers the rows as seen
+    world.set_status(mid, "detaching")
+    agent._poll()  # changed: due now
+    assert agent._due[sid] <= time.monotonic()
+    del agent._due[sid]
+    run_pass(world, sid)  # waits for the guest: planned later
+    planned = agent._due[sid]
+    assert planned > time.monotonic()
+    agent._poll()  # the same rows: nothing new
+    assert agent._due[sid] == planned

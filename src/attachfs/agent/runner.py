@@ -108,6 +108,10 @@ class Agent:
                 self._due[key] = due
             self.health.queued = len(self._due)
 
+    def _planned(self, key: str) -> bool:
+        with self._lock:
+            return key in self._due or key in self._inflight
+
     def _take_due(self) -> list[str]:
         now = time.monotonic()
         with self._lock:
@@ -160,7 +164,12 @@ class Agent:
             if changed:
                 self._failures.pop(uuid, None)
                 self._retrying.discard(uuid)
-            self.enqueue(uuid, urgent=changed)
+            # Unchanged rows do not bring forward a pass already planned: a server waiting
+            # (for its guest, for a rule) was otherwise passed over again at every wake of
+            # the loop, which every pass's end is (measured: a pass every ~10 ms during a
+            # hot detach on SQLite, against the TCG guest for the CPU).
+            if changed or not self._planned(uuid):
+                self.enqueue(uuid, urgent=changed)
 
     def repair(self) -> None:
         """Enqueue every server of this host, every guest that has none, and the host."""
