@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup demo demo-ceph test test-fast lint bench bench-scale clean
+.PHONY: setup demo demo-ceph test test-fast lint bench bench-scale bench-nova clean
 
 setup:
 	@bash scripts/setup.sh
@@ -43,6 +43,12 @@ bench: setup
 # through `attachfs api --workers 4` (docs/bench.md, "8. Scale simulation"). ~20 minutes on 2 cores.
 bench-scale: setup
 	$(PY) -m bench --scale-only $(ARGS)
+
+# attachfs beside the real compute service (Nova 34, fake virt driver; tools/compute_service/),
+# same Keystone, same Manila, same client: latencies and memory side by side (docs/bench.md,
+# "9. Side by side"). Opt-in, not part of make test. Installs and starts the stack if needed.
+bench-nova: setup
+	$(PY) -m bench.nova $(ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

@@ -308,6 +308,11 @@ start() {
     gunicorn_up glance "$P_GLANCE" glance_api "OS_GLANCE_CONFIG_DIR=$ETC/glance"
     gunicorn_up manila-api "$P_MANILA" manila_api
     launch manila-scheduler "$BIN/manila-scheduler" --config-file "$ETC/manila/manila.conf"
+    # Where this start's manila-share output begins (empty if it is already running).
+    local share_log_from=""
+    if ! { [[ -f $RUN/manila-share.pid ]] && alive "$(cat "$RUN/manila-share.pid")"; }; then
+        share_log_from=$(($(stat -c %s "$LOG/manila-share.log" 2>/dev/null || echo 0) + 1))
+    fi
     launch manila-share "$BIN/manila-share" --config-file "$ETC/manila/manila.conf"
     gunicorn_up nova-api "$P_NOVA" nova_api "OS_NOVA_CONFIG_DIR=$ETC/nova" \
         "OS_NOVA_CONFIG_FILES=api-paste.ini;nova.conf"
@@ -334,6 +339,18 @@ start() {
         if ((SECONDS - t1 > 120)); then log "manila-share never registered (see $LOG/manila-share.log)"; exit 1; fi
         sleep 1
     done
+    # ... and have started its driver: first it "ensures" every existing share (status
+    # `ensuring`), and only then does the scheduler learn its pool. A share asked for before
+    # that goes to error ("There are no hosts to fulfill this provisioning request").
+    if [[ -n $share_log_from ]]; then
+        t1=$SECONDS
+        until tail -c "+$share_log_from" "$LOG/manila-share.log" | grep -q "Finished initialization of driver"; do
+            if ((SECONDS - t1 > 600)) || ! alive "$(cat "$RUN/manila-share.pid")"; then
+                log "manila-share never started its driver (see $LOG/manila-share.log)"; exit 1
+            fi
+            sleep 1
+        done
+    fi
     log "up in $((SECONDS - t0)) s: keystone $KS nova http://$H:$P_NOVA/v2.1 manila http://$H:$P_MANILA/v2"
     rss
 }
