@@ -34,8 +34,6 @@ class FakeMetadata:
     def sync(self, server_uuids: set[str]) -> None:
         for uuid in self.served - server_uuids:
             self.remove(uuid)
-        for uuid in server_uuids:
-            self.ensure(uuid)
 
     def close(self) -> None:
         self.served.clear()

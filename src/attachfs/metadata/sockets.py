@@ -252,10 +252,12 @@ class MetadataSockets:
             under_root(self.socket_dir, "net", f"{server_uuid}.{leftover}").unlink(missing_ok=True)
 
     def sync(self, server_uuids: set[str]) -> None:
+        """Stop serving servers no longer on this host. Serving starts in a server's own pass
+        (its power-on, or the repair of a running server's missing socket): a listener for
+        each stopped server was a thread and an event loop each (measured: 313 stopped
+        servers, 321 threads, 0.18 of a core while idle)."""
         for uuid in set(self._listeners) - server_uuids:
             self.remove(uuid)
-        for uuid in server_uuids:
-            self.ensure(uuid)
 
     def close(self) -> None:
         for uuid in list(self._listeners):
