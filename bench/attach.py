@@ -7,6 +7,8 @@ import argparse
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.floor import floor_part
@@ -37,8 +39,13 @@ def wait_quiet(timeout: float) -> None:
             "noisier")
 
 
-def vm_part(state_root: Path, args: argparse.Namespace, fig: Figures, errors: list[str]) -> None:
-    state = Path(tempfile.mkdtemp(prefix="vm-", dir=state_root))
+@contextmanager
+def stopped_server(state_root: Path, args: argparse.Namespace, fig: Figures,
+                   prefix: str) -> Iterator[tuple[Serve, str, str, str]]:
+    """A `attachfs serve` of its own, a built-in share and a server that booted a real guest
+    and was stopped: (serve, name, server id, share id). The server deleted and serve
+    cleaned up afterwards."""
+    state = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=state_root))
     serve = Serve(state, CONFIG, token="bench:bench", images_dir=Path(args.images_dir),
                   http_timeout=60)
     sid = None
@@ -49,17 +56,22 @@ def vm_part(state_root: Path, args: argparse.Namespace, fig: Figures, errors: li
         name = f"bench-{uuid.uuid4().hex[:8]}"
         share_id = serve.new_share(name)[0]
         sid = boot_and_stop(serve, name, fig)
-        floor_part(state, args, fig)  # same machine, same moment: serve up, its agent idle
+        yield serve, name, sid, share_id
+    finally:
+        if sid is not None:
+            delete_server(serve, sid)
+        serve.cleanup()  # stops serve, destroys its own guests (by owner tag), removes state
+
+
+def vm_part(state_root: Path, args: argparse.Namespace, fig: Figures, errors: list[str]) -> None:
+    with stopped_server(state_root, args, fig, "vm") as (serve, name, sid, share_id):
+        floor_part(serve.state_dir, args, fig)  # same machine, same moment: its agent idle
         # The floor's HTTP-only request against serve itself: version discovery, no database.
         fig.update(summary("serve_http", sample(serve.http, "GET", "/v2.1/", 200, args.floor_n)))
         log(f"{args.cycles} attach/detach cycles on server {sid}")
         cycles(serve, sid, share_id, args.cycles, fig)
         shares = [share_id] + [serve.new_share(f"{name}-{i}")[0] for i in range(1, 8)]
         guest_parts(serve, sid, shares, state_root, args, fig, errors)
-    finally:
-        if sid is not None:
-            delete_server(serve, sid)
-        serve.cleanup()  # stops serve, destroys its own guests (by owner tag), removes state
 
 
 def boot_and_stop(serve: Serve, name: str, fig: Figures) -> str:

@@ -248,9 +248,8 @@ def hot_part(serve: Serve, sid: str, share_id: str, console: Path, state_root: P
 
 def main(argv: list[str] | None = None) -> int:
     """Part 4 alone: a serve, a share and a server booted and stopped, then `hot_part`."""
-    from bench.attach import CONFIG, boot_and_stop, delete_server, wait_quiet
+    from bench.attach import stopped_server
     from bench.report import hot_rows, print_table
-    from harness import host
 
     p = argparse.ArgumentParser(prog="python -m bench.hotplug", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -264,28 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     state_root = Path("/var/lib/attachfs/bench-state")
     state_root.mkdir(parents=True, exist_ok=True)
-    state = Path(tempfile.mkdtemp(prefix="hot-", dir=state_root))
-    serve = Serve(state, CONFIG, token="bench:bench", images_dir=Path(args.images_dir),
-                  http_timeout=60)
     fig: Figures = {}
     errors: list[str] = []
-    sid = None
     try:
-        wait_quiet(args.wait_foreign)
-        fig["other_guests_at_start"] = float(len(host.attachfs_guests()))
-        serve.start()
-        name = f"bench-{uuid.uuid4().hex[:8]}"
-        share_id = serve.new_share(name)[0]
-        sid = boot_and_stop(serve, name, fig)
-        hot_part(serve, sid, share_id, serve.state_dir / "console" / f"{sid}.log", state_root,
-                 args, fig)
+        with stopped_server(state_root, args, fig, "hot") as (serve, _, sid, share_id):
+            hot_part(serve, sid, share_id, serve.state_dir / "console" / f"{sid}.log",
+                     state_root, args, fig)
     except Exception as exc:  # noqa: BLE001 - the rounds done are still printed
         errors.append(f"{type(exc).__name__}: {exc}")
         log(f"part 4 FAILED: {exc}")
-    finally:
-        if sid is not None:
-            delete_server(serve, sid)
-        serve.cleanup()
     print_table(hot_rows(fig))
     for error in errors:
         print(f"error: {error}")
