@@ -103,10 +103,15 @@ def test_seven_detaches_go_out_together(serve: Serve, sid: str) -> None:
     t_seven = detach_all(serve, sid, seven)
     print(f"\nhot detach, one running guest: 1 share {t_one:.1f}s, 7 shares {t_seven:.1f}s "
           f"({t_seven / t_one:.2f}x)")
-    # The agent's part: all seven unplug requests go out in one pass (nothing waits in turn).
+    # The agent's part: the unplug requests go out in groups, not one pass a share (nothing
+    # waits in turn). Not necessarily in one pass: the guest hears of a detach at once (its
+    # long-poll), so it may let go of the first share before the last DELETE has arrived.
     passes = [line for line in serve.log.read_text().splitlines()
-              if all(f"hot_detach:unplug(det{i})" in line for i in range(7))]
-    assert passes, "the seven unplug requests did not go out together"
+              if "hot_detach:unplug(det" in line and "hot_detach:unplug(detone)" not in line]
+    for i in range(7):
+        assert any(f"hot_detach:unplug(det{i})" in line for line in passes), passes
+    print(f"unplug requests in {len(passes)} pass(es)")
+    assert len(passes) < 7, f"one pass a share: the detaches waited in turn: {passes}"
     assert serve.host_mounts() == []
     wait_for("virtiofsd gone", lambda: serve.virtiofsd_pids() == [] or None, 30)
     # The times are printed, not asserted (a figure, not a property: under load they say more
