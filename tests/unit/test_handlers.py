@@ -144,7 +144,7 @@ def test_attach_then_retry_only_from_error_when_asked(world: World) -> None:
     with world.uow.write() as repos:
         row = repos.attachments.get(sid, share_id)
         assert row is not None
-        row.status = "error"
+        repos.attachments.update(row.uuid, status="error")
     with pytest.raises(errors.Conflict):  # a retry is asked for, never implied
         handle(commands.AttachShare(ALICE, sid, share_id), world.uow, world.env)
     again = handle(commands.AttachShare(ALICE, sid, share_id, retry=True), world.uow, world.env)

@@ -43,6 +43,30 @@ class ServerRecord(Protocol):
     updated_at: dt.datetime
 
 
+class ServerState(Protocol):
+    """What a share attachment's request reads of its server: a plain row, read-only (the
+    request changes the server only through ServerRepository.touch)."""
+
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def project_id(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def flavor_id(self) -> str: ...
+    @property
+    def vm_state(self) -> str: ...
+    @property
+    def task_state(self) -> str | None: ...
+    @property
+    def share_slots(self) -> int | None: ...
+    @property
+    def host_transports(self) -> list[str] | None:
+        """What its host offers, as its agent registered it (None: not registered)."""
+        ...
+
+
 class AttachedShare(Protocol):
     """What the views of a server and its attachments show of each (read-only)."""
 
@@ -68,22 +92,20 @@ class AttachedShare(Protocol):
     def transport(self) -> str: ...
 
 
-class AttachmentRecord(Protocol):
-    uuid: str
-    instance_uuid: str
-    share_id: str
-    status: str
-    tag: str
-    export_location: str
-    share_proto: str
-    mount_point: str | None
-    read_only: bool
-    transport: str
-    fault_message: str | None
-    user_id: str
-    project_id: str
-    request_id: str | None
-    requester_token: str | None
+class AttachmentRecord(AttachedShare, Protocol):
+    """An attachment as the request handlers read it: a plain row, changed only through
+    AttachmentRepository.update (an ORM object per row cost the write path its flush)."""
+
+    @property
+    def share_proto(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def project_id(self) -> str: ...
+    @property
+    def request_id(self) -> str | None: ...
+    @property
+    def requester_token(self) -> str | None: ...
 
 
 class BuiltinShareRecord(Protocol):
@@ -175,6 +197,12 @@ class ActionRecord(Protocol):
 class ServerRepository(Protocol):
     def get(self, server_uuid: str, *, lock: bool = False,
             include_deleted: bool = False) -> ServerRecord | None: ...
+    def state(self, server_uuid: str, *, lock: bool = False) -> ServerState | None:
+        """The server (not deleted) as a plain row; `lock`: as `get`."""
+        ...
+    def touch(self, server_uuid: str) -> None:
+        """Desired state changed: a generation the agent has not converged yet."""
+        ...
     def add(self, **fields: Any) -> ServerRecord: ...
     def newest_first(self, project_id: str | None) -> list[ServerRecord]:
         """Servers not deleted, of one project (None: all), newest first."""
@@ -188,6 +216,7 @@ class AttachmentRepository(Protocol):
     def get(self, server_uuid: str, share_id: str) -> AttachmentRecord | None: ...
     def count(self, server_uuid: str) -> int: ...
     def add(self, **fields: Any) -> AttachmentRecord: ...
+    def update(self, attachment_uuid: str, **fields: Any) -> None: ...
     def servers_of_share(self, share_id: str,
                          project_id: str | None) -> list[tuple[str, str]]:
         """(server uuid, attachment status) of the share, of one project's servers (None: all)."""

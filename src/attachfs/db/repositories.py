@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import CursorResult, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 from attachfs.core.model import ShareScope, VmState
 from attachfs.core.moves import IN_PROGRESS
@@ -20,6 +21,7 @@ from attachfs.core.ports import (
     HostRecord,
     MigrationRecord,
     ServerRecord,
+    ServerState,
 )
 from attachfs.db.tables import (
     Host,
@@ -32,10 +34,31 @@ from attachfs.db.tables import (
     utcnow,
 )
 
+_SERVERS = cast(Table, Server.__table__)
+# Built once (a statement built per call cost its construction and cache key each time).
+_SERVER_STATE = select(*(_SERVERS.c[name] for name in ServerState.__dict__
+                         if not name.startswith("_") and name != "host_transports"),
+                       Host.__table__.c.transports.label("host_transports")).outerjoin(
+    Host.__table__, Host.__table__.c.name == _SERVERS.c.host).where(
+    _SERVERS.c.uuid == bindparam("uuid"), _SERVERS.c.vm_state != VmState.DELETED)
+_SERVER_STATE_LOCKED = _SERVER_STATE.with_for_update(of=_SERVERS)
+_TOUCH_SERVER = update(_SERVERS).where(_SERVERS.c.uuid == bindparam("server_uuid")).values(
+    generation=_SERVERS.c.generation + 1)
+
 
 class SqlServers:
     def __init__(self, s: Session) -> None:
         self.s = s
+
+    def state(self, server_uuid: str, *, lock: bool = False) -> ServerState | None:
+        # A Core row: no ORM object to build, track and flush.
+        return cast(ServerState | None, self.s.execute(
+            _SERVER_STATE_LOCKED if lock else _SERVER_STATE, {"uuid": server_uuid}).first())
+
+    def touch(self, server_uuid: str) -> None:
+        # In SQL: no read-modify-write, and the row need not be an ORM object (its onupdate
+        # sets updated_at as well).
+        self.s.execute(_TOUCH_SERVER, {"server_uuid": server_uuid})
 
     def get(self, server_uuid: str, *, lock: bool = False,
             include_deleted: bool = False) -> Server | None:
@@ -64,18 +87,58 @@ class SqlServers:
             Server.project_id == project_id, Server.vm_state != VmState.DELETED)))
 
 
+_MAPPINGS = cast(Table, ShareMapping.__table__)
 # What a server's view shows of its attachments (core/ports.py AttachedShare).
-_ATTACHED_SHARE = [ShareMapping.__table__.c[name] for name in AttachedShare.__dict__
+_ATTACHED_SHARE = [_MAPPINGS.c[name] for name in AttachedShare.__dict__
                    if not name.startswith("_")]
+# What the request handlers read of one (AttachmentRecord): every column.
+_ATTACHMENT = select(_MAPPINGS)
+_ATTACHMENTS_OF_SERVER = _ATTACHMENT.where(
+    _MAPPINGS.c.instance_uuid == bindparam("server_uuid")).order_by(_MAPPINGS.c.id)
+_ATTACHMENT_OF_SERVER = _ATTACHMENT.where(_MAPPINGS.c.instance_uuid == bindparam("server_uuid"),
+                                          _MAPPINGS.c.share_id == bindparam("share_id"))
+_INSERT_ATTACHMENT = insert(_MAPPINGS)
+_UPDATE_ATTACHMENT = update(_MAPPINGS).where(_MAPPINGS.c.uuid == bindparam("attachment_uuid"))
+# An inserted row's own values (the columns left out get their defaults, as in the table).
+_ATTACHMENT_DEFAULTS = {c.key: c.default.arg if isinstance(c.default, ScalarElementColumnDefault)
+                        else None for c in _MAPPINGS.c}
+
+
+class _AttachmentRow(NamedTuple):
+    """An attachment's columns, as a row of select(_MAPPINGS) reads them."""
+
+    id: int
+    uuid: str
+    instance_uuid: str
+    share_id: str
+    status: str
+    tag: str
+    export_location: str
+    share_proto: str
+    mount_point: str | None
+    read_only: bool
+    transport: str
+    fault_message: str | None
+    user_id: str
+    project_id: str
+    request_id: str | None
+    requester_token: str | None
+    attempts: int
+    last_error: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
 
 
 class SqlAttachments:
+    """Plain rows and Core statements: the request handlers read attachments and change them
+    by statement (the agent's own ORM objects live in agent/state.py)."""
+
     def __init__(self, s: Session) -> None:
         self.s = s
 
     def of_server(self, server_uuid: str) -> list[AttachmentRecord]:
-        return list(self.s.scalars(select(ShareMapping).where(
-            ShareMapping.instance_uuid == server_uuid).order_by(ShareMapping.id)))
+        return cast(list[AttachmentRecord], self.s.execute(
+            _ATTACHMENTS_OF_SERVER, {"server_uuid": server_uuid}).all())
 
     def of_servers(self, server_uuids: Sequence[str]) -> list[AttachedShare]:
         # Plain rows, not ORM objects: a page of servers can carry 10,000 attachments, and
@@ -84,18 +147,26 @@ class SqlAttachments:
             ShareMapping.instance_uuid.in_(list(server_uuids))).order_by(ShareMapping.id))
         return cast(list[AttachedShare], rows.all())
 
-    def get(self, server_uuid: str, share_id: str) -> ShareMapping | None:
-        return self.s.scalar(select(ShareMapping).where(
-            ShareMapping.instance_uuid == server_uuid, ShareMapping.share_id == share_id))
+    def get(self, server_uuid: str, share_id: str) -> AttachmentRecord | None:
+        return cast(AttachmentRecord | None, self.s.execute(
+            _ATTACHMENT_OF_SERVER, {"server_uuid": server_uuid, "share_id": share_id}).first())
+
+    def add(self, **fields: Any) -> AttachmentRecord:
+        now = utcnow()
+        values = {**_ATTACHMENT_DEFAULTS, "created_at": now, "updated_at": now, **fields}
+        del values["id"]
+        result = cast(CursorResult[Any], self.s.execute(_INSERT_ATTACHMENT, values))
+        (new_id,) = cast(tuple[int], result.inserted_primary_key)  # a single-row INSERT's
+        return _AttachmentRow(id=new_id, **values)
+
+    def update(self, attachment_uuid: str, **fields: Any) -> None:
+        # The fields are the statement's parameters (its SET clause): one statement, built
+        # once, compiled once per set of fields.
+        self.s.execute(_UPDATE_ATTACHMENT, {"attachment_uuid": attachment_uuid, **fields})
 
     def count(self, server_uuid: str) -> int:
         return self.s.scalar(select(func.count()).select_from(ShareMapping).where(
             ShareMapping.instance_uuid == server_uuid)) or 0
-
-    def add(self, **fields: Any) -> ShareMapping:
-        mapping = ShareMapping(**fields)
-        self.s.add(mapping)
-        return mapping
 
     def servers_of_share(self, share_id: str,
                          project_id: str | None) -> list[tuple[str, str]]:

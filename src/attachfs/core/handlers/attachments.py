@@ -11,7 +11,7 @@ from attachfs.core.handlers.common import (
     new_attachment,
     record_action,
     touch,
-    visible_server,
+    visible_server_state,
 )
 from attachfs.core.model import (
     ATTACH_ACTION,
@@ -26,7 +26,7 @@ from attachfs.core.model import (
     status_after_retry,
     validate_uuid,
 )
-from attachfs.core.ports import AttachmentRecord, Env, Repositories, ServerRecord, UnitOfWork
+from attachfs.core.ports import AttachmentRecord, Env, Repositories, ServerState, UnitOfWork
 from attachfs.core.rules import (
     Transport,
     choose_transport,
@@ -89,16 +89,16 @@ def _attach_provided(cmd: AttachShare, uow: UnitOfWork, env: Env,
 
 
 def _checked_server(repos: Repositories, cmd: AttachShare,
-                    env: Env) -> tuple[ServerRecord, str]:
+                    env: Env) -> tuple[ServerState, str]:
     """The server (404), policy (403), its state (409), and the transport the attachment
     will use; the server row locked (PostgreSQL; SQLite's writer holds the database)."""
-    server = visible_server(repos, cmd.server_id, cmd.ctx, lock=True, missing=NO_CELL)
+    server = visible_server_state(repos, cmd.server_id, cmd.ctx, lock=True, missing=NO_CELL)
     env.policy.authorize(RULE % "create", cmd.ctx, server.project_id)
     require_share_change_allowed(server.uuid, server.vm_state, server.task_state,
                                  ATTACH_ACTION, env.hot_plug)
-    host = repos.hosts.get(server.host) if server.host else None
     # what the server's own host offers, as its agent registered it (else: this process's)
-    offered = frozenset(host.transports) if host is not None else env.transports
+    offered = frozenset(server.host_transports) if server.host_transports is not None \
+        else env.transports
     return server, _transport(cmd, server, env, offered)
 
 
@@ -113,7 +113,7 @@ def _builtin_share(repos: Repositories, env: Env, share_id: str,
     return env.builtin.info(row)
 
 
-def _transport(cmd: AttachShare, server: ServerRecord, env: Env,
+def _transport(cmd: AttachShare, server: ServerState, env: Env,
                offered: frozenset[str]) -> str:
     """The body's choice, else the flavor's, else the operator's; one this host serves and,
     on a running server, one that can be hot-plugged."""
@@ -137,30 +137,30 @@ def _require_attachable_share(share: ShareInfo, transport: str) -> None:
     require_direct_export(transport, share.id, share.nfs_export)
 
 
-def _record_attach(repos: Repositories, env: Env, cmd: AttachShare, server: ServerRecord,
+def _record_attach(repos: Repositories, env: Env, cmd: AttachShare, server: ServerState,
                    share: ShareInfo, transport: str) -> AttachmentRecord:
     """The share's checks, then the attachment, the server's new generation and the audit
     trail, in the caller's transaction."""
     _require_attachable_share(share, transport)
     mapping = _new_or_retried(repos, env, cmd, server, share, transport)
-    touch(server)
+    touch(repos, server.uuid)
     record_action(repos, server.uuid, "attach_share", cmd.ctx, message=share.id)
     repos.ring(server.host)
-    repos.flush()
     return mapping
 
 
-def _new_or_retried(repos: Repositories, env: Env, cmd: AttachShare, server: ServerRecord,
+def _new_or_retried(repos: Repositories, env: Env, cmd: AttachShare, server: ServerState,
                     share: ShareInfo, transport: str) -> AttachmentRecord:
     tag = cmd.tag if cmd.tag is not None else share.id
     attached = repos.attachments.of_server(server.uuid)  # one query for every check below
     existing = next((m for m in attached if m.share_id == share.id), None)
     if existing is not None:
-        existing.status = status_after_retry(existing.status, share.id, tag, cmd.retry)
-        existing.fault_message, existing.user_id = None, cmd.ctx.user_id
-        existing.request_id, existing.read_only = cmd.ctx.request_id, cmd.read_only
-        existing.requester_token, existing.transport = cmd.ctx.auth_token, transport
-        return existing
+        retried = {"status": status_after_retry(existing.status, share.id, tag, cmd.retry),
+                   "fault_message": None, "user_id": cmd.ctx.user_id,
+                   "request_id": cmd.ctx.request_id, "read_only": cmd.read_only,
+                   "requester_token": cmd.ctx.auth_token, "transport": transport}
+        repos.attachments.update(existing.uuid, **retried)
+        return _attachment(repos, server.uuid, share.id)
     if any(m.tag == tag for m in attached):
         raise already_attached(share.id, tag)
     mount_point = cmd.mount_point or share.mount_point
@@ -170,8 +170,17 @@ def _new_or_retried(repos: Repositories, env: Env, cmd: AttachShare, server: Ser
         raise Conflict(f"Server already has {count} shares attached "
                        f"(limit {env.max_attachments_per_server})")
     require_free_slot(server.vm_state, server.share_slots, count)
-    return new_attachment(repos, server, share, tag, mount_point, cmd.ctx, cmd.read_only,
+    return new_attachment(repos, server.uuid, share, tag, mount_point, cmd.ctx, cmd.read_only,
                           transport)
+
+
+def _attachment(repos: Repositories, server_uuid: str, share_id: str) -> AttachmentRecord:
+    """An attachment this transaction has just written."""
+    mapping = repos.attachments.get(server_uuid, share_id)
+    if mapping is None:
+        raise RuntimeError(f"attachment of {share_id} to {server_uuid} vanished in its own "
+                           "transaction")
+    return mapping
 
 
 def _require_free_mount_point(attached: list[AttachmentRecord], path: str) -> None:
@@ -188,7 +197,7 @@ def detach_share(cmd: DetachShare, uow: UnitOfWork, env: Env) -> None:
     attachment is doing, it becomes `detaching`: the agent detaches, then deletes the row."""
     ctx = cmd.ctx
     with uow.write() as repos:
-        server = visible_server(repos, cmd.server_id, ctx, lock=True, missing=NO_CELL)
+        server = visible_server_state(repos, cmd.server_id, ctx, lock=True, missing=NO_CELL)
         env.policy.authorize(RULE % "delete", ctx, server.project_id)
         require_share_change_allowed(server.uuid, server.vm_state, server.task_state,
                                      DETACH_ACTION, env.hot_plug)
@@ -197,10 +206,10 @@ def detach_share(cmd: DetachShare, uow: UnitOfWork, env: Env) -> None:
         if mapping is None:
             raise NotFound(f"Share {cmd.share_id} could not be found.")
         require_hot_pluggable(mapping.transport, server.vm_state == VmState.ACTIVE)
-        mapping.status = status_after_detach_request(mapping.status)
-        mapping.fault_message, mapping.request_id = None, ctx.request_id
-        mapping.user_id, mapping.project_id = ctx.user_id, ctx.project_id
-        mapping.requester_token = ctx.auth_token
-        touch(server)
+        repos.attachments.update(
+            mapping.uuid, status=status_after_detach_request(mapping.status),
+            fault_message=None, request_id=ctx.request_id, user_id=ctx.user_id,
+            project_id=ctx.project_id, requester_token=ctx.auth_token)
+        touch(repos, server.uuid)
         record_action(repos, server.uuid, "detach_share", ctx, message=cmd.share_id)
         repos.ring(server.host)

@@ -103,7 +103,7 @@ def _start_move(repos: Repositories, server: ServerRecord, ctx: RequestContext, 
         flavor_id=server.flavor_id, user_id=ctx.user_id, project_id=ctx.project_id)
     record_action(repos, server.uuid, action, ctx,
                   message=f"from host {server.host} to host {dest}")
-    touch(server)
+    touch(repos, server.uuid)
 
 
 def evacuate_server(cmd: EvacuateServer, uow: UnitOfWork, env: Env) -> None:
@@ -134,7 +134,7 @@ def _evacuate(cmd: EvacuateServer, repos: Repositories, env: Env) -> str:
                       message=f"from host {stuck.source_compute} to host {dest} (host "
                               f"{server.host} failed before it took the server)")
         stuck.dest_compute, server.host = dest, dest
-        touch(server)
+        touch(repos, server.uuid)
         return dest
     if stuck is not None:  # it fenced and may hold the shares: that host is fenced too
         stuck.status = failed(stuck.migration_type)
@@ -208,7 +208,7 @@ def revert_migration(cmd: RevertMigration, uow: UnitOfWork, env: Env) -> None:
                            "back to it; confirm the migration instead.")
         migration.status = MigrationStatus.REVERTING
         server.task_state = TaskState.RESIZE_REVERTING
-        touch(server)
+        touch(repos, server.uuid)
         record_action(repos, server.uuid, "revertResize", ctx,
                       message=f"from host {server.host} back to host "
                               f"{migration.source_compute}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from attachfs.core.commands import ShareRef
 from attachfs.core.context import RequestContext
 from attachfs.core.handlers import attachments, servers, shares
-from attachfs.core.handlers.common import NO_CELL, visible_server
+from attachfs.core.handlers.common import NO_CELL, visible_server, visible_server_state
 from attachfs.core.model import is_uuid
 from attachfs.core.ports import (
     ActionRecord,
@@ -30,7 +30,7 @@ ACTIONS_RULE = "os_compute_api:os-instance-actions:%s"
 def list_attachments(uow: UnitOfWork, env: Env, ctx: RequestContext,
                      server_id: str) -> list[AttachedShare]:
     with uow.read() as repos:
-        server = visible_server(repos, server_id, ctx, missing=NO_CELL)
+        server = visible_server_state(repos, server_id, ctx, missing=NO_CELL)
         env.policy.authorize(attachments.RULE % "index", ctx, server.project_id)
         return repos.attachments.of_servers([server.uuid])
 
@@ -39,7 +39,7 @@ def show_attachment(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: s
                     share_id: str) -> AttachmentRecord:
     """An id that is not a UUID is simply not attached (404, as the compute service says)."""
     with uow.read() as repos:
-        server = visible_server(repos, server_id, ctx, missing=NO_CELL)
+        server = visible_server_state(repos, server_id, ctx, missing=NO_CELL)
         env.policy.authorize(attachments.RULE % "show", ctx, server.project_id)
         mapping = repos.attachments.get(server.uuid, share_id) if is_uuid(share_id) else None
         if mapping is None:

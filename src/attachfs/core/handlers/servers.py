@@ -59,7 +59,7 @@ def create_server(cmd: CreateServer, uow: UnitOfWork, env: Env) -> ServerRecord:
         repos.flush()
         for row in repos.shares.project_scoped(ctx.project_id):
             share = env.builtin.info(row)  # seed 003: project shares reach every new server
-            new_attachment(repos, server, share, share.id, share.mount_point, ctx,
+            new_attachment(repos, server.uuid, share, share.id, share.mount_point, ctx,
                            transport=transport)
         record_action(repos, server.uuid, "create", ctx)
         repos.ring(server.host)
@@ -90,7 +90,7 @@ def _power_change(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: str
         env.policy.authorize(RULE % verb, ctx, server.project_id)
         require_server_state(server.uuid, server.vm_state, server.task_state, verb, allowed)
         server.task_state, server.power_intent = task, intent
-        touch(server)
+        touch(repos, server.uuid)
         record_action(repos, server.uuid, verb, ctx)
         repos.ring(server.host)
 
@@ -123,7 +123,7 @@ def delete_server(cmd: DeleteServer, uow: UnitOfWork, env: Env) -> None:
             if migration is not None:  # a move cut short: deleted wherever it got to
                 migration.status = failed(migration.migration_type)
             server.task_state, server.power_intent = TaskState.DELETING, PowerIntent.OFF
-            touch(server)
+            touch(repos, server.uuid)
             record_action(repos, server.uuid, "delete", cmd.ctx)
         repos.ring(server.host)
 

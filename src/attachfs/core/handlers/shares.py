@@ -57,8 +57,8 @@ def _attach_to_project_servers(repos: Repositories, env: Env, ctx: RequestContex
     """A new project-scope share reaches every server of the project (seed 003)."""
     info = env.builtin.info(share)
     for server in repos.servers.of_project(share.project_id):
-        new_attachment(repos, server, info, share.uuid, share.mount_point, ctx)
-        touch(server)
+        new_attachment(repos, server.uuid, info, share.uuid, share.mount_point, ctx)
+        touch(repos, server.uuid)
 
 
 def find_share(repos: Repositories, ctx: RequestContext, ref: ShareRef) -> BuiltinShareRecord:
