@@ -73,11 +73,13 @@ def floor_app(db_url: str) -> Any:
 def api_app(state_dir: str, db_url: str) -> Any:
     """The compute API alone: no agent, no guests, no metadata service."""
     from attachfs.config import load_config
-    from attachfs.service import build_api, open_parts
+    from attachfs.service import build_api, open_parts, settle_heap
 
     config = load_config(None, {"state_dir": state_dir, "database_url": db_url,
                                 "log_level": "WARNING"})
-    return build_api(open_parts(config))
+    app = build_api(open_parts(config))
+    settle_heap()  # as `attachfs api` does
+    return app
 
 
 WORKER_ARGS = "ATTACHFS_BENCH_SERVER"  # mode, database and state dir, for each worker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -70,6 +71,14 @@ def build_api(parts: Parts, wake: Callable[[], None] = lambda: None) -> FastAPI:
     return create_app(state)
 
 
+def settle_heap() -> None:
+    """What start-up made lives as long as the process: moved out of the garbage collector's
+    sight, so that a full collection does not walk it again (~145,000 objects, ~40 ms a full
+    collection, a pause in whichever request was running: measured in the API process)."""
+    gc.collect()
+    gc.freeze()
+
+
 def build_agent(parts: Parts) -> Agent:
     from attachfs.virt.libvirt import LibvirtDriver  # libvirt only where an agent runs
 
@@ -131,8 +140,10 @@ def serve(config: Config) -> None:
     # uvicorn raises the SIGTERM it caught again once it has shut down, with the handler it
     # found: the default one ended the process there, before the agent below was stopped.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    app = build_api(parts, agent.wake)
+    settle_heap()
     try:
-        uvicorn.run(build_api(parts, agent.wake), host=host, port=port, log_level="warning")
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         agent.stop()
         agent_thread.join(timeout=30)
@@ -157,7 +168,9 @@ def run_api(config: Config) -> None:
     log.info("attachfs API on http://%s:%d/v2.1 (%d process(es), no agent)", host, port,
              workers)
     if workers == 1:
-        uvicorn.run(build_api(parts), host=host, port=port, log_level="warning")
+        app = build_api(parts)
+        settle_heap()
+        uvicorn.run(app, host=host, port=port, log_level="warning")
         return
     parts.db.dispose()
     os.environ[WORKER_CONFIG] = config.model_dump_json()
@@ -179,7 +192,9 @@ def api_worker() -> FastAPI:
     """One worker of `attachfs api --workers N` (uvicorn calls it in each process)."""
     config = Config.model_validate_json(os.environ[WORKER_CONFIG])
     configure_logging(config)
-    return build_api(open_parts(config, prepare=False))
+    app = build_api(open_parts(config, prepare=False))
+    settle_heap()
+    return app
 
 
 def run_agent(config: Config) -> None:

@@ -4,6 +4,7 @@ exports there, and a share provider that keeps access rules."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,9 +94,9 @@ class FakeProvider:
     def host_credentials(self, share_id: str, host: str) -> HostCredentials | None:
         return None
 
-    def access_of(self, share_id: str, host: str) -> str | None:
-        self.faults.check("access_of")
-        return self.rules.get((share_id, host))
+    def access_levels(self, share_ids: Collection[str], host: str) -> dict[str, str]:
+        self.faults.check("access_levels")
+        return {s: self.rules[(s, host)] for s in share_ids if (s, host) in self.rules}
 
 
 @dataclass

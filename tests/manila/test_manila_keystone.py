@@ -118,9 +118,8 @@ def test_provider_finds_manila_in_the_catalog(provider: ManilaShareProvider,
     mk = manila_keystone
     user = member(mk, "a_member")
     api = provider._api(user, "retry")
-    assert api.get_endpoint() == mk.endpoint  # sharev2 in RegionOne, found by openstacksdk
-    assert api.session.auth is not None
-    headers = api.session.auth.get_headers(api.session)
+    assert api.proxy.get_endpoint() == mk.endpoint  # sharev2 in RegionOne, by openstacksdk
+    headers = api.auth.get_headers(api.proxy.session)
     assert headers is not None and headers["X-Auth-Token"] == user.auth_token
     assert headers["X-Service-Token"] not in ("", user.auth_token)  # attachfs's own token
 

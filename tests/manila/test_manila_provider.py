@@ -132,12 +132,11 @@ def test_user_token_goes_with_the_service_token(provider: ManilaShareProvider) -
     """With the user's token at hand, both go to Manila: the user's as X-Auth-Token (its records
     name the user), attachfs's as X-Service-Token (its locks are the service's)."""
     api = provider._api(USER, "retry")
-    assert api.session.auth is not None
-    headers = api.session.auth.get_headers(api.session)
+    headers = api.auth.get_headers(api.proxy.session)
     assert headers == {"X-Auth-Token": TEST_TOKEN, "X-Service-Token": "notused"}
-    api = provider._api(NO_TOKEN, "retry")
-    assert api.session.auth is not None
-    assert api.session.auth.get_headers(api.session) == {"X-Auth-Token": "notused"}
+    again = provider._api(NO_TOKEN, "retry")
+    assert again.auth.get_headers(again.proxy.session) == {"X-Auth-Token": "notused"}
+    assert again.proxy is api.proxy  # one proxy (and HTTP session) for every call
 
 
 def test_grant_locks_and_revoke_unrestricts(provider: ManilaShareProvider, manila: Manila,

@@ -77,7 +77,7 @@ def test_static_share_visibility_and_access() -> None:
     with pytest.raises(NotFound):
         provider.get_share(SHARE, BOB)  # another project's export
     assert provider.grant_access(SHARE, "h1", "rw", "attached", ALICE)
-    assert provider.access_of(SHARE, "h1") == "rw"
+    assert provider.access_levels([SHARE, "elsewhere"], "h1") == {SHARE: "rw"}
     assert provider.revoke_access(SHARE, "h1", ALICE)
     assert provider.host_credentials(SHARE, "h1") is None
     # an export for every project

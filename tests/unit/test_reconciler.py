@@ -313,11 +313,11 @@ def test_a_rule_removed_behind_our_back_is_granted_again(world: World) -> None:
     world.converge(sid)
     assert world.provider.rules == {("sh1", HOST): "rw"}
     assert world.mapping(mid).status == "active"  # type: ignore[union-attr]
-    calls = world.provider.faults.calls.count("access_of")
+    calls = world.provider.faults.calls.count("access_levels")
     world.converge(sid)
-    assert world.provider.faults.calls.count("access_of") == calls  # not asked in between
+    assert world.provider.faults.calls.count("access_levels") == calls  # not asked in between
     world.provider.rules.clear()
-    world.provider.faults.down("access_of", TemporaryError("share service unreachable"))
+    world.provider.faults.down("access_levels", TemporaryError("share service unreachable"))
     world.reconciler.memory.access_checked.clear()
     world.converge(sid)
     assert world.provider.rules == {} and world.mapping(mid).status == "active"  # type: ignore[union-attr]

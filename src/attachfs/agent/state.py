@@ -179,11 +179,11 @@ def access_due(desired: Desired, memory: PassMemory, interval: float, now: float
 
 def observe_access(provider: ShareProvider, host: str, desired: Desired) -> frozenset[str] | None:
     """The shares of this server's held attachments that have a rule for this host, as the
-    provider has them (a call per share); None, "unknown", when the provider cannot answer."""
+    provider has them (one call for all); None, "unknown", when the provider cannot answer."""
     held = sorted({s.share_id for s in desired.shares
                    if s.phase == Phase.HELD and not s.own_rule})
     try:
-        return frozenset(share for share in held if provider.access_of(share, host) is not None)
+        return frozenset(provider.access_levels(held, host))
     except BackendError as exc:
         log.warning("server %s: cannot look up access rules: %s", desired.uuid, exc)
         return None

@@ -60,7 +60,10 @@ def require_version(request: Request, minimum: str) -> None:
 async def json_body(request: Request) -> Any:
     """The request body as the compute service reads it: empty is None, else JSON (whatever
     the Content-Type said, once the middleware let it through)."""
-    raw = await request.body()
+    return parsed_json(await request.body())
+
+
+def parsed_json(raw: bytes) -> Any:
     if not raw:
         return None
     try:

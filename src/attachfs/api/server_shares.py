@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from attachfs.api import deps, views
 from attachfs.api.validation import NO_QUERY, check_body, check_query
@@ -73,9 +75,14 @@ def list_shares(server_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("", status_code=201)
-def create_share(server_id: str, request: Request,
-                 body: Any = Depends(deps.json_body)) -> dict[str, Any]:
+async def create_share(server_id: str, request: Request) -> Response:
     deps.require_version(request, MICROVERSION)
+    body = deps.parsed_json(await request.body())
+    return JSONResponse(await run_in_threadpool(_create_share, server_id, request, body),
+                        status_code=201)
+
+
+def _create_share(server_id: str, request: Request, body: Any) -> dict[str, Any]:
     ctx = deps.context(request)
     schema = (ATTACH_TRANSPORT if deps.extension(request, TRANSPORT_EXT) else
               ATTACH_RETRY if deps.extension(request, RETRY_EXT) else

@@ -8,6 +8,7 @@ the same interface later. A connector turns an export location into a mount on t
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -40,11 +41,12 @@ class ShareProvider(Protocol):
         before it mounts; never stored by attachfs beyond the mount (the key file goes with
         it)."""
 
-    def access_of(self, share_id: str, host: str) -> str | None:
-        """The level ("rw" or "ro") of `host`'s rule on the share as the provider has it now;
-        None when there is none (or it failed, or is being removed). What the reconciler
-        observes: a rule dropped behind its back is granted again. Raises BackendError when
-        the provider cannot tell."""
+    def access_levels(self, share_ids: Collection[str], host: str) -> dict[str, str]:
+        """The level ("rw" or "ro") of `host`'s rule on each of the shares as the provider has
+        it now; a share without one (or whose rule failed, or is being removed) is left out.
+        What the reconciler observes: a rule dropped behind its back is granted again. Asked
+        for all of a server's shares at once (a built-in provider answers in one query).
+        Raises BackendError when the provider cannot tell."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ guest. Each share's data is an ext4 image of exactly its size (storage/volumes.p
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from sqlalchemy import select
@@ -90,6 +91,11 @@ class LocalShareProvider:
         with self.db.read() as s:
             return s.get(Share, share_id) is not None
 
+    def owned(self, share_ids: Collection[str]) -> set[str]:
+        """Which of the shares are built-in (one query)."""
+        with self.db.read() as s:
+            return set(s.scalars(select(Share.uuid).where(Share.uuid.in_(list(share_ids)))))
+
     # ---- ShareProvider ---------------------------------------------------------------------
     def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
         with self.db.read() as s:
@@ -116,10 +122,11 @@ class LocalShareProvider:
     def host_credentials(self, share_id: str, host: str) -> HostCredentials | None:
         return None  # a directory on this host: nothing to present
 
-    def access_of(self, share_id: str, host: str) -> str | None:
+    def access_levels(self, share_ids: Collection[str], host: str) -> dict[str, str]:
         with self.db.read() as s:
-            rule = s.get(ShareAccess, (share_id, host))
-            return None if rule is None else str(rule.access_level)
+            return {share: str(level) for share, level in s.execute(
+                select(ShareAccess.share_id, ShareAccess.access_level).where(
+                    ShareAccess.host == host, ShareAccess.share_id.in_(list(share_ids))))}
 
     def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> bool:
         with self.db.session() as s:

@@ -1,12 +1,13 @@
 """Shares from the shared-file-system service (Manila), through openstacksdk.
 
-Every call builds its own Connection for the context it runs in: with the requester's token
-(and attachfs's own token beside it as X-Service-Token, so Manila's records name the user and
-its locks are service locks the user cannot drop) when the API ran with Keystone, else with the
-service credentials of [manila]. Manila's answers are read at the REST level (microversion
-[manila] api_version, >= 2.82 for access rule locks), and every Manila, keystoneauth or
-connection failure is turned into an attachfs error here, naming the share service and what to
-do about it.
+One Connection, made with the service credentials of [manila] on first use, finds the service's
+endpoint and holds the HTTP connections (kept alive, shared by every call). Each call
+authenticates as its context: with the requester's token (and attachfs's own token beside it as
+X-Service-Token, so Manila's records name the user and its locks are service locks the user
+cannot drop) when the API ran with Keystone, else with the service credentials. Manila's
+answers are read at the REST level (microversion [manila] api_version, >= 2.82 for access rule
+locks), and every Manila, keystoneauth or connection failure is turned into an attachfs error
+here, naming the share service and what to do about it.
 
 A compute host's access is one rule per (share, host): `ip` [manila] host_address for NFS,
 `cephx` [manila] cephx_access_to (default attachfs-<host>) for CEPHFS, created locked
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import threading
 import time
 import uuid as uuidlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from keystoneauth1 import exceptions as ks_exc
@@ -108,6 +111,14 @@ def service_auth(cfg: ManilaConfig) -> plugin.BaseAuthPlugin:
             from exc
 
 
+@dataclass(frozen=True)
+class _ShareApi:
+    """The shared proxy, and the auth one call's requests carry."""
+
+    proxy: Adapter
+    auth: plugin.BaseAuthPlugin
+
+
 class ManilaShareProvider:
     name = "manila"
 
@@ -118,27 +129,39 @@ class ManilaShareProvider:
         # share -> when this agent first found its rule on the way (to active, or away)
         self._since: dict[str, float] = {}
         self._errors: dict[str, int] = {}  # share -> rules of ours that went to `error`
+        self._shared: Adapter | None = None  # the proxy every call uses (_proxy)
+        self._proxy_lock = threading.Lock()
 
     # ---- connections -------------------------------------------------------------------------
-    def _api(self, requester: RequestContext | None, retry: str) -> Adapter:
-        """A Connection for this call's context; its shared-file-system proxy (making it may
-        already ask the service: endpoint and version discovery)."""
+    def _api(self, requester: RequestContext | None, retry: str) -> _ShareApi:
+        """The shared proxy and this call's auth: the requester's token when it has one."""
         auth: plugin.BaseAuthPlugin = self._service_auth
         if requester is not None and requester.auth_token:
             auth = ServiceTokenAuthWrapper(
                 user_auth=_UserToken(requester.auth_token, requester.project_id,
                                      self._service_auth),
                 service_auth=self._service_auth)
-        session = ks_session.Session(auth=auth, timeout=HTTP_TIMEOUT, app_name="attachfs",
-                                     discovery_cache=self._discovery_cache)
-        options: dict[str, Any] = {"shared_file_system_api_version": "2"}
-        if self.cfg.endpoint_override:
-            options["shared_file_system_endpoint_override"] = self.cfg.endpoint_override
-        with self._translated(retry):
-            conn = connection.Connection(session=session,
-                                         region_name=self.cfg.region_name or None, **options)
-            api: Adapter = conn.shared_file_system
-        return api
+        return _ShareApi(self._proxy(retry), auth)
+
+    def _proxy(self, retry: str) -> Adapter:
+        """The shared-file-system proxy, made once (making it may ask the service: endpoint
+        and version discovery; a failure is not kept, the next call tries again). Made per
+        call, a Connection and its HTTP session cost 23-64 ms of every call to the service
+        (measured: docs/bench.md, section 10), and no connection was ever reused."""
+        with self._proxy_lock:
+            if self._shared is None:
+                session = ks_session.Session(auth=self._service_auth, timeout=HTTP_TIMEOUT,
+                                             app_name="attachfs",
+                                             discovery_cache=self._discovery_cache)
+                options: dict[str, Any] = {"shared_file_system_api_version": "2"}
+                if self.cfg.endpoint_override:
+                    options["shared_file_system_endpoint_override"] = self.cfg.endpoint_override
+                with self._translated(retry):
+                    conn = connection.Connection(session=session,
+                                                 region_name=self.cfg.region_name or None,
+                                                 **options)
+                    self._shared = conn.shared_file_system
+            return self._shared
 
     def _where(self) -> str:
         return self.cfg.endpoint_override or f"the catalog endpoint from {self.cfg.auth_url}"
@@ -169,14 +192,14 @@ class ManilaShareProvider:
         except (ks_exc.ClientException, sdk_exc.SDKException) as exc:
             raise TemporaryError(f"{SERVICE} request failed: {_short(exc)}; {retry}") from exc
 
-    def _request(self, api: Adapter, method: str, path: str, retry: str,
+    def _request(self, api: _ShareApi, method: str, path: str, retry: str,
                  body: dict[str, Any] | None = None,
                  params: dict[str, str] | None = None) -> Any:
         with self._translated(retry):
-            return api.request(path, method, json=body, params=params, raise_exc=False,
-                               microversion=self.cfg.api_version)
+            return api.proxy.request(path, method, json=body, params=params, raise_exc=False,
+                                     microversion=self.cfg.api_version, auth=api.auth)
 
-    def _call(self, api: Adapter, method: str, path: str, retry: str,
+    def _call(self, api: _ShareApi, method: str, path: str, retry: str,
               body: dict[str, Any] | None = None, params: dict[str, str] | None = None) -> Any:
         """One REST call; the decoded body, GONE on 404, else a BackendError."""
         r = self._request(api, method, path, retry, body, params)
@@ -278,10 +301,15 @@ class ManilaShareProvider:
                 self._deny(api, share_id, rule, retry)
         return self._pending(share_id, rule, "gone")
 
-    def access_of(self, share_id: str, host: str) -> str | None:
-        """This host's rule as the service has it (with the service's own credentials)."""
+    def access_levels(self, share_ids: Collection[str], host: str) -> dict[str, str]:
+        """This host's rules as the service has them (with the service's own credentials):
+        the service lists rules per share, so a look-up each."""
         retry = "the agent looks again later"
         api = self._api(None, retry)
+        found = {share_id: self._access_of(api, share_id, host, retry) for share_id in share_ids}
+        return {share_id: level for share_id, level in found.items() if level is not None}
+
+    def _access_of(self, api: _ShareApi, share_id: str, host: str, retry: str) -> str | None:
         proto = self._protocol(api, share_id, retry)
         if proto is None or proto not in RULE_TYPES:
             return None
@@ -314,7 +342,7 @@ class ManilaShareProvider:
         return HostCredentials(str(rule["access_to"]), str(key))
 
     # ---- rules -------------------------------------------------------------------------------
-    def _protocol(self, api: Adapter, share_id: str, retry: str) -> str | None:
+    def _protocol(self, api: _ShareApi, share_id: str, retry: str) -> str | None:
         """The share's protocol, upper case ("" when it has none); None: the share is gone."""
         share = self._call(api, "GET", f"/shares/{share_id}", retry)
         if share is GONE:
@@ -326,7 +354,7 @@ class ManilaShareProvider:
             return "ip", self.cfg.host_address
         return "cephx", self.cfg.cephx_access_to or f"attachfs-{host}"
 
-    def _create_rule(self, api: Adapter, share_id: str, host: str, access_type: str,
+    def _create_rule(self, api: _ShareApi, share_id: str, host: str, access_type: str,
                      access_to: str, access_level: str, reason: str, requester: RequestContext,
                      retry: str) -> dict[str, Any]:
         """A new rule, locked (visibility and deletion) with a reason naming the requester."""
@@ -344,7 +372,7 @@ class ManilaShareProvider:
         rule: dict[str, Any] = created["access"]
         return rule
 
-    def _find_rule(self, api: Adapter, share_id: str, host: str, access_type: str,
+    def _find_rule(self, api: _ShareApi, share_id: str, host: str, access_type: str,
                    access_to: str, retry: str) -> dict[str, Any] | None:
         """This host's rule: ours by metadata, or any rule for the same access_to (reused)."""
         found = self._call(api, "GET", "/share-access-rules", retry, params={"share_id": share_id})
@@ -361,7 +389,7 @@ class ManilaShareProvider:
                 return rule
         return None
 
-    def _deny(self, api: Adapter, share_id: str, rule: dict[str, Any], retry: str) -> None:
+    def _deny(self, api: _ShareApi, share_id: str, rule: dict[str, Any], retry: str) -> None:
         """Delete the rule, lifting its locks (unrestrict)."""
         self._call(api, "POST", f"/shares/{share_id}/action", retry, body={
             "deny_access": {"access_id": rule["id"], "unrestrict": True}})

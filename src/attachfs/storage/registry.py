@@ -4,6 +4,8 @@ be used side by side."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from attachfs.config import Config
 from attachfs.storage.base import HostCredentials, RequestContext, ShareInfo, ShareProvider
 from attachfs.storage.local import LocalShareProvider
@@ -41,8 +43,17 @@ class ProviderChain:
     def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> bool:
         return self._for(share_id).revoke_access(share_id, host, requester)
 
-    def access_of(self, share_id: str, host: str) -> str | None:
-        return self._for(share_id).access_of(share_id, host)
+    def access_levels(self, share_ids: Collection[str], host: str) -> dict[str, str]:
+        """Each provider asked once, for its own shares."""
+        static = {s for s in share_ids if self.static.owns(s)}
+        rest = set(share_ids) - static
+        builtin = rest if self.external is None else self.builtin.owned(rest)
+        levels = self.static.access_levels(static, host) if static else {}
+        if builtin:
+            levels |= self.builtin.access_levels(builtin, host)
+        if self.external is not None and rest - builtin:
+            levels |= self.external.access_levels(rest - builtin, host)
+        return levels
 
     def host_credentials(self, share_id: str, host: str) -> HostCredentials | None:
         return self._for(share_id).host_credentials(share_id, host)

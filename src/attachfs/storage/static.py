@@ -13,7 +13,7 @@ mounts (never copied into attachfs's database).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from attachfs.config import StaticShare
@@ -73,9 +73,9 @@ class StaticShareProvider:
     def revoke_access(self, share_id: str, host: str, requester: RequestContext) -> bool:
         return True
 
-    def access_of(self, share_id: str, host: str) -> str | None:
-        share = self.shares.get(share_id.lower())
-        return None if share is None else share.access_level
+    def access_levels(self, share_ids: Collection[str], host: str) -> dict[str, str]:
+        return {share_id: share.access_level for share_id in share_ids
+                if (share := self.shares.get(share_id.lower())) is not None}
 
     def host_credentials(self, share_id: str, host: str) -> HostCredentials | None:
         share = self._share(share_id)
