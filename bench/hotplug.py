@@ -4,7 +4,11 @@ attachfs: POST .../shares on an ACTIVE server -> the guest console says `attachf
 mounted share hotN at`, and DELETE -> 404. The floor, measured in the same run: a second guest
 of our own (LibvirtDriver(owner="bench-floor"), no attachfs API, agent or host mount) whose
 user_data tries `mount -t virtiofs floorN` every 50 ms, timed from `driver.attach_share`
-(libvirt attach-device) to its console line.
+(libvirt attach-device) to its console line. Its detach, as a person would do it by hand: ask
+the guest to unmount (a file UNMOUNT_MARK put in the share, which the guest looks for every
+50 ms), see it say so on its console, then `driver.detach_share` (libvirt detach-device,
+waiting for the device to leave); timed from the request to the device gone. attachfs's DELETE
+-> 404 goes the same way: the guest unmounts when told, then the device leaves.
 
 Part 4 alone (its own serve, share and server; the same rounds as in `python -m bench`):
 
@@ -33,6 +37,7 @@ from harness.host import remove_state
 from harness.serve import IMAGES_DIR, Serve
 
 FLOOR_OWNER = "bench-floor"
+UNMOUNT_MARK = "bench-unmount"
 FLOOR_SCRIPT = """#!/bin/sh
 # The floor: mount by hand, as a person would, trying every 50 ms until the device is there.
 (
@@ -42,6 +47,9 @@ FLOOR_SCRIPT = """#!/bin/sh
     mkdir -p /mnt/$t
     until mount -t virtiofs $t /mnt/$t 2>/dev/null; do sleep 0.05; done
     echo "bench-floor: mounted share $t at /mnt/$t"
+    # asked to unmount: a file the host puts in the share (its directory listing is read
+    # from the host each time; a lookup of a missing name may be cached for a second)
+    until ls -a /mnt/$t | grep -qx {mark}; do sleep 0.05; done
     umount /mnt/$t
     echo "bench-floor: unmounted share $t"
     i=$((i + 1))
@@ -74,7 +82,8 @@ class FloorGuest:
         url = f"sqlite:///{state / 'floor-guest.db'}"
         migrate(url)
         self.db = Database(url)
-        self._add_server(images[0].id, FLOOR_SCRIPT.replace("{count}", str(rounds)))
+        script = FLOOR_SCRIPT.replace("{count}", str(rounds)).replace("{mark}", UNMOUNT_MARK)
+        self._add_server(images[0].id, script)
         self.metadata = MetadataSockets(self.db, state / "metadata")
         self.driver = LibvirtDriver(owner=FLOOR_OWNER)  # sees only this guest, no one else's
         self.spec = GuestSpec(uuid=self.uuid, name="bench-floor", vcpus=1, memory_mib=256,
@@ -104,10 +113,14 @@ class FloorGuest:
             self.driver.attach_share(self.uuid, GuestShare(tag=tag, host_path=self.share_dir))
             call = time.perf_counter() - t0
             mounted = con.wait(f"bench-floor: mounted share {tag} at", 60) - t0
+            mark = self.share_dir / UNMOUNT_MARK
+            t0 = time.perf_counter()
+            mark.touch()
             con.wait(f"bench-floor: unmounted share {tag}", 60)
-        t0 = time.perf_counter()
-        self.driver.detach_share(self.uuid, tag, 30.0)
-        return mounted, call, time.perf_counter() - t0
+            self.driver.detach_share(self.uuid, tag, 30.0)
+            detached = time.perf_counter() - t0
+        mark.unlink()
+        return mounted, call, detached
 
     def close(self) -> None:
         try:

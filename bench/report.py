@@ -167,7 +167,7 @@ def hot_rows(fig: Figures) -> list[Row]:
     add("  agent done -> guest mounted", "hot_attach_guest")
     add("floor: attach_share call alone", "floor_hot_attach_call")
     add("hot detach: DELETE -> 404", "hot_detach", "floor_hot_detach",
-        "floor: detach_share, unmounted")
+        "floor: ask, unmounted, detach_share")
     add("  DELETE -> guest unmounted (console)", "hot_detach_unmounted")
     add("  DELETE -> agent done (serve.log)", "hot_detach_agent")
     return out
