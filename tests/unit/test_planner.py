@@ -9,16 +9,8 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from attachfs.core.planner import (
-    Actual,
-    Desired,
-    DesiredShare,
-    Plan,
-    Power,
-    host_plan,
-    mount_is_safe,
-    plan,
-)
+from attachfs.core.planner import host_plan, mount_is_safe, plan
+from attachfs.core.reconcile_model import Actual, Desired, DesiredShare, Plan, Power
 from attachfs.core.steps import OPERATION_STEPS, Op
 
 RW = frozenset({"rw", "nosuid", "nodev"})

@@ -26,7 +26,7 @@ from attachfs.agent.attachments import Attachments, requester
 from attachfs.agent.state import Snapshot
 from attachfs.config import AgentConfig
 from attachfs.core.model import AttachmentStatus
-from attachfs.core.planner import Desired, Phase, Plan, phase_of
+from attachfs.core.reconcile_model import Desired, Phase, Plan, phase_of
 from attachfs.core.steps import Op, Operation, Step
 from attachfs.db.tables import Server, ShareMapping
 from attachfs.errors import BackendError, PermanentError

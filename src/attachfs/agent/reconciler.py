@@ -30,7 +30,8 @@ from attachfs.agent.state import (
 )
 from attachfs.config import Config
 from attachfs.core.model import AttachmentStatus, VmState
-from attachfs.core.planner import Actual, Desired, Phase, Plan, Power, host_plan, phase_of, plan
+from attachfs.core.planner import host_plan, plan
+from attachfs.core.reconcile_model import Actual, Desired, Phase, Plan, Power, phase_of
 from attachfs.core.steps import Op
 from attachfs.db.engine import Database
 from attachfs.db.tables import Server, ShareMapping

@@ -20,7 +20,7 @@ from attachfs.core.context import RequestContext
 from attachfs.core.flavors import server_kind
 from attachfs.core.model import PowerIntent, VmState
 from attachfs.core.moves import IN_PROGRESS, failed, handed_over
-from attachfs.core.planner import Desired, Phase
+from attachfs.core.reconcile_model import Desired, Phase
 from attachfs.core.rules import ServerKind
 from attachfs.core.steps import Op, Operation, Step
 from attachfs.db import doorbell

@@ -1,6 +1,6 @@
 """The two inputs of a pass: desired state from the rows, actual state from the drivers.
 
-Both are turned into the planner's plain dataclasses (core/planner.py); the rows themselves
+Both are turned into the planner's plain dataclasses (core/reconcile_model.py); the rows themselves
 (`Snapshot`) travel along for the executor, which needs the requester and export details.
 """
 
@@ -19,7 +19,7 @@ from attachfs.config import AgentConfig
 from attachfs.core.flavors import server_kind
 from attachfs.core.model import AttachmentStatus, PowerIntent, TaskState, VmState
 from attachfs.core.moves import IN_PROGRESS, move_of
-from attachfs.core.planner import Actual, Desired, DesiredShare, Phase, Power, phase_of
+from attachfs.core.reconcile_model import Actual, Desired, DesiredShare, Phase, Power, phase_of
 from attachfs.core.rules import ServerKind, Transport, container_target
 from attachfs.db.tables import Migration, Server, ShareMapping
 from attachfs.errors import BackendError
