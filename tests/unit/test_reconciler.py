@@ -395,6 +395,21 @@ def test_a_rule_the_share_service_applies_later_is_waited_for_without_a_worker(
     assert world.mapping(mid) is None and world.provider.rules == {}
 
 
+def test_a_rule_under_way_is_looked_at_soon_then_less_often(world: World) -> None:
+    """The first looks come soon (a rule is often applied within a few tenths of a second),
+    the later ones every PENDING_POLL; a pass that finds it done starts the count afresh."""
+    world.provider.apply_delay = 5
+    sid, _ = running_server(world)
+    world.attach(sid, 5)
+    waits = [world.reconcile(sid).after for _ in range(5)]
+    assert waits == [0.1, 0.2, 0.4, 0.5, 0.5]
+    world.converge(sid)
+    assert sid not in world.reconciler.memory.pending_looks
+    world.provider.apply_delay = 1
+    world.attach(sid, 6)
+    assert world.reconcile(sid).after == 0.1
+
+
 # ---- a DELETE while the agent works on the attach (2.97 allows it in any status) --------------
 def test_detach_asked_while_attaching_is_not_overwritten(world: World,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,7 +36,16 @@ from attachfs.virt.base import GuestShare
 
 log = logging.getLogger(__name__)
 CRASH_EXIT = 137
-PENDING_POLL = 0.5  # s between looks while the share service applies (or removes) a rule
+# s between looks while the share service applies (or removes) a rule: soon at first (Manila
+# applies a rule in 0.1 to 0.4 s here), then every PENDING_POLL
+FIRST_PENDING_POLL = 0.1
+PENDING_POLL = 0.5
+
+
+def pending_delay(looks: int) -> float:
+    """The wait before the next look, after `looks` looks that found it still under way."""
+    return min(PENDING_POLL, FIRST_PENDING_POLL * 2 ** looks)
+
 # steps that conclude a pass's work: only when every step before them went through
 FINAL = (Op.FINISH, Op.FENCED, Op.HANDOFF)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from attachfs.agent.attachments import Attachments
-from attachfs.agent.executor import PENDING_POLL, Executor, backoff
+from attachfs.agent.executor import Executor, backoff, pending_delay
 from attachfs.agent.server import ServerSteps
 from attachfs.agent.state import (
     PassMemory,
@@ -123,10 +123,15 @@ class Reconciler:
                 self.server_steps.record_attempt(uuid, out.temporary)
             return PassResult(Next.RETRY, after, out.temporary)
         if out.pending_why is not None:
-            return PassResult(Next.REQUEUE, min(PENDING_POLL, the_plan.wait or PENDING_POLL),
-                              out.pending_why)
+            looks = self.memory.pending_looks.get(uuid, 0)
+            self.memory.pending_looks[uuid] = looks + 1
+            delay = pending_delay(looks)
+            return PassResult(Next.REQUEUE, min(delay, the_plan.wait or delay), out.pending_why)
+        self.memory.pending_looks.pop(uuid, None)
         if the_plan.wait is not None:
             return PassResult(Next.REQUEUE, the_plan.wait, the_plan.waiting_for)
+        if snap is None:
+            self.memory.forget(uuid)
         return PassResult.done()
 
     def _unconfirmed_stop(self, desired: Desired, actual: Actual) -> bool:

@@ -61,6 +61,15 @@ class PassMemory:
     # server -> (first, last) press of its guest's power button, while the guest runs
     shutdown_asked: dict[str, tuple[float, float]] = field(default_factory=dict)
     power_off_notified: set[str] = field(default_factory=set)  # power_off.start went out
+    # server -> passes in a row that found the share service still applying a rule
+    pending_looks: dict[str, int] = field(default_factory=dict)
+
+    def forget(self, server: str) -> None:
+        """A server whose row is gone: nothing of it is kept."""
+        for per_server in (self.missing_since, self.access_checked, self.shutdown_asked,
+                           self.pending_looks):
+            per_server.pop(server, None)
+        self.power_off_notified.discard(server)
 
 
 def read_snapshot(s: Session, uuid: str) -> Snapshot | None:
