@@ -25,7 +25,6 @@ import time
 import uuid as uuidlib
 import warnings
 from collections.abc import Collection, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +131,6 @@ class ManilaShareProvider:
         self._errors: dict[str, int] = {}  # share -> rules of ours that went to `error`
         self._shared: Adapter | None = None  # the proxy every call uses (_proxy)
         self._proxy_lock = threading.Lock()
-        # the second request of a look-up that asks two at once (get_share)
-        self._side = ThreadPoolExecutor(8, thread_name_prefix="manila")
 
     # ---- connections -------------------------------------------------------------------------
     def _api(self, requester: RequestContext | None, retry: str) -> _ShareApi:
@@ -234,17 +231,12 @@ class ManilaShareProvider:
         retry = "retry when it is back"
         try:
             api = self._api(context, retry)
-            # both asked at once: a request's wait for the share service is the longer of
-            # the two, not their sum (the export locations of a share the user cannot see
-            # are never read)
-            exports_asked = self._side.submit(self._call, api, "GET",
-                                              f"/shares/{share_id}/export_locations", retry)
             r = self._request(api, "GET", f"/shares/{share_id}", retry)
             if r.status_code in (403, 404):  # not visible to this user: the same as missing
                 raise NotFound(f"Share {share_id} could not be found.")
             self._check(r, "GET", f"/shares/{share_id}", retry)
             share = r.json()
-            exports = exports_asked.result()
+            exports = self._call(api, "GET", f"/shares/{share_id}/export_locations", retry)
         except BackendError as exc:
             raise ShareServiceUnavailable(exc.message) from exc
         s = share["share"]
