@@ -225,6 +225,9 @@ class AttachmentRepository(Protocol):
 
 class BuiltinShareRepository(Protocol):
     def get(self, share_id: str) -> BuiltinShareRecord | None: ...
+    def row(self, share_id: str) -> BuiltinShareRecord | None:
+        """The share as a plain row, read-only."""
+        ...
     def in_project(self, name: str, project_id: str) -> BuiltinShareRecord | None:
         """The project's own (not global) share of that name."""
         ...

@@ -105,7 +105,7 @@ def _checked_server(repos: Repositories, cmd: AttachShare,
 def _builtin_share(repos: Repositories, env: Env, share_id: str,
                    ctx: RequestContext) -> ShareInfo | None:
     """A built-in share (404 when the caller may not see it), or None: not built-in."""
-    row = repos.shares.get(share_id)
+    row = repos.shares.row(share_id)
     if row is None:
         return None
     if not share_visible(row, ctx):
