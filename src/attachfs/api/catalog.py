@@ -16,13 +16,14 @@ from attachfs.api import deps, views
 from attachfs.api.adapters import find_image
 from attachfs.api.deps import base_url
 from attachfs.api.microversion import MAX_VERSION, MIN_VERSION, Version, fmt
+from attachfs.api.routing import JsonRoute
 from attachfs.api.validation import NO_QUERY, check_query
 from attachfs.core.flavors import FLAVORS, find_flavor
 from attachfs.core.validation import name_filter
 from attachfs.errors import BadRequest
 from attachfs.virt.base import BootImage
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 def _v21(request: Request) -> dict[str, Any]:

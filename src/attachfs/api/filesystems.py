@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from attachfs.api import deps
+from attachfs.api.routing import JsonRoute
 from attachfs.core.commands import AttachShare, CreateShare, DeleteShare, DetachShare, ShareRef
 from attachfs.core.handlers import attachments, queries, shares
 from attachfs.core.model import ShareScope
@@ -21,7 +22,7 @@ from attachfs.core.ports import BuiltinShareRecord
 from attachfs.core.validation import validate_mount_point
 from attachfs.errors import BadRequest
 
-router = APIRouter(prefix="/v2.1/os-filesystem")
+router = APIRouter(prefix="/v2.1/os-filesystem", route_class=JsonRoute)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(g|gb|gib)?\s*$", re.IGNORECASE)
 

@@ -14,8 +14,9 @@ from fastapi import APIRouter, Request
 
 from attachfs.agent.health import current
 from attachfs.api import deps
+from attachfs.api.routing import JsonRoute
 
-router = APIRouter(prefix="/v2.1/os-attachfs-health")
+router = APIRouter(prefix="/v2.1/os-attachfs-health", route_class=JsonRoute)
 
 
 @router.get("")

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from attachfs.api import deps
+from attachfs.api.routing import JsonRoute
 from attachfs.api.validation import check_body, check_query
 from attachfs.api.views import iso
 from attachfs.core.commands import UpdateHost
@@ -22,7 +23,7 @@ from attachfs.core.handlers.hosts import HYPERVISORS, SERVICES, HostView
 from attachfs.core.hosts import SERVICE_BINARY, ZONE
 from attachfs.errors import BadRequest, NotFound
 
-router = APIRouter(prefix="/v2.1")
+router = APIRouter(prefix="/v2.1", route_class=JsonRoute)
 UUID_IDS = "2.53"
 REASON = {"type": "string", "minLength": 1, "maxLength": 255}
 SERVICES_QUERY = {"type": "object", "properties": {"host": {"type": "array"},

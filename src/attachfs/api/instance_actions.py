@@ -14,13 +14,14 @@ from fastapi import APIRouter, Request
 
 from attachfs.api import deps
 from attachfs.api.microversion import Version
+from attachfs.api.routing import JsonRoute
 from attachfs.api.validation import NO_QUERY, check_query
 from attachfs.api.views import iso
 from attachfs.core.handlers import queries
 from attachfs.core.ports import ActionRecord
 from attachfs.errors import BadRequest
 
-router = APIRouter(prefix="/v2.1/servers/{server_id}/os-instance-actions")
+router = APIRouter(prefix="/v2.1/servers/{server_id}/os-instance-actions", route_class=JsonRoute)
 
 
 def _view(a: ActionRecord, version: Version) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from attachfs.api import deps
+from attachfs.api.routing import JsonRoute
 from attachfs.api.validation import check_query
 from attachfs.api.views import iso
 from attachfs.core.flavors import find_flavor
@@ -17,7 +18,7 @@ from attachfs.core.handlers import queries
 from attachfs.core.ports import MigrationRecord
 from attachfs.errors import NotFound
 
-router = APIRouter(prefix="/v2.1")
+router = APIRouter(prefix="/v2.1", route_class=JsonRoute)
 _ONE = {"type": "array", "maxItems": 1}
 QUERY = {"type": "object", "properties": {
     "instance_uuid": _ONE, "status": _ONE, "migration_type": _ONE, "host": _ONE,

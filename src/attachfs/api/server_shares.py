@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from attachfs.api import deps, views
+from attachfs.api.routing import JsonRoute
 from attachfs.api.validation import NO_QUERY, check_body, check_query
 from attachfs.core.commands import AttachShare, DetachShare
 from attachfs.core.guest_mount import guest_mount
@@ -19,7 +20,7 @@ from attachfs.core.handlers import attachments, queries
 from attachfs.core.ports import AttachedShare
 from attachfs.core.rules import TAG_CHARS, Transport
 
-router = APIRouter(prefix="/v2.1/servers/{server_id}/shares")
+router = APIRouter(prefix="/v2.1/servers/{server_id}/shares", route_class=JsonRoute)
 MICROVERSION = "2.97"
 
 # attachfs extensions (OpenStack-API-Version: compute 2.97, attachfs X.Y):

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from attachfs.api import deps, views
+from attachfs.api.routing import JsonRoute
 from attachfs.api.validation import NO_QUERY, check_body, check_query
 from attachfs.core.commands import (
     AttachShare,
@@ -34,7 +35,7 @@ from attachfs.core.handlers import handle, queries, servers
 from attachfs.core.ports import ServerRecord
 from attachfs.errors import BadRequest
 
-router = APIRouter(prefix="/v2.1/servers")
+router = APIRouter(prefix="/v2.1/servers", route_class=JsonRoute)
 
 _STRICT = ConfigDict(extra="forbid")
 

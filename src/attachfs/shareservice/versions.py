@@ -8,8 +8,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.routing import APIRoute
 
+from attachfs.api.routing import JsonRoute
 from attachfs.errors import BadRequest, NotAcceptable
 
 PREFIX = "/share"
@@ -48,7 +48,7 @@ def parse_version(headers: Any) -> tuple[int, int]:
     return version
 
 
-class ShareRoute(APIRoute):
+class ShareRoute(JsonRoute):
     """Reads the share microversion before the handler and echoes it on the answer."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
