@@ -3,8 +3,10 @@ BEGIN IMMEDIATE so concurrent requests queue instead of failing with 'database i
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+log = logging.getLogger(__name__)
 
 
 def make_engine(url: str) -> Engine:
@@ -91,6 +94,65 @@ def schema_revision(url: str) -> str | None:
         engine.dispose()
 
 
+CHECKPOINT_EVERY = 1.0  # s between a SQLite database's checkpoints (while it has writers)
+
+
+def _no_automatic_checkpoint(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
+
+
+class Checkpointer:
+    """Copies the write-ahead log into a SQLite database file, every CHECKPOINT_EVERY s, in a
+    daemon thread started by the first write (PASSIVE: it waits for no reader or writer, and
+    sqlite3 lets go of the GIL while it works). It ends with its Database (dispose, or the
+    Database collected: the thread holds only a weak reference)."""
+
+    def __init__(self, db: Database) -> None:
+        # Checkpoints run here, not in whichever commit crosses SQLite's 1,000-page mark: that
+        # commit took ~5 ms longer (attach POST p99 5.4 ms with the automatic checkpoint,
+        # 1.5 ms without, in process).
+        event.listen(db.engine, "connect", _no_automatic_checkpoint)
+        self._db = weakref.ref(db)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.thread is not None:
+            return
+        with self._lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="sqlite-checkpoint",
+                                               daemon=True)
+                self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(CHECKPOINT_EVERY):
+            db = self._db()
+            if db is None:
+                return
+            try:
+                checkpoint(db)
+            except (DBAPIError, sqlite3.Error) as exc:  # the next round tries again
+                log.warning("SQLite checkpoint of %s failed: %s", db.url, exc)
+            del db
+
+
+def checkpoint(db: Database) -> tuple[int, int]:
+    """A PASSIVE checkpoint, outside any transaction (a pooled connection's own, raw: the
+    engine would begin one first); (frames in the log, frames copied into the file)."""
+    conn = db.engine.raw_connection()
+    try:
+        _busy, frames, copied = conn.driver_connection.execute(  # type: ignore[union-attr]
+            "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(frames), int(copied)
+    finally:
+        conn.close()
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -102,6 +164,7 @@ class Database:
             threading.RLock() if url.startswith("sqlite") else nullcontext())
         self._readers = sessionmaker(self.engine.execution_options(attachfs_read_only=True),
                                      expire_on_commit=False)
+        self.checkpoints = Checkpointer(self) if url.startswith("sqlite") else None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -109,6 +172,8 @@ class Database:
         writers of this process take turns on a lock of their own first: waiting for SQLite's
         lock is its busy handler's sleep-and-retry (1, 2, 5, 10 ms...), which left the
         database idle between writers (measured: 8 concurrent attach clients)."""
+        if self.checkpoints is not None:
+            self.checkpoints.start()
         with self._writer, self._sessions() as s, s.begin():
             yield s
 
@@ -119,4 +184,6 @@ class Database:
             yield s
 
     def dispose(self) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.stop()
         self.engine.dispose()
