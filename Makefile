@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup demo demo-ceph test test-fast lint bench bench-scale bench-nova clean
+.PHONY: setup demo demo-ceph test test-fast screenshots lint bench bench-scale bench-nova clean
 
 setup:
 	@bash scripts/setup.sh
@@ -33,6 +33,10 @@ test: setup lint
 # Unit and API tests only (no guests): seconds.
 test-fast:
 	.venv/bin/pytest -q -m "not vm" tests
+
+# The web console's screenshots in docs/images, taken by its browser tests (docs/console.md).
+screenshots: setup
+	ATTACHFS_SCREENSHOTS=docs/images .venv/bin/pytest -q tests/ui
 
 # The benchmark (bench/, outside the runtime package; see docs/bench.md): ~5 minutes, boots guests.
 # ARGS passes options, e.g. make bench ARGS=--scale (adds part 8, the scale simulation).

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-system-common qemu-utils libvirt-daemon-system libvirt-clients
           libvirt-dev pkg-config busybox-static kmod cpio libslirp0 genisoimage iproute2 procps tini
-          libfuse2 nfs-ganesha nfs-ganesha-vfs lxc)
+          libfuse2 nfs-ganesha nfs-ganesha-vfs lxc chromium chromium-driver)
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "setup: run as root (installs packages, configures libvirt)" >&2

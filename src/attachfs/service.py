@@ -9,7 +9,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import uvicorn
 from fastapi import FastAPI
@@ -25,6 +25,7 @@ from attachfs.config import Config
 from attachfs.db.engine import Database, migrate
 from attachfs.metadata.sockets import MetadataLimits, MetadataSockets
 from attachfs.notify.base import make_notifier
+from attachfs.notify.hub import Broadcasting, EventHub
 from attachfs.paths import private_dir
 from attachfs.storage import mountinfo
 from attachfs.storage.bind import BindConnector
@@ -46,6 +47,8 @@ class Parts:
     db: Database
     builtin: LocalShareProvider
     provider: ProviderChain
+    # the notifications this process sends, for its API's event stream (notify/hub.py)
+    hub: EventHub = field(default_factory=EventHub)
 
 
 def open_parts(config: Config, prepare: bool = True) -> Parts:
@@ -67,7 +70,7 @@ def build_api(parts: Parts, wake: Callable[[], None] = lambda: None) -> FastAPI:
     each change's transaction sends (db/uow.py)."""
     state = ApiState(parts.config, parts.db, parts.provider, parts.builtin,
                      PolicyEnforcer(parts.config.api.policy_file), lambda host: wake(),
-                     make_authenticator(parts.config))
+                     make_authenticator(parts.config), parts.hub)
     return create_app(state)
 
 
@@ -104,7 +107,7 @@ def build_agent(parts: Parts) -> Agent:
         GuestRouter(vms, containers, nfs),
         MetadataSockets(parts.db, config.metadata_socket_dir, config.metadata.enabled,
                         MetadataLimits.from_config(config.metadata)),
-        make_notifier(config),
+        Broadcasting(make_notifier(config), parts.hub),
         guest_address=nfs.address if nfs is not None else None,
         release_guest=nfs.release if nfs is not None else None,
     )

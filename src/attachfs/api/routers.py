@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from attachfs import shareservice
 from attachfs.api import (
     catalog,
+    events,
     filesystems,
     health,
     hosts,
@@ -24,4 +25,5 @@ ROUTERS: list[APIRouter] = [
     migrations.router,  # os-migrations: moves between hosts (admin)
     *shareservice.ROUTERS,  # the shared-file-system API for the built-in shares, at /share
     health.router,  # the agent's own view of its health (admin, read-only)
+    events.router,  # what changes, as server-sent events (the web console)
 ]

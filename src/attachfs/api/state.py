@@ -8,7 +8,7 @@ importing the app that includes them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from attachfs.api.adapters import BuiltinShares, HostImages
@@ -19,6 +19,7 @@ from attachfs.core.guest_mount import GUEST_NFS_ADDRESS, GUEST_NFS_PORT, NfsLink
 from attachfs.core.ports import Env
 from attachfs.db.engine import Database
 from attachfs.db.uow import SqlUnitOfWork
+from attachfs.notify.hub import EventHub
 from attachfs.storage.local import LocalShareProvider
 from attachfs.storage.registry import ProviderChain
 
@@ -34,6 +35,8 @@ class ApiState:
     # agents in other processes hear PostgreSQL's NOTIFY (db/uow.py)
     wake_agent: Callable[[str | None], None]
     authenticator: Authenticator
+    # this process's notifications, for the console's event stream (api/events.py)
+    hub: EventHub = field(default_factory=EventHub)
 
     @cached_property
     def uow(self) -> SqlUnitOfWork:
