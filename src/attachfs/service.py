@@ -22,10 +22,11 @@ from attachfs.api.app import ApiState, create_app
 from attachfs.api.auth import make_authenticator
 from attachfs.api.policy import PolicyEnforcer
 from attachfs.config import Config
+from attachfs.db import doorbell
 from attachfs.db.engine import Database, migrate
 from attachfs.metadata.sockets import MetadataLimits, MetadataSockets
 from attachfs.notify.base import make_notifier
-from attachfs.notify.hub import Broadcasting, EventHub
+from attachfs.notify.hub import Broadcasting, Change, EventHub
 from attachfs.paths import private_dir
 from attachfs.storage import mountinfo
 from attachfs.storage.bind import BindConnector
@@ -68,10 +69,37 @@ def open_parts(config: Config, prepare: bool = True) -> Parts:
 def build_api(parts: Parts, wake: Callable[[], None] = lambda: None) -> FastAPI:
     """`wake`: this process's agent, if any; on PostgreSQL the other agents hear the ring
     each change's transaction sends (db/uow.py)."""
+    _hear_changes(parts)
     state = ApiState(parts.config, parts.db, parts.provider, parts.builtin,
                      PolicyEnforcer(parts.config.api.policy_file), lambda host: wake(),
                      make_authenticator(parts.config), parts.hub)
     return create_app(state)
+
+
+def change_delivery(parts: Parts) -> Callable[[Change], None]:
+    """Where the agent's changes go for the API's event streams: on PostgreSQL to every API
+    process (NOTIFY), else to this process's own API (`attachfs serve`)."""
+    if doorbell.listens(parts.db):
+        return lambda change: doorbell.announce(parts.db, change.to_json())
+    return parts.hub.publish
+
+
+def _hear_changes(parts: Parts) -> None:
+    """On PostgreSQL the API's hub hears the agents' announcements (from its first listener)."""
+    if not doorbell.listens(parts.db):
+        return
+
+    def start(hub: EventHub) -> doorbell.Listener:
+        def heard(payload: str) -> None:
+            if (change := Change.from_json(payload)) is not None:
+                hub.publish(change)
+
+        listener = doorbell.Listener(parts.db, lambda: None, channel=doorbell.CHANGES,
+                                     heard=heard)
+        listener.start()
+        return listener
+
+    parts.hub.fed_by(start)
 
 
 def settle_heap() -> None:
@@ -107,7 +135,7 @@ def build_agent(parts: Parts) -> Agent:
         GuestRouter(vms, containers, nfs),
         MetadataSockets(parts.db, config.metadata_socket_dir, config.metadata.enabled,
                         MetadataLimits.from_config(config.metadata)),
-        Broadcasting(make_notifier(config), parts.hub),
+        Broadcasting(make_notifier(config), change_delivery(parts)),
         guest_address=nfs.address if nfs is not None else None,
         release_guest=nfs.release if nfs is not None else None,
     )

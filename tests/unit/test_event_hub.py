@@ -25,7 +25,7 @@ def _payload(server: str, project: str) -> dict[str, Any]:
 async def _read(ctx: RequestContext, hub: EventHub, sent: list[tuple[str, str]]) -> list[Any]:
     stream = _stream(hub, ctx)
     assert (await anext(stream)).startswith(":")  # open at once
-    notifier = Broadcasting(NoopNotifier(), hub)
+    notifier = Broadcasting(NoopNotifier(), hub.publish)
 
     def agent() -> None:  # another thread, as the agent's workers are
         for server, project in sent:
@@ -57,7 +57,7 @@ def test_a_listener_that_does_not_keep_up_loses_events_not_the_agent() -> None:
 
     async def slow() -> int:
         _key, queue = hub.subscribe()
-        notifier = Broadcasting(NoopNotifier(), hub)
+        notifier = Broadcasting(NoopNotifier(), hub.publish)
         worker = threading.Thread(target=lambda: [
             notifier.notify("instance.power_off.end", _payload(f"s{i}", "p1"))
             for i in range(1000)])

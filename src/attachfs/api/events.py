@@ -8,9 +8,9 @@ see (its project's; an admin's: all). It says what to look at again, never what 
 the console reads that through the API with the caller's own token, so the stream shows
 nothing the API would not. A comment line every KEEPALIVE s keeps proxies from closing it.
 
-Fed by this process's notifications (notify/hub.py): `attachfs serve` runs the agent that
-sends them. An `attachfs api` process of a multi-host setup has no agent in it: its stream
-carries only the keep-alives, and the console also reloads what it shows every few seconds.
+Fed by the agents' notifications (notify/hub.py): in `attachfs serve` on SQLite its own
+agent's, handed over in the process; on PostgreSQL every agent's, announced on the database and
+heard by each API process (so `attachfs api --workers N` of a multi-host setup streams them too).
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ from attachfs.db.engine import Database
 
 log = logging.getLogger(__name__)
 CHANNEL = "attachfs_wake"
+# What agents changed, as their notifications say it, for the API processes' event streams
+# (the web console): one JSON object per notification about a server (notify/hub.py).
+CHANGES = "attachfs_changes"
 
 
 def listens(db: Database) -> bool:
@@ -47,21 +50,36 @@ def libpq_url(sqlalchemy_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-class Listener:
-    """A thread holding one connection that LISTENs and calls `rung()` per notification;
-    after a lost connection it connects again (backoff up to 5 s) and calls `rung()` once,
-    since rings may have been missed meanwhile. `listening` says whether it is connected."""
+def announce(db: Database, payload: str) -> None:
+    """Tell the API processes listening on CHANGES (best effort: a console that misses it
+    reloads what it shows within seconds anyway)."""
+    try:
+        with db.session() as s:
+            s.execute(text("SELECT pg_notify(:channel, :payload)"),
+                      {"channel": CHANGES, "payload": payload})
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.warning("could not announce a change: %s", exc)
 
-    def __init__(self, db: Database, rung: Callable[[], None], host: str = "") -> None:
+
+class Listener:
+    """A thread holding one connection that LISTENs on `channel` and calls `rung()` per
+    notification (or `heard(payload)`, when given); after a lost connection it connects again
+    (backoff up to 5 s) and calls `rung()` once, since rings may have been missed meanwhile.
+    `listening` says whether it is connected."""
+
+    def __init__(self, db: Database, rung: Callable[[], None], host: str = "", *,
+                 channel: str = CHANNEL, heard: Callable[[str], None] | None = None) -> None:
         self.url = libpq_url(db.url)
         self.rung = rung
         self.host = host  # rings for another host are not for us ("": hear every ring)
+        self.channel, self.heard = channel, heard
         self.listening = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="doorbell", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"listen-{self.channel}",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -74,13 +92,15 @@ class Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {self.channel}")
                     self.listening.set()
                     delay = 0.1
                     self.rung()  # whatever was rung while not listening
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0, stop_after=1):
-                            if not self.host or note.payload in ("", self.host):
+                            if self.heard is not None:
+                                self.heard(note.payload)
+                            elif not self.host or note.payload in ("", self.host):
                                 self.rung()
             except psycopg.Error as exc:
                 if self.listening.is_set():
