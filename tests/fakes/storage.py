@@ -77,6 +77,10 @@ class FakeProvider:
     def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
         raise NotFound(f"share {share_id}")
 
+    def list_shares(self, context: RequestContext) -> list[ShareInfo]:
+        self.faults.check("list_shares")
+        return []
+
     def fences(self, share_id: str) -> bool:
         return True
 
@@ -119,3 +123,8 @@ class ShareCatalog(FakeProvider):
         if share is None or not (context.is_admin or share.project_id == context.project_id):
             raise NotFound(f"Share {share_id} could not be found.")
         return share
+
+    def list_shares(self, context: RequestContext) -> list[ShareInfo]:
+        self.faults.check("list_shares")
+        return [s for s in self.known.values()
+                if context.is_admin or s.project_id == context.project_id]

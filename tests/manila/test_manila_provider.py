@@ -88,6 +88,23 @@ def report(what: str, seconds: float) -> None:
 
 # ---- shares ------------------------------------------------------------------------------------
 
+def test_every_share_listed_and_the_service_named_when_it_is_down(
+        parts: Parts, manila: Manila, manila_share: dict[str, Any]) -> None:
+    """The console's shares page: the share service's shares beside the built-in ones; with
+    manila-api down, the built-in ones still, and the share service named as unavailable."""
+    seen = parts.provider.visible_shares(USER)
+    listed = {share.id: (provider, share) for provider, share in seen.shares}
+    provider, share = listed[manila_share["id"]]
+    assert (provider, share.protocol, share.status, share.size_gib) == ("manila", "NFS",
+                                                                        "available", 1)
+    assert seen.unavailable == []
+    with api_down(manila):
+        seen = parts.provider.visible_shares(USER)
+    assert not any(p == "manila" for p, _ in seen.shares)
+    (why,) = seen.unavailable
+    assert why.startswith("manila: ") and "share service" in why
+
+
 def test_get_share(provider: ManilaShareProvider, manila_share: dict[str, Any]) -> None:
     share = provider.get_share(manila_share["id"], USER)
     assert (share.id, share.status, share.protocol) == (manila_share["id"], "available", "NFS")

@@ -13,6 +13,7 @@ from attachfs.api import (
     migrations,
     server_shares,
     servers,
+    share_overview,
 )
 
 ROUTERS: list[APIRouter] = [
@@ -26,4 +27,5 @@ ROUTERS: list[APIRouter] = [
     *shareservice.ROUTERS,  # the shared-file-system API for the built-in shares, at /share
     health.router,  # the agent's own view of its health (admin, read-only)
     events.router,  # what changes, as server-sent events (the web console)
+    share_overview.router,  # every share the caller sees, from every provider (the console)
 ]

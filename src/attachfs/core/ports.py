@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -287,9 +287,21 @@ class Authorizer(Protocol):
         """Raise errors.Forbidden unless policy allows `rule`."""
 
 
+@dataclass
+class SharesSeen:
+    """Shares a caller may see, each with the name of its provider (local, static, manila),
+    and the providers that could not answer (what they said)."""
+
+    shares: list[tuple[str, ShareInfo]] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
+
+
 class ShareLookup(Protocol):
     def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
         """Raise NotFound when missing or not visible to `context`."""
+
+    def visible_shares(self, context: RequestContext) -> SharesSeen:
+        """Every provider's shares `context` may see (a provider that fails is named)."""
 
     def fences(self, share_id: str) -> bool:
         """Whether revoking a host's access to the share also cuts off the mounts that host

@@ -24,6 +24,10 @@ class ShareProvider(Protocol):
     def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
         """Raise NotFound when the share does not exist or is not visible to `context`."""
 
+    def list_shares(self, context: RequestContext) -> list[ShareInfo]:
+        """The shares `context` may see (their export locations may be left out: a listing
+        does not ask for each share's). Raises BackendError when the provider cannot tell."""
+
     def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
                      requester: RequestContext) -> bool:
         """Allow `host` to mount the share, and lock the rule. Idempotent. `requester` is the

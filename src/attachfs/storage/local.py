@@ -104,6 +104,12 @@ class LocalShareProvider:
                 raise NotFound(f"Share {share_id} could not be found.")
             return share_info(share, self.storage_root)
 
+    def list_shares(self, context: RequestContext) -> list[ShareInfo]:
+        with self.db.read() as s:
+            return [share_info(share, self.storage_root)
+                    for share in s.scalars(select(Share).order_by(Share.name))
+                    if share_visible(share, context)]
+
     def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
                      requester: RequestContext) -> bool:
         self.volumes.mount(share_id)  # checked first: a refusal leaves no rule

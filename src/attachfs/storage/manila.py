@@ -247,6 +247,17 @@ class ManilaShareProvider:
                                               exports.get("export_locations", [])),
             project_id=s.get("project_id") or "", size_gib=int(s.get("size") or 0))
 
+    def list_shares(self, context: RequestContext) -> list[ShareInfo]:
+        """The shares the requester sees in the service (one request; no export locations)."""
+        retry = "retry when it is back"
+        api = self._api(context, retry)
+        found = self._call(api, "GET", "/shares/detail", retry)
+        shares = [] if found is GONE else found.get("shares", [])
+        return [ShareInfo(id=s["id"], name=s.get("name") or s["id"], status=s["status"],
+                          protocol=(s.get("share_proto") or "").upper(), export_locations=(),
+                          project_id=s.get("project_id") or "", size_gib=int(s.get("size") or 0))
+                for s in shares]
+
     def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
                      requester: RequestContext) -> bool:
         """Create (or find) this host's rule; True once it is `active`. The service applies a

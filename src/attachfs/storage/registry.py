@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from attachfs.config import Config
+from attachfs.core.ports import SharesSeen
+from attachfs.errors import BackendError
 from attachfs.storage.base import HostCredentials, RequestContext, ShareInfo, ShareProvider
 from attachfs.storage.local import LocalShareProvider
 from attachfs.storage.static import StaticShareProvider
@@ -29,6 +31,24 @@ class ProviderChain:
 
     def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
         return self._for(share_id).get_share(share_id, context)
+
+    def _providers(self) -> list[ShareProvider]:
+        return [p for p in (self.builtin, self.static, self.external) if p is not None]
+
+    def list_shares(self, context: RequestContext) -> list[ShareInfo]:
+        return [share for provider in self._providers()
+                for share in provider.list_shares(context)]
+
+    def visible_shares(self, context: RequestContext) -> SharesSeen:
+        """Every provider's shares that `context` may see, each with its provider's name; a
+        provider that cannot answer is named in `unavailable` and the others still count."""
+        seen = SharesSeen()
+        for provider in self._providers():
+            try:
+                seen.shares += [(provider.name, share) for share in provider.list_shares(context)]
+            except BackendError as exc:
+                seen.unavailable.append(f"{provider.name}: {exc.message}")
+        return seen
 
     def fences(self, share_id: str) -> bool:
         """Only the share service's rules cut a host off (Manila's CephFS driver evicts the

@@ -53,14 +53,12 @@ class StaticShareProvider:
     # ---- ShareProvider ---------------------------------------------------------------------
     def get_share(self, share_id: str, context: RequestContext) -> ShareInfo:
         share = self.shares.get(share_id.lower())
-        if share is None or not (context.is_admin or not share.project_id
-                                 or share.project_id == context.project_id):
+        if share is None or not _visible(share, context):
             raise NotFound(f"Share {share_id} could not be found.")
-        return ShareInfo(id=share.id.lower(), name=share.name, status="available",
-                         protocol=ShareProtocol(share.protocol), export_locations=(share.export,),
-                         project_id=share.project_id, size_gib=share.size_gib,
-                         scope="project" if share.project_id else "global",
-                         mount_point=share.mount_point or None)
+        return _info(share)
+
+    def list_shares(self, context: RequestContext) -> list[ShareInfo]:
+        return [_info(share) for share in self.shares.values() if _visible(share, context)]
 
     def grant_access(self, share_id: str, host: str, access_level: str, reason: str,
                      requester: RequestContext) -> bool:
@@ -108,3 +106,15 @@ def keyring_key(path: Path, auth_id: str) -> str:
         elif section == f"client.{auth_id}" and (m := _KEY_LINE.match(line)):
             return m.group(1)
     raise PermanentError(f"no key for client.{auth_id} in {path}")
+
+
+def _visible(share: StaticShare, context: RequestContext) -> bool:
+    return context.is_admin or not share.project_id or share.project_id == context.project_id
+
+
+def _info(share: StaticShare) -> ShareInfo:
+    return ShareInfo(id=share.id.lower(), name=share.name, status="available",
+                     protocol=ShareProtocol(share.protocol), export_locations=(share.export,),
+                     project_id=share.project_id, size_gib=share.size_gib,
+                     scope="project" if share.project_id else "global",
+                     mount_point=share.mount_point or None)

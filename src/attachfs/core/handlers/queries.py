@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from attachfs.core.commands import ShareRef
-from attachfs.core.context import RequestContext
+from attachfs.core.context import RequestContext, ShareInfo
 from attachfs.core.handlers import attachments, servers, shares
 from attachfs.core.handlers.common import NO_CELL, visible_server, visible_server_state
 from attachfs.core.model import is_uuid
@@ -20,6 +20,7 @@ from attachfs.core.ports import (
     ServerRecord,
     UnitOfWork,
 )
+from attachfs.core.rules import BUILTIN_PROTOCOL
 from attachfs.core.validation import name_filter
 from attachfs.errors import BadRequest, NotFound
 
@@ -45,6 +46,32 @@ def show_attachment(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: s
         if mapping is None:
             raise NotFound(f"Share {share_id} could not be found.")
         return mapping
+
+
+# ---- shares, wherever they come from ----------------------------------------------------------
+@dataclass(frozen=True)
+class ShareOverview:
+    """A share the caller may see, its provider, the caller's servers it is attached to (with
+    the attachment's status) and, for a built-in share, what its directory holds."""
+
+    provider: str
+    share: ShareInfo
+    attached_to: list[tuple[str, str]]
+    used_bytes: int | None
+
+
+def shares_overview(uow: UnitOfWork, env: Env,
+                    ctx: RequestContext) -> tuple[list[ShareOverview], list[str]]:
+    """Every provider's shares the caller sees, and the providers that could not answer."""
+    seen = env.shares.visible_shares(ctx)  # outside any transaction: a provider may be remote
+    project = None if ctx.is_admin else ctx.project_id
+    with uow.read() as repos:
+        overview = [ShareOverview(provider, share,
+                                  repos.attachments.servers_of_share(share.id, project),
+                                  env.builtin.usage_bytes(share.id)
+                                  if share.protocol == BUILTIN_PROTOCOL else None)
+                    for provider, share in seen.shares]
+    return overview, seen.unavailable
 
 
 # ---- servers ---------------------------------------------------------------------------------

@@ -186,18 +186,13 @@ async function shareNames() {
 }
 
 async function sharesPage() {
-  const { fs_entries } = await api("GET", "/v2.1/os-filesystem");
-  const details = await Promise.all(fs_entries.map(async (s) => {
-    const query = s.scope === "project" || s.scope === "instance" ? `?project=${encodeURIComponent(s.project)}` : "";
-    const [{ fs_entry }, { instances }] = await Promise.all([
-      api("GET", `/v2.1/os-filesystem/${encodeURIComponent(s.name)}${query}`),
-      api("GET", `/v2.1/os-filesystem/${encodeURIComponent(s.name)}/instances${query}`)]);
-    return { ...fs_entry, instances };
-  }));
-  const rows = details.map((s) => h("tr", { "data-share": s.id },
-    h("td", {}, s.name), h("td", {}, s.scope), h("td", {}, status(s.status)),
-    h("td", {}, `${formatBytes(s.used_bytes)} of ${s.size_gib} GiB (${s.used_percent}%)`),
-    h("td", {}, s.instances.map((i) => h("a", { href: `#/servers/${i.id}` }, `${i.id.slice(0, 8)} (${i.status}) `)))));
+  // every provider's shares (built-in, the operator's, the share service's), with where each is attached
+  const { shares, unavailable } = await api("GET", "/v2.1/os-attachfs-shares");
+  const rows = shares.map((s) => h("tr", { "data-share": s.id },
+    h("td", {}, s.name), h("td", {}, s.provider), h("td", {}, s.protocol), h("td", {}, status(s.status)),
+    h("td", {}, s.used_bytes != null ? `${formatBytes(s.used_bytes)} of ${s.size_gib} GiB` : `${s.size_gib} GiB`),
+    h("td", {}, s.attached_to.map((a) => h("a", { href: `#/servers/${a.server}` }, `${a.server.slice(0, 8)} (${a.status}) `)))));
+  const missing = unavailable.length ? h("p", { class: "muted" }, `Not listed: ${unavailable.join("; ")}`) : null;
   const create = canWrite() ? h("form", { class: "inline", "aria-label": "Create a share", onsubmit: (event) => {
     event.preventDefault();
     const f = new FormData(event.target);
@@ -209,7 +204,7 @@ async function sharesPage() {
   h("label", {}, "Scope", h("select", { name: "scope" }, h("option", { value: "instance" }, "instance"),
     h("option", { value: "project" }, "project"), isAdmin() ? h("option", { value: "global" }, "global") : null)),
   h("button", { class: "primary" }, "Create share")) : null;
-  show(h("h1", {}, "Shares"), table(["Name", "Scope", "Status", "Used", "Attached to"], rows, "Shares"), create);
+  show(h("h1", {}, "Shares"), table(["Name", "Provider", "Protocol", "Status", "Used", "Attached to"], rows, "Shares"), missing, create);
 }
 
 function formatBytes(n) {
