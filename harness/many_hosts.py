@@ -74,6 +74,15 @@ class Host:
             self.agent.wait(30)
         self.agent = None
 
+    def fence(self) -> None:
+        """What an operator's fencing does to a failed host before evacuating from it: its
+        guests stop running (paused here, so their domains, host mounts and virtiofsd stay for
+        the host's return). Without it the old guest keeps using a built-in share, which the
+        storage cannot cut off."""
+        for domain in self.guests():
+            subprocess.run(["virsh", "-c", "qemu:///system", "suspend", domain],
+                           check=True, capture_output=True, timeout=30)
+
     def stop(self) -> None:
         if self.agent is not None and self.agent.poll() is None:
             os.killpg(self.agent.pid, signal.SIGTERM)

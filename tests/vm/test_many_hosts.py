@@ -84,6 +84,8 @@ def _body(c: Cloud) -> None:
     # built-in shares: the storage cannot cut host A off, so the operator fences it first
     r = c.admin.post(f"/v2.1/servers/{sid}/action", json={"evacuate": {}})
     assert r.status_code == 409 and "fence the host yourself" in r.text, r.text
+    # (its guest would otherwise go on running the control share's commands beside the new one)
+    a.fence()
     host_id = c.services()["host-a"]["id"]
     r = c.admin.put(f"/v2.1/os-services/{host_id}", json={"forced_down": True},
                     headers={"OpenStack-API-Version": "compute 2.53"})
