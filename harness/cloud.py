@@ -22,10 +22,12 @@ MANILA_CLIENT_ROLES = ["service", "admin"]
 
 
 def serve_config(keystone: Keystone, host: str, manila_user: str = MANILA_CLIENT_USER,
-                 manila_password: str = MANILA_CLIENT_PASSWORD) -> str:
+                 manila_password: str = MANILA_CLIENT_PASSWORD,
+                 **extra: object) -> str:
     """TOML for `attachfs serve`: Keystone auth for its API (keystonemiddleware as attachfs's
     service user), shares from Manila through the catalog (sharev2 in REGION, password auth
-    as `manila_user`), the agent's host named `host` (its cephx ID is attachfs-<host>)."""
+    as `manila_user`), the agent's host named `host` (its cephx ID is attachfs-<host>); `extra`:
+    more dotted settings (`agent__stop_timeout=0.0` for "agent.stop_timeout")."""
     settings: dict[str, object] = {
         **authtoken_overrides(keystone.url),
         "storage.provider": "manila",
@@ -34,6 +36,7 @@ def serve_config(keystone: Keystone, host: str, manila_user: str = MANILA_CLIENT
         "manila.project_name": "service", "manila.region_name": REGION,
         "manila.access_timeout": 30.0,
         "agent.host": host,
+        **{key.replace("__", "."): value for key, value in extra.items()},
     }
     return toml_of(settings)
 

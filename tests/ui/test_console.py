@@ -8,42 +8,17 @@ ATTACHFS_SCREENSHOTS=DIR also into DIR: `make screenshots` writes docs/images)."
 
 from __future__ import annotations
 
-import os
-import shutil
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from harness.serve import Serve
+from tests.ui.browser import LIVE, choose, click, log_in, row_status, screenshot, type_into, until
 
 pytestmark = pytest.mark.vm  # the server behind the pages boots (then stops) a real guest
-
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-WAIT = 30.0  # s for anything the page shows
-LIVE = 8.0  # s: a change must show before the page's own 10 s reload could show it
-T = TypeVar("T")
-
-
-def until(what: str, probe: Callable[[], T | None], timeout: float = WAIT) -> T:
-    """`probe`'s first true answer; the page redraws under it, so an element that went (or is
-    not there yet) is "not yet"."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = probe()
-        except (StaleElementReferenceException, NoSuchElementException):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -65,59 +40,9 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve, s
         serve.cleanup()
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (make setup)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,900", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    driver.implicitly_wait(0)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def screenshot(driver: Any, tmp_path: Path, name: str) -> None:
-    path = tmp_path / f"console-{name}.png"
-    driver.save_screenshot(str(path))
-    assert path.stat().st_size > 10_000  # a page, not a blank
-    if target := os.environ.get("ATTACHFS_SCREENSHOTS"):
-        Path(target).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(target) / path.name)
-
-
-def log_in(driver: Any, serve: Serve, user: str, project: str, role: str) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
-
-    driver.get(f"{serve.url}/ui/")
-    until("the login form", lambda: driver.find_elements(By.NAME, "user"))
-    driver.find_element(By.NAME, "user").send_keys(user)
-    driver.find_element(By.NAME, "project").send_keys(project)
-    Select(driver.find_element(By.NAME, "role")).select_by_value(role)
-    driver.find_element(By.CSS_SELECTOR, "form button").click()
-    until("the servers page", lambda: "Servers" in driver.find_element(By.TAG_NAME, "h1").text)
-
-
-def row_status(driver: Any, share_id: str) -> str | None:
-    from selenium.webdriver.common.by import By
-
-    rows = driver.find_elements(By.CSS_SELECTOR, f'tr[data-share="{share_id}"] .status')
-    return rows[0].text if rows else None
-
-
 def test_a_member_creates_attaches_sees_it_live_and_detaches(
         console: tuple[Serve, str], browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     serve, sid = console
     log_in(browser, serve, "alice", "p1", "member")
@@ -127,8 +52,8 @@ def test_a_member_creates_attaches_sees_it_live_and_detaches(
     name = f"web-{uuid.uuid4().hex[:6]}"
     browser.get(f"{serve.url}/ui/#/shares")
     until("the create form", lambda: browser.find_elements(By.NAME, "size"))
-    browser.find_element(By.NAME, "name").send_keys(name)
-    browser.find_element(By.CSS_SELECTOR, "form[aria-label='Create a share'] button").click()
+    type_into(browser, "name", name)
+    click(browser, "form[aria-label='Create a share'] button", "the form's button")
     until("the new share listed", lambda: name in browser.find_element(By.TAG_NAME, "main").text)
     entries = serve.http.get("/v2.1/os-filesystem").json()["fs_entries"]
     share_id = next(e["id"] for e in entries if e["name"] == name)
@@ -136,10 +61,10 @@ def test_a_member_creates_attaches_sees_it_live_and_detaches(
     browser.get(f"{serve.url}/ui/#/servers/{sid}")
     until("the attach form", lambda: browser.find_elements(By.NAME, "share_id"))
     browser.execute_script("window.stillTheSamePage = true")  # gone if the page reloads
-    Select(browser.find_element(By.NAME, "share_id")).select_by_value(share_id)
-    browser.find_element(By.NAME, "tag").send_keys("webdata")
+    choose(browser, "share_id", share_id)
+    type_into(browser, "tag", "webdata")
     browser.find_element(By.NAME, "read_only").click()
-    browser.find_element(By.CSS_SELECTOR, "form[aria-label='Attach a share'] button").click()
+    click(browser, "form[aria-label='Attach a share'] button", "the form's button")
     until("the attachment inactive", lambda: row_status(browser, share_id) == "inactive")
     row = browser.find_element(By.CSS_SELECTOR, f'tr[data-share="{share_id}"]').text
     assert "webdata" in row and "yes" in row  # tag, read-only
@@ -155,7 +80,7 @@ def test_a_member_creates_attaches_sees_it_live_and_detaches(
     until("the event named", lambda: "share_attach.end" in browser.find_element(By.ID, "live").text)
     assert browser.execute_script("return window.stillTheSamePage") is True
     # detached from the page
-    browser.find_element(By.CSS_SELECTOR, f'tr[data-share="{share_id}"] button').click()
+    click(browser, f'tr[data-share="{share_id}"] button', "the detach button")
     until("the attachment gone", lambda: row_status(browser, share_id) is None)
     assert serve.mapping(sid, share_id) is None
     assert browser.execute_script("return window.stillTheSamePage") is True
@@ -163,13 +88,14 @@ def test_a_member_creates_attaches_sees_it_live_and_detaches(
     until("the list", lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-server="{sid}"]'))
     screenshot(browser, tmp_path, "servers")
     browser.get(f"{serve.url}/ui/#/shares")
-    until("the shares", lambda: name in browser.find_element(By.TAG_NAME, "main").text)
+    shown = until("the shares", lambda: (t := browser.find_element(By.TAG_NAME, "main").text)
+                  and name in t and t)
+    assert "null" not in shown.split()  # a part left out is left out, not written "null"
     screenshot(browser, tmp_path, "shares")
 
 
 def test_an_error_shows_the_apis_message(console: tuple[Serve, str], browser: Any) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     serve, sid = console
     log_in(browser, serve, "alice", "p1", "member")
@@ -181,12 +107,40 @@ def test_an_error_shows_the_apis_message(console: tuple[Serve, str], browser: An
     browser.get(f"{serve.url}/ui/#/servers/{sid}")
     until("the share to choose", lambda: browser.find_elements(
         By.CSS_SELECTOR, f'select[name="share_id"] option[value="{share}"]'))
-    Select(browser.find_element(By.NAME, "share_id")).select_by_value(share)
-    browser.find_element(By.NAME, "tag").send_keys("same")
-    browser.find_element(By.CSS_SELECTOR, "form[aria-label='Attach a share'] button").click()
+    choose(browser, "share_id", share)
+    type_into(browser, "tag", "same")
+    click(browser, "form[aria-label='Attach a share'] button", "the form's button")
     alert = until("the error", lambda: browser.find_element(By.ID, "error").text)
     assert alert == f"Share '{share}' or tag 'same' already associated to this server."
     assert serve.http.delete(f"/v2.1/servers/{sid}/shares/{first}").status_code == 200
+
+
+def test_a_live_update_keeps_what_the_user_is_typing(console: tuple[Serve, str],
+                                                     browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    serve, sid = console
+    log_in(browser, serve, "alice", "p1", "member")
+    mine, _ = serve.new_share(f"typing-{uuid.uuid4().hex[:6]}")
+    browser.get(f"{serve.url}/ui/#/servers/{sid}")
+    until("the share to choose", lambda: browser.find_elements(
+        By.CSS_SELECTOR, f'select[name="share_id"] option[value="{mine}"]'))
+    choose(browser, "share_id", mine)
+    type_into(browser, "tag", "half-typ")
+    # an attach by another client redraws the page under the user's half-filled form
+    other, _ = serve.new_share(f"typing-{uuid.uuid4().hex[:6]}")
+    assert serve.http.post(f"/v2.1/servers/{sid}/shares",
+                           json={"share": {"share_id": other}}).status_code == 201
+    until("the redraws, up to the attachment inactive",
+          lambda: row_status(browser, other) == "inactive", LIVE)
+
+    def kept() -> bool:
+        tag = browser.find_element(By.NAME, "tag")
+        return (tag.get_attribute("value") == "half-typ"
+                and browser.switch_to.active_element == tag  # the focus stays there too
+                and browser.find_element(By.NAME, "share_id").get_attribute("value") == mine)
+    until("the half-filled form as the user left it", kept, 5)
+    assert serve.http.delete(f"/v2.1/servers/{sid}/shares/{other}").status_code == 200
 
 
 def test_another_project_sees_none_of_it(console: tuple[Serve, str], browser: Any) -> None:

@@ -32,7 +32,23 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 const main = () => document.getElementById("main");
-function show(...nodes) { main().replaceChildren(...nodes); }
+// A redraw (an event, the periodic reload) keeps what the user is typing or choosing in a
+// form, and where the focus is; after an action of theirs succeeds, the forms start afresh.
+let formsDone = false;
+function show(...nodes) {
+  const kept = formsDone ? [] : [...main().querySelectorAll("form[aria-label] [name]")]
+    .map((el) => ({ form: el.form.getAttribute("aria-label"), name: el.name, value: el.value,
+                    checked: el.checked, focused: el === document.activeElement }));
+  formsDone = false;
+  main().replaceChildren(...nodes.filter((n) => n != null)); // a part a role does not get is null
+  for (const k of kept) {
+    const el = main().querySelector(`form[aria-label="${CSS.escape(k.form)}"] [name="${CSS.escape(k.name)}"]`);
+    if (!el) continue;
+    if (el.type === "checkbox") el.checked = k.checked;
+    else if (el.tagName !== "SELECT" || [...el.options].some((o) => o.value === k.value)) el.value = k.value;
+    if (k.focused) el.focus();
+  }
+}
 function status(value) { return h("span", { class: `status status-${value}` }, value); }
 function table(headers, rows, label) {
   return h("table", { "aria-label": label },
@@ -66,7 +82,7 @@ async function api(method, path, body, version = API_VERSION) {
 
 async function act(what, fn) {
   fail("");
-  try { await fn(); say(what); await render(); }
+  try { await fn(); say(what); formsDone = true; await render(); }
   catch (e) { fail(e.message); }
 }
 
@@ -181,8 +197,9 @@ function consoleOutput(id) {
 
 // ---- shares ------------------------------------------------------------------------------
 async function shareNames() {
-  const { fs_entries } = await api("GET", "/v2.1/os-filesystem");
-  return Object.fromEntries(fs_entries.map((s) => [s.id, s.name]));
+  // every share the caller may attach: built-in, the operator's and the share service's
+  const { shares } = await api("GET", "/v2.1/os-attachfs-shares");
+  return Object.fromEntries(shares.map((s) => [s.id, s.name]));
 }
 
 async function sharesPage() {
