@@ -143,6 +143,42 @@ def test_a_live_update_keeps_what_the_user_is_typing(console: tuple[Serve, str],
     assert serve.http.delete(f"/v2.1/servers/{sid}/shares/{other}").status_code == 200
 
 
+def test_a_member_starts_and_stops_the_server_from_the_keyboard(console: tuple[Serve, str],
+                                                                browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    serve, sid = console
+    log_in(browser, serve, "alice", "p1", "member")
+    browser.get(f"{serve.url}/ui/#/servers/{sid}")
+    until("the server page, stopped", lambda: "web SHUTOFF" in browser.find_element(
+        By.TAG_NAME, "h1").text)
+    # every field has its label, every table its name: what a screen reader announces
+    unlabelled = browser.execute_script(
+        "return [...document.querySelectorAll('main input, main select')]"
+        ".filter((el) => !el.closest('label')).length")
+    assert unlabelled == 0
+    assert not browser.find_elements(By.CSS_SELECTOR, "main table:not([aria-label])")
+
+    def press(label: str) -> None:  # focus by Tab from the page's top, then Enter
+        body = browser.find_element(By.TAG_NAME, "body")
+        body.click()
+        for _ in range(40):
+            browser.switch_to.active_element.send_keys(Keys.TAB)
+            if browser.switch_to.active_element.text == label:
+                browser.switch_to.active_element.send_keys(Keys.ENTER)
+                return
+        raise AssertionError(f"no {label} button reached with Tab")
+    until("the Start button reached and pressed", lambda: press("Start") or True)
+    until("ACTIVE, shown", lambda: "ACTIVE" in browser.find_element(By.TAG_NAME, "h1").text, 120)
+    until("the Stop button reached and pressed", lambda: press("Stop") or True)
+    until("SHUTOFF, shown", lambda: "SHUTOFF" in browser.find_element(By.TAG_NAME, "h1").text,
+          120)
+    actions = browser.find_element(By.CSS_SELECTOR, "table[aria-label='Instance actions']").text
+    assert "start alice" in actions and "stop alice" in actions, actions
+    serve.wait_status(sid, "SHUTOFF", 120)
+
+
 def test_another_project_sees_none_of_it(console: tuple[Serve, str], browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
