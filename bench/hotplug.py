@@ -230,6 +230,45 @@ def rounds(serve: Serve, sid: str, share_id: str, console: Path, floor: FloorGue
         hot_figures(rows, frows, serve.log, sid, share_id, fig)
 
 
+TOGETHER = 7  # shares detached at once (issue 8's target: within 2x the time of one)
+
+
+def detach_together(serve: Serve, sid: str, console: Path, shares: list[str],
+                    round_no: int) -> float:
+    """`shares` hot attached and mounted in the guest, then DELETEd at once: seconds from the
+    first DELETE until every attachment is gone (404)."""
+    client = serve.http
+    tags = [f"tog{round_no}x{i}" for i in range(len(shares))]
+    with tail(console) as con:
+        for share_id, tag in zip(shares, tags, strict=True):
+            attach(client, sid, share_id, tag)
+        for tag in tags:
+            con.wait(f"attachfs-guest: mounted share {tag} at", 120)
+    t0 = time.perf_counter()
+    urls = [detach(client, sid, share_id) for share_id in shares]
+    deadline = time.monotonic() + 120
+    while not all(mapping_status(client, url, "gone") for url in urls):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(shares)} attachments not gone 120 s after DELETE")
+        time.sleep(TAIL_POLL)
+    return time.perf_counter() - t0
+
+
+def together_part(serve: Serve, sid: str, console: Path, fig: Figures, runs: int = 3) -> None:
+    """On the running server: one share detached alone, then TOGETHER at once, `runs` times
+    each, alternating (so a slow spell of the machine hits both sides)."""
+    shares = [serve.new_share(f"tog-{uuid.uuid4().hex[:8]}")[0] for _ in range(TOGETHER)]
+    one: list[float] = []
+    many: list[float] = []
+    for i in range(runs):
+        one.append(detach_together(serve, sid, console, shares[:1], 2 * i))
+        many.append(detach_together(serve, sid, console, shares, 2 * i + 1))
+        log(f"detach together, run {i}: 1 share {one[-1]:.2f} s, {TOGETHER} shares "
+            f"{many[-1]:.2f} s")
+    fig.update(stats("detach_together_1", one))
+    fig.update(stats(f"detach_together_{TOGETHER}", many))
+
+
 def hot_part(serve: Serve, sid: str, share_id: str, console: Path, state_root: Path,
              args: argparse.Namespace, fig: Figures) -> None:
     """The server is stopped with no attachment: boot it and a floor guest, then the rounds."""
@@ -246,6 +285,7 @@ def hot_part(serve: Serve, sid: str, share_id: str, console: Path, state_root: P
             f"1 warm-up + {args.hot_rounds} rounds each")
         other_guests(fig, "hot_other_guests", sid, floor.uuid)
         rounds(serve, sid, share_id, console, floor, args, fig)
+        together_part(serve, sid, console, fig)
     finally:
         if floor is not None:
             try:

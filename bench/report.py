@@ -170,6 +170,8 @@ def hot_rows(fig: Figures) -> list[Row]:
         "floor: ask, unmounted, detach_share")
     add("  DELETE -> guest unmounted (console)", "hot_detach_unmounted")
     add("  DELETE -> agent done (serve.log)", "hot_detach_agent")
+    add("hot detach of 7 shares at once: DELETEs -> all gone", "detach_together_7",
+        "detach_together_1", "1 share alone; target <= 2x")
     return out
 
 

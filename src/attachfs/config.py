@@ -93,6 +93,11 @@ class AgentConfig(_Section):
     retry_base: float = Field(default=1.0, gt=0)
     retry_cap: float = Field(default=60.0, gt=0)
     retry_attempts: int = Field(default=8, ge=1, le=100)
+    # A whole pass that fails (the database or the hypervisor is away) is tried again after
+    # outage_retry_base * 2^(n-1) s, at most outage_retry_cap s, for as long as it takes:
+    # an outage never ends the agent or marks anything `error`.
+    outage_retry_base: float = Field(default=0.5, gt=0)
+    outage_retry_cap: float = Field(default=15.0, gt=0)
     # The host's heartbeat: written every heartbeat_interval s; the API shows the host down
     # once its last one is older than down_after s (the compute service's service_down_time).
     heartbeat_interval: float = Field(default=10.0, gt=0)
@@ -100,6 +105,9 @@ class AgentConfig(_Section):
     # agent listens, its own look for work runs only every listen_poll_interval s.
     listen_poll_interval: float = Field(default=30.0, gt=0)
     down_after: float = Field(default=60.0, gt=0)
+    # An attachment `attaching` or `detaching` for stall_after s does not stay silent: the agent
+    # says what it is still waiting for, and the API says when its host's agent is not running.
+    stall_after: float = Field(default=120.0, gt=0)
     # How this host hands shares to guests (docs/transports.md): the transports it offers,
     # and the one an attachment gets when neither the attach body nor the server's flavor
     # names one. virtiofs: hot-pluggable; 9p: at boot only (no hot plug with QEMU 7.2); nfs:

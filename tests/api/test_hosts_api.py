@@ -162,3 +162,61 @@ def test_garbage_ids_are_4xx(client: TestClient, parts: Parts) -> None:
                   client.get(f"/v2.1/os-hypervisors?hypervisor_hostname_pattern={junk}",
                              headers=v("2.53"))):
             assert 400 <= r.status_code < 500, (junk, r.status_code, r.text[:200])
+
+
+def _stall(parts: Parts, server_id: str, seconds: float) -> None:
+    """The server's one attachment has been `attaching` for `seconds` without a word."""
+    from attachfs.db.tables import ShareMapping
+
+    with parts.db.session() as s:
+        (m,) = s.query(ShareMapping).filter_by(instance_uuid=server_id).all()
+        assert m.status == "attaching"
+        m.updated_at -= dt.timedelta(seconds=seconds)
+
+
+def test_host_status_and_an_attachment_stalled_on_a_silent_host(client: TestClient,
+                                                                parts: Parts) -> None:
+    from tests.conftest import settle_server
+
+    register(parts.db, parts.config)  # test-host, where the API places servers
+    sid = create_server(client)
+    settle_server(parts, sid)
+    share = client.put("/v2.1/os-filesystem/stalled", json={"fs_entry": {"size": 1}}).json()
+    r = client.post(f"/v2.1/servers/{sid}/shares",
+                    json={"share": {"share_id": share["fs_entry"]["id"]}})
+    assert r.status_code == 201, r.text
+    extended = {"OpenStack-API-Version": "compute 2.97, attachfs 1.0"}
+
+    def shown(headers: dict[str, str]) -> tuple[object, object]:
+        server = client.get(f"/v2.1/servers/{sid}", headers=headers).json()["server"]
+        (attached,) = server.get("os-extended-shares:shares_attached", [{}])
+        return server.get("host_status"), attached.get("fault")
+
+    # the host's agent is up: host_status UP, and an attachment in flight is only that
+    _stall(parts, sid, 600)
+    assert shown({**ADMIN, **extended}) == ("UP", None)
+    # its agent is silent (no heartbeat for down_after s): DOWN, and the stalled attachment
+    # says why: to an admin with the host's name, to its owner without
+    _age(parts, "test-host", 61)
+    status, fault = shown({**ADMIN, **extended})
+    assert status == "DOWN"
+    assert isinstance(fault, str) and fault.startswith("no progress for 6")
+    assert "host test-host's agent is not running" in fault, fault
+    status, fault = shown(extended)
+    assert status is None and isinstance(fault, str) and "test-host" not in fault
+    assert "the agent of the server's host is not running" in fault
+    # the same in the list, and the compute API's own body (2.97) is unchanged
+    listed = client.get("/v2.1/servers/detail?all_tenants=1",
+                        headers={**ADMIN, **extended}).json()
+    (row,) = [x for x in listed["servers"] if x["id"] == sid]
+    assert row["host_status"] == "DOWN"
+    assert "not running" in row["os-extended-shares:shares_attached"][0]["fault"]
+    plain = client.get(f"/v2.1/servers/{sid}/shares").json()["shares"][0]
+    assert plain["status"] == "attaching" and "fault" not in plain
+    # a recent request on a silent host is not stalled yet; a disabled host is MAINTENANCE
+    _stall(parts, sid, -590)
+    assert shown({**ADMIN, **extended}) == ("DOWN", None)
+    heartbeat(parts.db, "test-host")
+    with parts.db.session() as s:
+        s.query(Host).filter_by(name="test-host").one().disabled = True
+    assert shown({**ADMIN, **extended})[0] == "MAINTENANCE"

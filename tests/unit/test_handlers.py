@@ -123,8 +123,10 @@ def test_every_client_error_has_a_fault() -> None:
 
 def test_create_server_records_desired_state(world: World) -> None:
     sid = _server(world)
-    server, mappings = queries.show_server(world.uow, world.env, ALICE, sid)
-    assert (server.host, server.power_intent, mappings) == ("h1", "on", [])
+    seen = queries.show_server(world.uow, world.env, ALICE, sid)
+    (server,) = seen.servers
+    assert (server.host, server.power_intent, seen.attachments, seen.host_status) == (
+        "h1", "on", {sid: []}, {})
     assert [a.action for a in queries.list_actions(world.uow, world.env, ALICE, sid)] == ["create"]
     with pytest.raises(errors.NotFound, match="Flavor"):
         handle(commands.CreateServer(ALICE, "vm", "99", "debian-busybox"), world.uow, world.env)

@@ -474,3 +474,30 @@ def test_detach_from_a_server_in_error(world: World, running: bool) -> None:
     assert world.provider.rules == {} and world.host.mounts == {}
     if running:
         assert world.virt.guests[sid].devices == {}
+
+
+def test_an_attachment_waiting_too_long_says_what_for(world: World,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passes that keep waiting (here for the share service's rule) for [agent] stall_after s:
+    the attachment in flight says what it waits for, once; the wait's end clears it."""
+    world.provider.apply_delay = 3
+    sid, _ = running_server(world)
+    mid = world.attach(sid, 6)
+    clock = [1000.0]
+    monkeypatch.setattr("attachfs.agent.runner.time.monotonic", lambda: clock[0])
+    agent = world.agent
+    agent._inflight.add(sid)
+    agent._run_one(sid)  # waits for the rule: requeued
+    assert agent._waiting[sid] == (1000.0, False)
+    assert not world.mapping(mid).fault_message  # type: ignore[union-attr]
+    clock[0] += world.config.agent.stall_after + 1
+    agent._inflight.add(sid)
+    agent._run_one(sid)
+    m = world.mapping(mid)
+    assert m is not None and m.status == "attaching"
+    assert m.fault_message == (f"still waiting after {world.config.agent.stall_after + 1:.0f}s "
+                               "for the share service to finish hot_attach:grant_access(t6)"
+                               ), m.fault_message
+    world.converge(sid)
+    m = world.mapping(mid)
+    assert m is not None and m.status == "active" and m.fault_message is None

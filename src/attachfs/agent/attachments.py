@@ -14,8 +14,8 @@ from pathlib import Path
 from attachfs.config import Config
 from attachfs.core.model import AttachmentStatus
 from attachfs.core.rules import Transport, host_mount_name
-from attachfs.core.services import finish_action
 from attachfs.db.engine import Database
+from attachfs.db.repositories import SqlActions
 from attachfs.db.tables import Server, ShareMapping
 from attachfs.errors import BackendError, PermanentError
 from attachfs.metadata.sockets import MetadataSockets
@@ -78,16 +78,16 @@ class Attachments:
             if row is None or (expect is not None and row.status != expect):
                 return
             if status is None:
-                finish_action(s, row.request_id, "Success", note)
+                SqlActions(s).finish_request(row.request_id, "Success", note)
                 s.delete(row)
                 return
             row.status, row.fault_message = status, fault
             row.attempts, row.last_error = 0, fault
             row.requester_token = None  # used for this step; never kept longer
             if status == AttachmentStatus.ERROR:
-                finish_action(s, row.request_id, "Error", fault)
+                SqlActions(s).finish_request(row.request_id, "Error", fault)
             elif status in HELD:
-                finish_action(s, row.request_id, "Success", note)
+                SqlActions(s).finish_request(row.request_id, "Success", note)
 
     def fail(self, server: Server, m: ShareMapping, step: str, exc: Exception,
              event: str | None = None) -> None:

@@ -173,6 +173,21 @@ class Reconciler:
         except Exception as exc:  # noqa: BLE001 - the database may be what is failing
             log.debug("cannot record the stall of %s: %s", uuid, exc)
 
+    def note_waiting(self, uuid: str, why: str, seconds: float) -> None:
+        """This server's passes have waited `seconds` for `why`: its attachments in flight that
+        say nothing yet say that (the status change that ends the wait clears it)."""
+        message = f"still waiting after {seconds:.0f}s for {why}"
+        try:
+            with self.db.session() as s:
+                for m in s.scalars(select(ShareMapping).where(
+                        ShareMapping.instance_uuid == uuid,
+                        ShareMapping.fault_message.is_(None),
+                        ShareMapping.status.in_((AttachmentStatus.ATTACHING,
+                                                 AttachmentStatus.DETACHING)))):
+                    m.fault_message = message
+        except Exception as exc:  # noqa: BLE001 - said again on the next streak
+            log.debug("cannot record the wait of %s: %s", uuid, exc)
+
     # ---- the host as a whole -------------------------------------------------------------------
     def needed_mounts(self) -> set[str]:
         """Host mounts some server of this host may use now (its guest runs or is to run)."""

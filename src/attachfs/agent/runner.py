@@ -36,11 +36,10 @@ from attachfs.errors import BackendError
 log = logging.getLogger(__name__)
 HOST = "host"  # the queue key of host-wide repair (mounts and daemons no server claims)
 TRANSITIONAL = (AttachmentStatus.ATTACHING, AttachmentStatus.DETACHING)
-PASS_BACKOFF_BASE, PASS_BACKOFF_CAP = 0.5, 15.0
 
 
-def pass_backoff(failures: int) -> float:
-    return min(PASS_BACKOFF_CAP, PASS_BACKOFF_BASE * 2 ** max(failures - 1, 0))
+def pass_backoff(failures: int, base: float, cap: float) -> float:
+    return min(cap, base * 2 ** max(failures - 1, 0))
 
 
 class Agent:
@@ -58,6 +57,8 @@ class Agent:
         self._seen: dict[str, tuple[object, ...]] = {}  # what the rows said when last queued
         self._failures: dict[str, int] = {}  # failed passes in a row, per key
         self._retrying: set[str] = set()  # keys whose due time is a backoff: kept unless urgent
+        # keys whose passes keep asking to look again: since when, and whether it was said
+        self._waiting: dict[str, tuple[float, bool]] = {}
         self._inflight: set[str] = set()
         self._again: set[str] = set()  # asked for while in flight
         self._pool = ThreadPoolExecutor(self.config.agent.workers, thread_name_prefix="reconcile")
@@ -221,7 +222,8 @@ class Agent:
     def _pass_failed(self, key: str, exc: Exception) -> PassResult:
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
-        delay = pass_backoff(failures)
+        delay = pass_backoff(failures, self.config.agent.outage_retry_base,
+                             self.config.agent.outage_retry_cap)
         what = "database" if isinstance(exc, SQLAlchemyError) else \
             "hypervisor" if isinstance(exc, BackendError) else "agent"
         context = f"pass of {'the host' if key == HOST else 'server ' + key}"
@@ -237,7 +239,22 @@ class Agent:
             self.r.note_stalled(key, f"{type(exc).__name__}: {exc}", failures, delay)
         return PassResult(Next.RETRY, delay, str(exc))
 
+    def _note_waiting(self, key: str, result: PassResult) -> None:
+        """A server whose passes keep waiting (for the guest, for the share service) for
+        [agent] stall_after s: its attachments in flight say what for, once a streak."""
+        if key == HOST:
+            return
+        if result.next != Next.REQUEUE:
+            self._waiting.pop(key, None)
+            return
+        now = time.monotonic()
+        since, told = self._waiting.setdefault(key, (now, False))
+        if not told and now - since >= self.config.agent.stall_after:
+            self._waiting[key] = (since, True)
+            self.r.note_waiting(key, result.why or "the server to settle", now - since)
+
     def _schedule(self, key: str, result: PassResult, again: bool) -> None:
+        self._note_waiting(key, result)
         if result.next != Next.RETRY:
             self._failures.pop(key, None)
             self._retrying.discard(key)

@@ -159,8 +159,8 @@ def _page_links(request: Request, rows: list[ServerRecord], path: str) -> dict[s
 
 @router.get("")
 def list_servers(request: Request) -> dict[str, Any]:
-    rows, _ = queries.list_servers(deps.uow(request), deps.env(request), deps.context(request),
-                                   _page(request))
+    rows = queries.list_servers(deps.uow(request), deps.env(request), deps.context(request),
+                                _page(request)).servers
     return {"servers": [views.server_brief(sv, deps.base_url(request)) for sv in rows],
             **_page_links(request, rows, "/v2.1/servers")}
 
@@ -169,12 +169,13 @@ def list_servers(request: Request) -> dict[str, Any]:
 def list_servers_detail(request: Request) -> dict[str, Any]:
     ctx = deps.context(request)
     extended = deps.extension(request, "1.0")  # only then are attachments shown
-    rows, shares = queries.list_servers(deps.uow(request), deps.env(request), ctx,
-                                        _page(request), with_attachments=extended)
-    return {"servers": [views.server_detail(sv, shares.get(sv.uuid, []), deps.base_url(request),
-                                            deps.version(request), ctx.is_admin, extended)
-                        for sv in rows],
-            **_page_links(request, rows, "/v2.1/servers/detail")}
+    seen = queries.list_servers(deps.uow(request), deps.env(request), ctx, _page(request),
+                                with_attachments=extended)
+    return {"servers": [views.server_detail(sv, seen.attachments.get(sv.uuid, []),
+                                            deps.base_url(request), deps.version(request),
+                                            ctx.is_admin, extended, seen.host_status.get(sv.host))
+                        for sv in seen.servers],
+            **_page_links(request, seen.servers, "/v2.1/servers/detail")}
 
 
 @router.get("/{server_id}")
@@ -183,10 +184,12 @@ def show_server(server_id: str, request: Request) -> dict[str, Any]:
         check_query(NO_QUERY, request.query_params)
     ctx = deps.context(request)
     extended = deps.extension(request, "1.0")  # only then are attachments shown
-    server, mappings = queries.show_server(deps.uow(request), deps.env(request), ctx, server_id,
-                                           with_attachments=extended)
-    return {"server": views.server_detail(server, mappings, deps.base_url(request),
-                                          deps.version(request), ctx.is_admin, extended)}
+    seen = queries.show_server(deps.uow(request), deps.env(request), ctx, server_id,
+                               with_attachments=extended)
+    (server,) = seen.servers
+    return {"server": views.server_detail(server, seen.attachments[server.uuid],
+                                          deps.base_url(request), deps.version(request),
+                                          ctx.is_admin, extended, seen.host_status.get(server.host))}
 
 
 @router.delete("/{server_id}", status_code=204)

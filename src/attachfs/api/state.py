@@ -57,4 +57,4 @@ class ApiState:
                    containers=self.config.containers.enabled,
                    nfs_link=NfsLink(GUEST_NFS_ADDRESS, GUEST_NFS_PORT),
                    container_layout=self.config.containers.mount_layout,
-                   down_after=agent.down_after)
+                   down_after=agent.down_after, stall_after=agent.stall_after)

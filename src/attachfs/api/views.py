@@ -70,10 +70,12 @@ SINCE = {"locked": "2.9", "host_status": "2.16", "description": "2.19", "tags": 
 
 
 def server_detail(s: ServerRecord, mappings: Sequence[AttachedShare], base: str, version: Version,
-                  admin: bool, extended: bool = False) -> dict[str, Any]:
+                  admin: bool, extended: bool = False,
+                  host_status: str | None = None) -> dict[str, Any]:
     """`extended`: the client asked for attachfs's extension (any version), which adds
     seed 004's `os-extended-shares:shares_attached`; without it the body is the compute
-    service's, key for key."""
+    service's, key for key. `host_status`: its host's (core.hosts.host_status), for an admin;
+    "" for a server on no host."""
     fl = FLAVORS.get(s.flavor_id)
     flavor_view: dict[str, Any]
     if version.at_least("2.47"):
@@ -100,7 +102,8 @@ def server_detail(s: ServerRecord, mappings: Sequence[AttachedShare], base: str,
         "OS-EXT-STS:vm_state": s.vm_state, "OS-EXT-STS:task_state": s.task_state,
         "OS-EXT-STS:power_state": POWER_STATE.get(s.vm_state, 0),
         "os-extended-volumes:volumes_attached": [],
-        "locked": False, "tags": [], "description": None, "host_status": "UP" if admin else None,
+        "locked": False, "tags": [], "description": None,
+        "host_status": (host_status or "") if admin else None,
         "trusted_image_certificates": None, "server_groups": [],
         "pinned_availability_zone": None,
     }

@@ -90,6 +90,8 @@ class AttachedShare(Protocol):
     def fault_message(self) -> str | None: ...
     @property
     def transport(self) -> str: ...
+    @property
+    def updated_at(self) -> dt.datetime: ...
 
 
 class AttachmentRecord(AttachedShare, Protocol):
@@ -341,3 +343,4 @@ class Env:
     containers: bool = False  # servers of a container flavor can run here
     container_layout: str = "mnt"  # where a container's shares appear ([containers])
     down_after: float = 60.0  # s without a heartbeat before a host is down
+    stall_after: float = 120.0  # s an attachment may stay in flight without a word

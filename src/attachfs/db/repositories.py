@@ -260,6 +260,16 @@ class SqlActions:
     def finish(self, action: Any, result: str) -> None:
         action.result, action.finish_time = result, utcnow()
 
+    def finish_request(self, request_id: str | None, result: str, message: str | None) -> None:
+        """Close the audit trail entries of one request with its result (and why, when
+        given): the agent's, in its own session, when an attachment's step ends."""
+        if not request_id:
+            return
+        for action in self.unfinished(request_id):
+            self.finish(action, result)
+            if message:
+                action.message = (action.message + ": " if action.message else "") + message
+
 
 # Built once: a statement built per call cost its construction and cache key each time.
 _HOST_BY_ID = select(Host).where(Host.id == bindparam("ref"))

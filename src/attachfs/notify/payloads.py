@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from attachfs.api.views import iso
-from attachfs.core.services import FLAVORS
+from attachfs.core.flavors import FLAVORS
 from attachfs.db.tables import Server, ShareMapping
 
 POWER = {"active": "running", "stopped": "shutdown", "building": "pending", "error": "nostate",

@@ -9,6 +9,7 @@ from attachfs.core.commands import ShareRef
 from attachfs.core.context import RequestContext, ShareInfo
 from attachfs.core.handlers import attachments, servers, shares
 from attachfs.core.handlers.common import NO_CELL, visible_server, visible_server_state
+from attachfs.core.hosts import IN_FLIGHT, explain_stall, host_status
 from attachfs.core.model import is_uuid
 from attachfs.core.ports import (
     ActionRecord,
@@ -17,6 +18,7 @@ from attachfs.core.ports import (
     BuiltinShareRecord,
     Env,
     MigrationRecord,
+    Repositories,
     ServerRecord,
     UnitOfWork,
 )
@@ -87,8 +89,7 @@ class ServerPage:
 
 
 def list_servers(uow: UnitOfWork, env: Env, ctx: RequestContext, page: ServerPage,
-                 with_attachments: bool = False
-                 ) -> tuple[list[ServerRecord], dict[str, list[AttachedShare]]]:
+                 with_attachments: bool = False) -> ServersSeen:
     env.policy.authorize(servers.RULE % "index", ctx, ctx.project_id)
     matches = name_filter(page.name) if page.name is not None else None
     with uow.read() as repos:
@@ -106,16 +107,48 @@ def list_servers(uow: UnitOfWork, env: Env, ctx: RequestContext, page: ServerPag
         if with_attachments:
             for m in repos.attachments.of_servers([sv.uuid for sv in rows]):
                 by_server.setdefault(m.instance_uuid, []).append(m)
-        return rows, by_server
+        return _with_hosts(repos, env, ctx, rows, by_server)
 
 
 def show_server(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: str,
-                with_attachments: bool = False) -> tuple[ServerRecord, list[AttachedShare]]:
+                with_attachments: bool = False) -> ServersSeen:
     with uow.read() as repos:
         server = visible_server(repos, server_id, ctx)
         env.policy.authorize(servers.RULE % "show", ctx, server.project_id)
-        return server, (repos.attachments.of_servers([server.uuid]) if with_attachments
-                        else [])
+        by_server = {server.uuid: repos.attachments.of_servers([server.uuid])
+                     if with_attachments else []}
+        return _with_hosts(repos, env, ctx, [server], by_server)
+
+
+@dataclass(frozen=True)
+class ServersSeen:
+    """Servers as a request reads them: each one's attachments (an attachment stalled on a
+    silent host says so) and, for an admin, its host's status."""
+
+    servers: list[ServerRecord]
+    attachments: dict[str, list[AttachedShare]]
+    host_status: dict[str, str]  # by host name; empty unless the caller is an admin
+
+
+def _with_hosts(repos: Repositories, env: Env, ctx: RequestContext, rows: list[ServerRecord],
+                by_server: dict[str, list[AttachedShare]]) -> ServersSeen:
+    """The hosts are read only when they matter: for an admin (host_status), or when some
+    attachment has been in flight long enough that its host's silence may be why."""
+    now = repos.hosts.now()
+    in_flight = any(m.status in IN_FLIGHT and not m.fault_message
+                    and (now - m.updated_at).total_seconds() >= env.stall_after
+                    for ms in by_server.values() for m in ms)
+    if not (ctx.is_admin or in_flight):
+        return ServersSeen(rows, by_server, {})
+    known = {h.name: h for h in repos.hosts.all()}
+    status = {sv.host: host_status(known.get(sv.host), now, env.down_after)
+              for sv in rows if sv.host}
+    if in_flight:
+        host_of = {sv.uuid: sv.host for sv in rows}
+        by_server = {uuid: [explain_stall(m, host_of[uuid], status.get(host_of[uuid], ""), now,
+                                          env.stall_after, ctx.is_admin) for m in ms]
+                     for uuid, ms in by_server.items()}
+    return ServersSeen(rows, by_server, status if ctx.is_admin else {})
 
 
 def console_server(uow: UnitOfWork, env: Env, ctx: RequestContext, server_id: str) -> str:
