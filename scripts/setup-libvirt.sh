@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Configure and start libvirt for attachfs on a host without systemd (see /work/shared/PLATFORM.md).
+# Configure and start libvirt for attachfs on a host without systemd (the reasons are below).
 # Idempotent and fast when already done:
 #   - /etc/libvirt/qemu.conf: QEMU runs as root (user/group "root"); otherwise libvirt re-probes
 #     QEMU for ~60 s per define because the libvirt-qemu user cannot open /dev/kvm, and root is

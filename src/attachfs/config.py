@@ -12,8 +12,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from attachfs.core.rules import SHARE_SERVICE_PROTOCOLS, ShareProtocol
 from attachfs.errors import BadRequest
 
 # the VM transports of core.rules.Transport
@@ -157,7 +165,7 @@ class StaticShare(_Section):
 
     id: str = Field(pattern=r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
     name: str = Field(min_length=1, max_length=255)
-    protocol: Literal["NFS", "CEPHFS"] = "NFS"
+    protocol: str = ShareProtocol.NFS  # one of core.rules.SHARE_SERVICE_PROTOCOLS
     # NFS: host:/path or nfs://host[:port]/path. CEPHFS: mon[,mon…]:/path, as Manila gives it.
     export: str = Field(min_length=1)
     # CEPHFS: the cephx user hosts mount as, and a keyring file holding its key.
@@ -167,6 +175,13 @@ class StaticShare(_Section):
     project_id: str = ""  # visible to this project only; empty: to every project
     access_level: Literal["rw", "ro"] = "rw"  # "ro": the export is read-only, so are its attachments
     mount_point: str = ""  # where guests should mount it, when the operator says
+
+    @field_validator("protocol")
+    @classmethod
+    def _attachable_export(cls, value: str) -> str:
+        if value not in SHARE_SERVICE_PROTOCOLS:
+            raise ValueError(f"must be one of {', '.join(SHARE_SERVICE_PROTOCOLS)}")
+        return value
 
 
 class NfsServerConfig(_Section):

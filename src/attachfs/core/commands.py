@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from attachfs.core.context import RequestContext
+from attachfs.core.rules import BUILTIN_PROTOCOL
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class CreateShare(Command):
     project_id: str
     mount_point: str | None = None
     taken_message: str = ""  # the 409 when the name is taken, in the calling API's words
-    protocol: str = "LOCAL"  # or NFS: also served over NFS (transport direct)
+    protocol: str = BUILTIN_PROTOCOL  # or another of BUILTIN_PROTOCOLS
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,10 @@ ATTACHABLE_PROTOCOLS: tuple[ShareProtocol, ...] = (ShareProtocol.LOCAL, SharePro
                                                     ShareProtocol.CEPHFS)
 # The only protocol of the built-in shares (/os-filesystem and the emulated share service).
 BUILTIN_PROTOCOL = ShareProtocol.LOCAL
+# What a built-in share may be created as: LOCAL, a directory on the host handed to guests
+# through it; NFS, the same, also served by the host's NFS server to clients granted a rule
+# (transport direct, docs/transports.md).
+BUILTIN_PROTOCOLS: tuple[ShareProtocol, ...] = (ShareProtocol.LOCAL, ShareProtocol.NFS)
 # Protocols the share service (Manila) is asked to grant access rules for.
 SHARE_SERVICE_PROTOCOLS: tuple[ShareProtocol, ...] = (ShareProtocol.NFS, ShareProtocol.CEPHFS)
 

@@ -20,6 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from attachfs.core.rules import BUILTIN_PROTOCOL
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -94,7 +96,8 @@ class Share(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     # LOCAL, or NFS: also served by this host's NFS server to the clients granted (migration
     # 0008; transport direct)
-    protocol: Mapped[str] = mapped_column(String(16), default="LOCAL", server_default="LOCAL")
+    protocol: Mapped[str] = mapped_column(String(16), default=BUILTIN_PROTOCOL,
+                                          server_default=BUILTIN_PROTOCOL.value)
 
 
 class ShareAccess(Base):

@@ -5,14 +5,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from attachfs.core.rules import BUILTIN_PROTOCOL
+from attachfs.core.rules import BUILTIN_PROTOCOL, BUILTIN_PROTOCOLS
 from attachfs.errors import BadRequest
 from attachfs.shareservice.discovery import DEFAULT_TYPE_ID
 
 PROTOCOL = BUILTIN_PROTOCOL
-# LOCAL: a directory on the host, handed to guests through it; NFS: the same, also served by
-# the host's NFS server to clients granted a rule (transport direct, docs/transports.md)
-PROTOCOLS = (BUILTIN_PROTOCOL, "NFS")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")  # os-filesystem's form
 
 # Keys a create may carry (the CLI sends most of them, as null); those the built-in provider
@@ -35,7 +32,7 @@ def parse_create(body: Any) -> tuple[str | None, int, bool, str]:
     if unknown:
         raise BadRequest(f"Unknown keys in the share: {', '.join(unknown)}")
     proto = spec.get("share_proto")
-    if not isinstance(proto, str) or proto.upper() not in PROTOCOLS:
+    if not isinstance(proto, str) or proto.upper() not in BUILTIN_PROTOCOLS:
         raise BadRequest(f"Invalid share protocol {proto!r}: attachfs's built-in shares are "
                          f"protocol {PROTOCOL} (a directory on the host, handed to guests "
                          "through it) or NFS (the same, also served over NFS to the guests "
