@@ -61,12 +61,9 @@ NOT_CARRIED_OUT = ("server actions: attachfs evacuates servers with shares (the 
                    "service refuses it) and cold-migrates them, and refuses live migration "
                    "with its reason; an action it does not carry out, or cannot carry out with "
                    "one host, is a 4xx saying why, where the compute service acts (202)")
-ROUTE = ("an unknown route is attachfs's itemNotFound fault; the compute service's router "
-         "answers webob's {code, title, message} body, without microversion headers")
 _NO_CELL = "Instance {%s} has no mapping to a cell."
 _TAG = "is %d characters; virtio-fs carries at most 36"
 _NOT_DONE = "attachfs does not carry out the '%s' server action (see docs/api.md)."
-_NO_ROUTE = "The resource could not be found."
 DIFFERENCES: dict[str, Difference] = {
     "other_list": Difference(404, _NO_CELL % "server:s", NOT_LEAKED),
     "other_show": Difference(404, _NO_CELL % "server:s", NOT_LEAKED),
@@ -87,10 +84,6 @@ DIFFERENCES: dict[str, Difference] = {
     "attach_locked_server": Difference(409, _NOT_DONE % "lock", NOT_CARRIED_OUT),
     "action_pause": Difference(409, _NOT_DONE % "pause", NOT_CARRIED_OUT),
     "action_create_image": Difference(409, _NOT_DONE % "createImage", NOT_CARRIED_OUT),
-    "unknown_route": Difference(404, _NO_ROUTE, ROUTE),
-    "put_share": Difference(404, _NO_ROUTE, ROUTE),
-    "delete_collection": Difference(404, _NO_ROUTE, ROUTE),
-    "list_trailing_slash": Difference(404, _NO_ROUTE, ROUTE),
 }
 
 

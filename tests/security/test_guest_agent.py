@@ -152,29 +152,39 @@ def test_overlapping_and_duplicate_devices_keep_the_first(tmp_path: Path) -> Non
 
 
 @needs_busybox
-def test_is_mounted_decodes_proc_mounts_escapes(tmp_path: Path) -> None:
-    """is_mounted reads /proc/mounts; run it on a copy with escaped fields (through a private
-    mount namespace would need root tricks: the awk program is what matters)."""
+def test_mounted_entries_decode_proc_mounts_escapes(tmp_path: Path) -> None:
+    """mounted_entries reads /proc/mounts; run it on a copy with escaped fields (through a
+    private mount namespace would need root tricks: the awk program is what matters). It keeps
+    the lines of its file, in their order, whose mount is there: type, source and path."""
     fake = tmp_path / "mounts"
     fake.write_text("t1 /srv/a\\040b virtiofs rw 0 0\n"
                     "t2 /srv/plain virtiofs rw 0 0\n"
-                    "t3 /srv/nl\\012x virtiofs rw 0 0\n"
-                    "t4 /srv/plain tmpfs rw 0 0\n")
+                    "t4 /srv/plain tmpfs rw 0 0\n"
+                    "t5 /srv/back\\134slash virtiofs rw 0 0\n")
     text = AGENT.read_text().replace("/proc/mounts", str(fake))
     patched = tmp_path / "agent"
     patched.write_text(text)
-
-    def mounted(tag: str, path: str, fstype: str = "virtiofs") -> bool:
-        assert BUSYBOX is not None
-        return subprocess.run([BUSYBOX, "sh", "-c", f'. "{patched}"; is_mounted "$@"',
-                               "agent", fstype, tag, path], env={"ATTACHFS_AGENT_LIB": "1",
-                                                                 "PATH": os.environ["PATH"]},
-                              timeout=30).returncode == 0
-
-    assert mounted("t1", "/srv/a b") and not mounted("t1", "/srv/a\\040b")
-    assert mounted("t2", "/srv/plain") and not mounted("t4", "/srv/plain")  # not virtiofs
-    assert mounted("t3", "/srv/nl\nx") and not mounted("t2", "/srv/plain/")
-    assert mounted("t4", "/srv/plain", "tmpfs") and not mounted("t2", "/srv/plain", "9p")
+    entries = [("b", "/srv/a b", "virtiofs", "t1"),  # listed after the others: order is kept
+               ("a", "/srv/a\\040b", "virtiofs", "t1"),  # the escape, undecoded: not there
+               ("c", "/srv/plain", "virtiofs", "t2"),
+               ("d", "/srv/plain", "virtiofs", "t4"),  # t4 is a tmpfs
+               ("e", "/srv/plain/", "virtiofs", "t2"),
+               ("f", "/srv/plain", "tmpfs", "t4"),
+               ("g", "/srv/plain", "9p", "t2"),
+               ("h", "/srv/back\\slash", "virtiofs", "t5")]
+    listed = tmp_path / "listed"
+    listed.write_text("".join("\t".join(e) + "\n" for e in entries))
+    assert BUSYBOX is not None
+    out = subprocess.run([BUSYBOX, "sh", "-c", f'. "{patched}"; mounted_entries "$1"', "agent",
+                          str(listed)], env={"ATTACHFS_AGENT_LIB": "1", "PATH": os.environ["PATH"]},
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["b", "c", "f", "h"]
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    out = subprocess.run([BUSYBOX, "sh", "-c", f'. "{patched}"; mounted_entries "$1"', "agent",
+                          str(empty)], env={"ATTACHFS_AGENT_LIB": "1", "PATH": os.environ["PATH"]},
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert out == ""
 
 
 def how(transport: str, fstype: str, source: str, options: str, target: str) -> dict[str, str]:
