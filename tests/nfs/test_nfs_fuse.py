@@ -354,7 +354,8 @@ def test_read_only_operations_refuse_writes_themselves(ganesha_server: GaneshaSe
     """Behind the kernel's own `ro` check, the process refuses every change (EROFS)."""
     from mfusepy import FuseOSError
 
-    from attachfs.storage.nfs_fuse import NfsOperations, connect
+    from attachfs.storage.nfs_client import connect
+    from attachfs.storage.nfs_fuse_ops import NfsOperations
 
     (ganesha_server.export_dir / "ro-ops").write_text("x")
     conn, export_conn, prefix = connect(ganesha_server.host, ganesha_server.port, "/export", 5)
