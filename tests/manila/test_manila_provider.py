@@ -21,11 +21,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from attachfs.config import Config, load_config
+from attachfs.db.share_leases import LEASE_SECONDS
 from attachfs.db.tables import ShareMapping, ShareServiceLock, utcnow
 from attachfs.errors import NotFound, PermanentError, TemporaryError
 from attachfs.service import Parts, build_api, open_parts
 from attachfs.storage.base import RequestContext
-from attachfs.storage.manila import LEASE_SECONDS, ManilaShareProvider, ShareServiceUnavailable
+from attachfs.storage.manila import ManilaShareProvider, ShareServiceUnavailable
 from tests.conftest import converge, create_server, make_image_dir, settle_server
 from tests.manila.conftest import (
     SERVICE_USER,

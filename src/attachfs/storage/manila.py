@@ -19,48 +19,42 @@ share are serialized across agents by a lease on its row in attachfs's database
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import threading
 import time
-import uuid as uuidlib
 import warnings
 from collections.abc import Collection, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from keystoneauth1 import exceptions as ks_exc
-from keystoneauth1 import loading, noauth, plugin
+from keystoneauth1 import plugin
 from keystoneauth1 import session as ks_session
 from keystoneauth1.adapter import Adapter
 from keystoneauth1.service_token import ServiceTokenAuthWrapper
 from openstack import connection
 from openstack import exceptions as sdk_exc
 from openstack import warnings as sdk_warnings
-from sqlalchemy import CursorResult, or_, update
-from sqlalchemy.exc import IntegrityError
 
-from attachfs.config import Config, ManilaConfig
+from attachfs.config import Config
 from attachfs.core.rules import ShareProtocol
 from attachfs.db.engine import Database
-from attachfs.db.tables import ShareServiceLock, utcnow
+from attachfs.db.share_leases import share_lease
 from attachfs.errors import (
     AttachfsError,
     BackendError,
-    BadRequest,
     NotFound,
     PermanentError,
     ServiceUnavailable,
     TemporaryError,
 )
 from attachfs.storage.base import HostCredentials, RequestContext, ShareInfo
+from attachfs.storage.manila_auth import UserToken, service_auth
 
 SERVICE = "share service (Manila)"
 RULE_TYPES = {ShareProtocol.NFS: "ip", ShareProtocol.CEPHFS: "cephx"}
 HOST_KEY = "attachfs_host"  # access rule metadata: which compute host the rule is for
 HTTP_TIMEOUT = 10.0  # per request
-# A rule change holds its share's lease for a look-up and a change (a few requests); a lease
-# older than this is a dead holder's and is taken over.
-LEASE_SECONDS = 120.0
 GONE = object()
 # openstacksdk warns about its own internal call on every GET (its cache key); not ours to fix.
 warnings.filterwarnings("ignore", message="The 'service_type' parameter is unnecesary",
@@ -69,46 +63,6 @@ warnings.filterwarnings("ignore", message="The 'service_type' parameter is unnec
 
 class ShareServiceUnavailable(ServiceUnavailable):
     """The API could not ask the share service (503): the request may be retried later."""
-
-
-class _UserToken(plugin.BaseAuthPlugin):
-    """The requester's token as it came in; endpoints are found with the service's auth (its
-    catalog, or the configured endpoint override)."""
-
-    def __init__(self, token: str, project_id: str, service_auth: plugin.BaseAuthPlugin) -> None:
-        super().__init__()
-        self.token, self.project_id, self.service_auth = token, project_id, service_auth
-
-    def get_token(self, session: ks_session.Session) -> str | None:
-        return self.token
-
-    def get_endpoint(self, session: ks_session.Session, **kwargs: Any) -> str | None:
-        return self.service_auth.get_endpoint(session, **kwargs)
-
-    def get_endpoint_data(self, session: ks_session.Session, **kwargs: Any) -> Any:
-        return self.service_auth.get_endpoint_data(session, **kwargs)
-
-    def get_project_id(self, session: ks_session.Session) -> str | None:
-        return self.project_id
-
-    def invalidate(self) -> bool:
-        return False  # a user's token cannot be renewed here
-
-
-def service_auth(cfg: ManilaConfig) -> plugin.BaseAuthPlugin:
-    """attachfs's own credentials for the share service, from [manila]."""
-    if cfg.auth_type in ("none", "noauth"):
-        return noauth.NoAuth(endpoint=cfg.endpoint_override or None)
-    try:
-        loader: Any = loading.get_plugin_loader(cfg.auth_type)
-        known = {opt.dest for opt in loader.get_options()}
-        values = {"auth_url": cfg.auth_url, "username": cfg.username, "password": cfg.password,
-                  "project_name": cfg.project_name, "user_domain_name": cfg.user_domain_name,
-                  "project_domain_name": cfg.project_domain_name}
-        return loader.load_from_options(**{k: v for k, v in values.items() if k in known and v})
-    except (ks_exc.ClientException, ValueError) as exc:
-        raise BadRequest(f"invalid [manila] auth settings (auth_type {cfg.auth_type}): {exc}") \
-            from exc
 
 
 @dataclass(frozen=True)
@@ -138,7 +92,7 @@ class ManilaShareProvider:
         auth: plugin.BaseAuthPlugin = self._service_auth
         if requester is not None and requester.auth_token:
             auth = ServiceTokenAuthWrapper(
-                user_auth=_UserToken(requester.auth_token, requester.project_id,
+                user_auth=UserToken(requester.auth_token, requester.project_id,
                                      self._service_auth),
                 service_auth=self._service_auth)
         return _ShareApi(self._proxy(retry), auth)
@@ -437,35 +391,9 @@ class ManilaShareProvider:
             raise PermanentError(f"the {SERVICE} keeps failing the access rule for host {host} "
                                  f"on share {share_id}; see manila-share's log")
 
-    @contextlib.contextmanager
-    def _share_lease(self, share_id: str) -> Iterator[bool]:
-        """One agent at a time changes a share's rules, on every host: a lease on the share's
-        row, taken and given back in short transactions of their own, so no database
-        transaction is open while Manila is asked. Yields False when another holds it (the
-        caller asks again later); a lease older than LEASE_SECONDS (its holder died) is taken
-        over."""
-        token = f"{self.host}:{uuidlib.uuid4().hex[:12]}"  # each taking is its own
-        with contextlib.suppress(IntegrityError), self.db.session() as s:
-            if s.get(ShareServiceLock, share_id) is None:
-                s.add(ShareServiceLock(share_id=share_id))
-        now = utcnow()
-        with self.db.session() as s:
-            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
-                update(ShareServiceLock)
-                .where(ShareServiceLock.share_id == share_id,
-                       or_(ShareServiceLock.holder.is_(None),
-                           ShareServiceLock.updated_at < now - dt.timedelta(seconds=LEASE_SECONDS)))
-                .values(holder=token, updated_at=now))
-            taken = result.rowcount == 1
-        try:
-            yield taken
-        finally:
-            if taken:
-                with self.db.session() as s:
-                    s.execute(update(ShareServiceLock)
-                              .where(ShareServiceLock.share_id == share_id,
-                                     ShareServiceLock.holder == token)
-                              .values(holder=None, updated_at=utcnow()))
+    def _share_lease(self, share_id: str) -> AbstractContextManager[bool]:
+        return share_lease(self.db, share_id, self.host)
+
 
 def _preferred_first(locations: list[dict[str, Any]]) -> tuple[str, ...]:
     """Export paths, the preferred first; admin-only ones only when there is nothing else."""
