@@ -69,6 +69,25 @@ SINCE = {"locked": "2.9", "host_status": "2.16", "description": "2.19", "tags": 
          "pinned_availability_zone": "2.96"}
 
 
+def _server_flavor(s: ServerRecord, base: str, version: Version) -> dict[str, Any]:
+    """The flavor as the server body shows it: a link before 2.47, its figures from 2.47."""
+    if not version.at_least("2.47"):
+        return {"id": s.flavor_id, "links": link(base, "flavors", s.flavor_id)[1:]}
+    fl = FLAVORS.get(s.flavor_id)
+    return {"vcpus": s.vcpus, "ram": s.memory_mib, "disk": 0, "ephemeral": 0, "swap": 0,
+            "original_name": fl.name if fl else s.flavor_id,
+            "extra_specs": dict(fl.extra_specs) if fl else {}}
+
+
+def _server_image(s: ServerRecord, base: str, version: Version) -> dict[str, Any]:
+    image: dict[str, Any] = {"id": s.image_id, "links": link(base, "images", s.image_id)[1:]}
+    if version.at_least("2.98"):
+        # the image's standard properties (hw_*, os_*, ...) as the server booted with them;
+        # attachfs's boot images carry none (their kernel command line is not one)
+        image["properties"] = {}
+    return image
+
+
 def server_detail(s: ServerRecord, mappings: Sequence[AttachedShare], base: str, version: Version,
                   admin: bool, extended: bool = False,
                   host_status: str | None = None) -> dict[str, Any]:
@@ -76,24 +95,12 @@ def server_detail(s: ServerRecord, mappings: Sequence[AttachedShare], base: str,
     seed 004's `os-extended-shares:shares_attached`; without it the body is the compute
     service's, key for key. `host_status`: its host's (core.hosts.host_status), for an admin;
     "" for a server on no host."""
-    fl = FLAVORS.get(s.flavor_id)
-    flavor_view: dict[str, Any]
-    if version.at_least("2.47"):
-        flavor_view = {"vcpus": s.vcpus, "ram": s.memory_mib, "disk": 0, "ephemeral": 0,
-                       "swap": 0, "original_name": fl.name if fl else s.flavor_id,
-                       "extra_specs": dict(fl.extra_specs) if fl else {}}
-    else:
-        flavor_view = {"id": s.flavor_id, "links": link(base, "flavors", s.flavor_id)[1:]}
-    image: dict[str, Any] = {"id": s.image_id, "links": link(base, "images", s.image_id)[1:]}
-    if version.at_least("2.98"):
-        # the image's standard properties (hw_*, os_*, ...) as the server booted with them;
-        # attachfs's boot images carry none (their kernel command line is not one)
-        image["properties"] = {}
     view: dict[str, Any] = {
         "id": s.uuid, "name": s.name, "status": server_status(s.vm_state, s.task_state),
         "tenant_id": s.project_id, "user_id": s.user_id, "metadata": s.meta or {},
-        "hostId": "", "image": image,
-        "flavor": flavor_view, "created": iso(s.created_at), "updated": iso(s.updated_at),
+        "hostId": "", "image": _server_image(s, base, version),
+        "flavor": _server_flavor(s, base, version),
+        "created": iso(s.created_at), "updated": iso(s.updated_at),
         "addresses": {}, "accessIPv4": "", "accessIPv6": "", "links": link(base, "servers", s.uuid),
         "OS-DCF:diskConfig": "MANUAL", "progress": 0, "OS-EXT-AZ:availability_zone": "nova",
         "config_drive": "True" if s.config_drive else "", "key_name": None,
