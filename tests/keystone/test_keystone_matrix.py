@@ -317,3 +317,14 @@ def test_concurrent_validation(cloud: Cloud) -> None:
             lambda t: cloud.authenticator.authenticate({"x-auth-token": t}, "req-c"), tokens))
     for user, token, ctx in zip(users, tokens, contexts, strict=True):
         assert ctx.user_id == cloud.keystone.user_ids[user] and ctx.auth_token == token
+
+
+def test_who_is_calling_comes_before_the_microversion(cloud: Cloud) -> None:
+    """As in the compute service, whose keystonemiddleware answers before its router reads
+    the microversion: no token (or a bad one) is a 401 even with a version it would refuse."""
+    for asked in ("compute 2.200", "compute two"):
+        for token in ({}, {"X-Auth-Token": "not-a-token"}):
+            r = cloud.client.get("/v2.1/flavors",
+                                 headers={"OpenStack-API-Version": asked, **token})
+            assert r.status_code == 401, (asked, token, r.text)
+            assert "openstack-api-version" not in r.headers

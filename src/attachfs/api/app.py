@@ -116,6 +116,10 @@ class RequestContextMiddleware:
             return
         headers += [(b"vary", microversion.VARY.encode()),
                     (b"x-compute-request-id", request_id.encode())]
+        # Who is calling comes first, as in the compute service (keystonemiddleware runs
+        # before its router reads the microversion): no token is a 401 whatever else is wrong.
+        if not await self._authenticate(request, receive, _adding(send, headers), request_id):
+            return
         try:
             version = microversion.parse(request.headers.get(microversion.HEADERS[0]),
                                          request.headers.get(microversion.HEADERS[1]))
@@ -140,24 +144,30 @@ class RequestContextMiddleware:
         if _unsupported_content_type(request):
             await fault(415, HTTP_FAULTS[415], "Unsupported Content-Type")(scope, receive, send)
             return
-        await self._authenticated(request, receive, send, request_id)
+        await self.app(scope, receive, send)
 
     async def _authenticated(self, request: Request, receive: Receive, send: Send,
                              request_id: str) -> None:
-        scope = request.scope
-        if needs_token(scope["path"]):
-            authenticator = self.state.authenticator
-            try:
-                if authenticator.blocks:
-                    request.state.context = await run_in_threadpool(
-                        authenticator.authenticate, request.headers, request_id)
-                else:
-                    request.state.context = authenticator.authenticate(request.headers,
-                                                                       request_id)
-            except ClientError as exc:
-                await fault_of(exc)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if await self._authenticate(request, receive, send, request_id):
+            await self.app(request.scope, receive, send)
+
+    async def _authenticate(self, request: Request, receive: Receive, send: Send,
+                            request_id: str) -> bool:
+        """The caller's RequestContext on the request, where its path needs a token; False
+        when the answer (401, 403) has been sent instead."""
+        if not needs_token(request.scope["path"]):
+            return True
+        authenticator = self.state.authenticator
+        try:
+            if authenticator.blocks:
+                request.state.context = await run_in_threadpool(
+                    authenticator.authenticate, request.headers, request_id)
+            else:
+                request.state.context = authenticator.authenticate(request.headers, request_id)
+        except ClientError as exc:
+            await fault_of(exc)(request.scope, receive, send)
+            return False
+        return True
 
 
 # The compute service's router's 404 (webob's body; measured on Nova 34.0.0, recorded in
