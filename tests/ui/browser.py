@@ -92,3 +92,15 @@ def row_status(driver: Any, share_id: str) -> str | None:
 
     rows = driver.find_elements(By.CSS_SELECTOR, f'tr[data-share="{share_id}"] .status')
     return rows[0].text if rows else None
+
+
+def stopped_server(serve: Serve, name: str) -> str:
+    """A server of the caller's that booted and was stopped (the pages' subject): its id."""
+    r = serve.http.post("/v2.1/servers", json={"server": {
+        "name": name, "flavorRef": "2", "imageRef": "debian-busybox"}})
+    assert r.status_code == 202, r.text
+    sid = str(r.json()["server"]["id"])
+    serve.wait_status(sid, "ACTIVE", 300)
+    assert serve.action(sid, {"os-stop": None}).status_code == 202
+    serve.wait_status(sid, "SHUTOFF", 120)
+    return sid

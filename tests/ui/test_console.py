@@ -16,7 +16,17 @@ from typing import Any
 import pytest
 
 from harness.serve import Serve
-from tests.ui.browser import LIVE, choose, click, log_in, row_status, screenshot, type_into, until
+from tests.ui.browser import (
+    LIVE,
+    choose,
+    click,
+    log_in,
+    row_status,
+    screenshot,
+    stopped_server,
+    type_into,
+    until,
+)
 
 pytestmark = pytest.mark.vm  # the server behind the pages boots (then stops) a real guest
 
@@ -28,14 +38,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve, s
     serve = Serve(state, "[agent]\nstop_timeout = 0.0\n")
     serve.start()
     try:
-        r = serve.http.post("/v2.1/servers", json={"server": {
-            "name": "web", "flavorRef": "2", "imageRef": "debian-busybox"}})
-        assert r.status_code == 202, r.text
-        sid = str(r.json()["server"]["id"])
-        serve.wait_status(sid, "ACTIVE", 300)
-        assert serve.action(sid, {"os-stop": None}).status_code == 202
-        serve.wait_status(sid, "SHUTOFF", 120)
-        yield serve, sid
+        yield serve, stopped_server(serve, "web")
     finally:
         serve.cleanup()
 

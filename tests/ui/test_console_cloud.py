@@ -19,7 +19,7 @@ from harness.cloud import manila_client_user, serve_config
 from harness.keystone import PASSWORD, Keystone
 from harness.manila import KeystoneManila
 from harness.process import wait_for
-from tests.ui.browser import LIVE, choose, click, row_status, screenshot, type_into, until
+from tests.ui.browser import LIVE, choose, click, row_status, screenshot, stopped_server, type_into, until
 from tests.vm.harness import Serve, console_on_failure, serving
 
 pytestmark = [pytest.mark.vm, pytest.mark.manila, pytest.mark.keystone]
@@ -44,13 +44,7 @@ def cloud(keystone: Keystone, manila_keystone: KeystoneManila) -> Iterator[WebCl
                                              token=keystone.token("a_member"))
         try:
             with console_on_failure(serve):
-                r = serve.http.post("/v2.1/servers", json={"server": {
-                    "name": "webcloud", "flavorRef": "2", "imageRef": "debian-busybox"}})
-                assert r.status_code == 202, r.text
-                sid = str(r.json()["server"]["id"])
-                serve.wait_status(sid, "ACTIVE", 300)
-                assert serve.action(sid, {"os-stop": None}).status_code == 202
-                serve.wait_status(sid, "SHUTOFF", 120)
+                sid = stopped_server(serve, "webcloud")
             yield WebCloud(keystone, manila_keystone, serve, sid, share)
         finally:
             manila_keystone.request("DELETE", f"/shares/{share['id']}")
