@@ -488,7 +488,7 @@ def test_an_attachment_waiting_too_long_says_what_for(world: World,
     agent = world.agent
     agent._inflight.add(sid)
     agent._run_one(sid)  # waits for the rule: requeued
-    assert agent._waiting[sid] == (1000.0, False)
+    assert agent._waiting[sid][:2] == (1000.0, False)
     assert not world.mapping(mid).fault_message  # type: ignore[union-attr]
     clock[0] += world.config.agent.stall_after + 1
     agent._inflight.add(sid)

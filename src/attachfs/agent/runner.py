@@ -57,8 +57,9 @@ class Agent:
         self._seen: dict[str, tuple[object, ...]] = {}  # what the rows said when last queued
         self._failures: dict[str, int] = {}  # failed passes in a row, per key
         self._retrying: set[str] = set()  # keys whose due time is a backoff: kept unless urgent
-        # keys whose passes keep asking to look again: since when, and whether it was said
-        self._waiting: dict[str, tuple[float, bool]] = {}
+        # keys whose passes keep asking to look again: since when, whether it was said, and
+        # what for (waiting for something else starts a new streak)
+        self._waiting: dict[str, tuple[float, bool, str]] = {}
         self._inflight: set[str] = set()
         self._again: set[str] = set()  # asked for while in flight
         self._pool = ThreadPoolExecutor(self.config.agent.workers, thread_name_prefix="reconcile")
@@ -247,11 +248,14 @@ class Agent:
         if result.next != Next.REQUEUE:
             self._waiting.pop(key, None)
             return
-        now = time.monotonic()
-        since, told = self._waiting.setdefault(key, (now, False))
+        now, why = time.monotonic(), result.why or "the server to settle"
+        since, told, waited_for = self._waiting.get(key, (now, False, why))
+        if waited_for != why:  # waiting for something else now: a new streak
+            since, told = now, False
         if not told and now - since >= self.config.agent.stall_after:
-            self._waiting[key] = (since, True)
-            self.r.note_waiting(key, result.why or "the server to settle", now - since)
+            self.r.note_waiting(key, why, now - since)
+            told = True
+        self._waiting[key] = (since, told, why)
 
     def _schedule(self, key: str, result: PassResult, again: bool) -> None:
         self._note_waiting(key, result)
