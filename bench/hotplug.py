@@ -57,6 +57,30 @@ FLOOR_SCRIPT = """#!/bin/sh
 ) </dev/null >/dev/console 2>&1 &
 echo "bench-floor: polling"
 """
+# The floor of detaching several shares at once: per batch (its size from {sizes}), mount every
+# tag of the batch, then, when asked, unmount them all with one umount (as attachfs's guest
+# agent does), and let the host unplug them together.
+TOGETHER_FLOOR_SCRIPT = """#!/bin/sh
+(
+  b=0
+  for n in {sizes}; do
+    j=0; paths=
+    while [ "$j" -lt "$n" ]; do
+      t=tog${b}x$j
+      mkdir -p /mnt/$t
+      until mount -t virtiofs $t /mnt/$t 2>/dev/null; do sleep 0.05; done
+      paths="$paths /mnt/$t"
+      j=$((j + 1))
+    done
+    echo "bench-floor: mounted batch $b"
+    until ls -a /mnt/tog${b}x0 | grep -qx {mark}; do sleep 0.05; done
+    umount $paths
+    echo "bench-floor: unmounted batch $b"
+    b=$((b + 1))
+  done
+) </dev/null >/dev/console 2>&1 &
+echo "bench-floor: polling"
+"""
 HotRow = tuple[float, float, float, float | None, float]
 FloorRow = tuple[float, float, float]
 
@@ -65,7 +89,8 @@ class FloorGuest:
     """A guest of our own, booted with LibvirtDriver directly; the real metadata service over a
     small SQLite database answers its agent (no attachments) and hands it FLOOR_SCRIPT."""
 
-    def __init__(self, state: Path, images_dir: str, rounds: int) -> None:
+    def __init__(self, state: Path, images_dir: str, rounds: int,
+                 script: str | None = None) -> None:
         from attachfs.db.engine import Database, migrate
         from attachfs.metadata.sockets import MetadataSockets
         from attachfs.virt.base import GuestSpec
@@ -82,7 +107,9 @@ class FloorGuest:
         url = f"sqlite:///{state / 'floor-guest.db'}"
         migrate(url)
         self.db = Database(url)
-        script = FLOOR_SCRIPT.replace("{count}", str(rounds)).replace("{mark}", UNMOUNT_MARK)
+        if script is None:
+            script = FLOOR_SCRIPT.replace("{count}", str(rounds))
+        script = script.replace("{mark}", UNMOUNT_MARK)
         self._add_server(images[0].id, script)
         self.metadata = MetadataSockets(self.db, state / "metadata")
         self.driver = LibvirtDriver(owner=FLOOR_OWNER)  # sees only this guest, no one else's
@@ -121,6 +148,31 @@ class FloorGuest:
             detached = time.perf_counter() - t0
         mark.unlink()
         return mounted, call, detached
+
+    def batch(self, b: int, n: int) -> float:
+        """Batch `b` of TOGETHER_FLOOR_SCRIPT: `n` shares plugged and mounted, then asked to
+        unmount and unplugged together: seconds from the ask until every device is gone."""
+        from attachfs.virt.base import GuestShare
+
+        tags = [f"tog{b}x{j}" for j in range(n)]
+        dirs = [self.share_dir / tag for tag in tags]
+        with tail(self.console) as con:
+            for tag, d in zip(tags, dirs, strict=True):
+                d.mkdir()
+                self.driver.attach_share(self.uuid, GuestShare(tag=tag, host_path=d))
+            con.wait(f"bench-floor: mounted batch {b}", 60)
+            time.sleep(SETTLE)  # as on attachfs's side
+            t0 = time.perf_counter()
+            (dirs[0] / UNMOUNT_MARK).touch()
+            con.wait(f"bench-floor: unmounted batch {b}", 60)
+            for tag in tags:
+                self.driver.request_detach(self.uuid, tag)
+            deadline = time.monotonic() + 60
+            while set(tags) & self.driver.guest_share_tags(self.uuid):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"floor batch {b}: devices still there after 60 s")
+                time.sleep(0.02)
+            return time.perf_counter() - t0
 
     def close(self) -> None:
         try:
@@ -231,6 +283,10 @@ def rounds(serve: Serve, sid: str, share_id: str, console: Path, floor: FloorGue
 
 
 TOGETHER = 7  # shares detached at once (issue 8's target: within 2x the time of one)
+# s between the last mount and the DELETEs: the guest agent has reported and waits on the
+# metadata service again (a DELETE in the middle of its round is heard only after it)
+SETTLE = 1.0
+TOGETHER_RUNS = 3  # of each size, each side
 
 
 def detach_together(serve: Serve, sid: str, console: Path, shares: list[str],
@@ -244,6 +300,7 @@ def detach_together(serve: Serve, sid: str, console: Path, shares: list[str],
             attach(client, sid, share_id, tag)
         for tag in tags:
             con.wait(f"attachfs-guest: mounted share {tag} at", 120)
+    time.sleep(SETTLE)  # the guest agent back to waiting on the metadata service
     t0 = time.perf_counter()
     urls = [detach(client, sid, share_id) for share_id in shares]
     deadline = time.monotonic() + 120
@@ -254,28 +311,42 @@ def detach_together(serve: Serve, sid: str, console: Path, shares: list[str],
     return time.perf_counter() - t0
 
 
-def together_part(serve: Serve, sid: str, console: Path, fig: Figures, runs: int = 3) -> None:
+def together_part(serve: Serve, sid: str, console: Path, fig: Figures, runs: int = 3,
+                  floor: FloorGuest | None = None) -> None:
     """On the running server: one share detached alone, then TOGETHER at once, `runs` times
-    each, alternating (so a slow spell of the machine hits both sides)."""
+    each, alternating (so a slow spell of the machine hits both sides); with `floor` (a guest
+    running TOGETHER_FLOOR_SCRIPT for the same sizes), the same by hand beside it."""
     shares = [serve.new_share(f"tog-{uuid.uuid4().hex[:8]}")[0] for _ in range(TOGETHER)]
-    one: list[float] = []
-    many: list[float] = []
+    sides: dict[str, list[float]] = {"detach_together_1": [], f"detach_together_{TOGETHER}": [],
+                                     "floor_together_1": [], f"floor_together_{TOGETHER}": []}
     for i in range(runs):
-        one.append(detach_together(serve, sid, console, shares[:1], 2 * i))
-        many.append(detach_together(serve, sid, console, shares, 2 * i + 1))
-        log(f"detach together, run {i}: 1 share {one[-1]:.2f} s, {TOGETHER} shares "
-            f"{many[-1]:.2f} s")
-    fig.update(stats("detach_together_1", one))
-    fig.update(stats(f"detach_together_{TOGETHER}", many))
+        for k, n in enumerate((1, TOGETHER)):
+            sides[f"detach_together_{n}"].append(
+                detach_together(serve, sid, console, shares[:n], 2 * i + k))
+            if floor is not None:
+                sides[f"floor_together_{n}"].append(floor.batch(2 * i + k, n))
+        log(f"detach together, run {i}: " + ", ".join(
+            f"{key} {v[-1]:.2f} s" for key, v in sides.items() if v))
+    for key, samples in sides.items():
+        fig.update(stats(key, samples))
+
+
+def together_floor_script(runs: int) -> str:
+    """TOGETHER_FLOOR_SCRIPT for together_part's batches: 1, TOGETHER, 1, TOGETHER, ..."""
+    return TOGETHER_FLOOR_SCRIPT.replace("{sizes}", " ".join(["1", str(TOGETHER)] * runs))
 
 
 def hot_part(serve: Serve, sid: str, share_id: str, console: Path, state_root: Path,
              args: argparse.Namespace, fig: Figures) -> None:
-    """The server is stopped with no attachment: boot it and a floor guest, then the rounds."""
+    """The server is stopped with no attachment: boot it and two floor guests (the rounds',
+    and the one of seven detaches at once), then the rounds, then seven detaches at once."""
     state = Path(tempfile.mkdtemp(prefix="hotfloor-", dir=state_root))
-    floor: FloorGuest | None = None
+    floors: list[FloorGuest] = []
     try:
-        floor = FloorGuest(state, args.images_dir, args.hot_rounds + 1)
+        (state / "r").mkdir()  # short: the metadata socket paths below must fit sun_path
+        (state / "t").mkdir()
+        floor = FloorGuest(state / "r", args.images_dir, args.hot_rounds + 1)
+        floors.append(floor)
         floor.start()
         with tail(floor.console) as fcon:
             with tail(console) as con:
@@ -285,11 +356,21 @@ def hot_part(serve: Serve, sid: str, share_id: str, console: Path, state_root: P
             f"1 warm-up + {args.hot_rounds} rounds each")
         other_guests(fig, "hot_other_guests", sid, floor.uuid)
         rounds(serve, sid, share_id, console, floor, args, fig)
-        together_part(serve, sid, console, fig)
+        # seven at once, beside a floor guest of their own (booted now: its polling loop
+        # would have taken CPU from the rounds)
+        floor.close()
+        floors.remove(floor)
+        together = FloorGuest(state / "t", args.images_dir, 0,
+                              together_floor_script(TOGETHER_RUNS))
+        floors.append(together)
+        with tail(together.console) as tcon:
+            together.start()
+            tcon.wait("bench-floor: polling", 300)
+        together_part(serve, sid, console, fig, TOGETHER_RUNS, together)
     finally:
-        if floor is not None:
+        for f in floors:
             try:
-                floor.close()
+                f.close()
             except Exception as exc:  # noqa: BLE001 - cleanup goes on
                 log(f"cleanup: stopping the floor guest failed: {exc}")
         try:

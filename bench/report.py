@@ -172,6 +172,8 @@ def hot_rows(fig: Figures) -> list[Row]:
     add("  DELETE -> agent done (serve.log)", "hot_detach_agent")
     add("hot detach of 7 shares at once: DELETEs -> all gone", "detach_together_7",
         "detach_together_1", "1 share alone; target <= 2x")
+    add("floor: 7 unmounted and unplugged together", "floor_together_7", "floor_together_1",
+        "floor: 1 share alone")
     return out
 
 

@@ -179,6 +179,11 @@ def test_mounted_entries_decode_proc_mounts_escapes(tmp_path: Path) -> None:
                           str(listed)], env={"ATTACHFS_AGENT_LIB": "1", "PATH": os.environ["PATH"]},
                          capture_output=True, text=True, timeout=30, check=True).stdout
     assert [line.split("\t")[0] for line in out.splitlines()] == ["b", "c", "f", "h"]
+    out = subprocess.run([BUSYBOX, "sh", "-c", f'. "{patched}"; mounted_entries "$1" tags',
+                          "agent", str(listed)], env={"ATTACHFS_AGENT_LIB": "1",
+                                                      "PATH": os.environ["PATH"]},
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert out.splitlines() == ["b", "c", "f", "h"]  # the report's form: tags only
     empty = tmp_path / "empty"
     empty.write_text("")
     out = subprocess.run([BUSYBOX, "sh", "-c", f'. "{patched}"; mounted_entries "$1"', "agent",
