@@ -160,7 +160,7 @@ def _page_links(request: Request, rows: list[ServerRecord], path: str) -> dict[s
 @router.get("")
 def list_servers(request: Request) -> dict[str, Any]:
     rows = queries.list_servers(deps.uow(request), deps.env(request), deps.context(request),
-                                _page(request)).servers
+                                _page(request), brief=True).servers
     return {"servers": [views.server_brief(sv, deps.base_url(request)) for sv in rows],
             **_page_links(request, rows, "/v2.1/servers")}
 

@@ -89,7 +89,8 @@ class ServerPage:
 
 
 def list_servers(uow: UnitOfWork, env: Env, ctx: RequestContext, page: ServerPage,
-                 with_attachments: bool = False) -> ServersSeen:
+                 with_attachments: bool = False, brief: bool = False) -> ServersSeen:
+    """`brief`: ids and names only (GET /servers): no host is read."""
     env.policy.authorize(servers.RULE % "index", ctx, ctx.project_id)
     matches = name_filter(page.name) if page.name is not None else None
     with uow.read() as repos:
@@ -107,6 +108,8 @@ def list_servers(uow: UnitOfWork, env: Env, ctx: RequestContext, page: ServerPag
         if with_attachments:
             for m in repos.attachments.of_servers([sv.uuid for sv in rows]):
                 by_server.setdefault(m.instance_uuid, []).append(m)
+        if brief:
+            return ServersSeen(rows, by_server, {})
         return _with_hosts(repos, env, ctx, rows, by_server)
 
 
