@@ -87,11 +87,19 @@ def log_in(driver: Any, serve: Serve, user: str, project: str, role: str) -> Non
     until("the servers page", lambda: "Servers" in driver.find_element(By.TAG_NAME, "h1").text)
 
 
-def row_status(driver: Any, share_id: str) -> str | None:
-    from selenium.webdriver.common.by import By
+def text_of(driver: Any, css: str) -> str | None:
+    """The text `css` selects, read in one step in the page: the page redraws live, so an
+    element found first and read after may already be gone (stale)."""
+    text = driver.execute_script(
+        "const el = document.querySelector(arguments[0]); return el ? el.innerText : null", css)
+    if text is None:
+        return None
+    # as WebElement.text has it: a table's cells one space apart, no blank ends
+    return "\n".join(" ".join(line.split()) for line in str(text).strip().splitlines())
 
-    rows = driver.find_elements(By.CSS_SELECTOR, f'tr[data-share="{share_id}"] .status')
-    return rows[0].text if rows else None
+
+def row_status(driver: Any, share_id: str) -> str | None:
+    return text_of(driver, f'tr[data-share="{share_id}"] .status')
 
 
 def stopped_server(serve: Serve, name: str) -> str:

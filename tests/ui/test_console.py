@@ -24,6 +24,7 @@ from tests.ui.browser import (
     row_status,
     screenshot,
     stopped_server,
+    text_of,
     type_into,
     until,
 )
@@ -69,7 +70,7 @@ def test_a_member_creates_attaches_sees_it_live_and_detaches(
     browser.find_element(By.NAME, "read_only").click()
     click(browser, "form[aria-label='Attach a share'] button", "the form's button")
     until("the attachment inactive", lambda: row_status(browser, share_id) == "inactive")
-    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-share="{share_id}"]').text
+    row = text_of(browser, f'tr[data-share="{share_id}"]') or ""
     assert "webdata" in row and "yes" in row  # tag, read-only
     screenshot(browser, tmp_path, "server")
     # live: an attach made elsewhere (the API, another client) shows up on its own
@@ -177,7 +178,7 @@ def test_a_member_starts_and_stops_the_server_from_the_keyboard(console: tuple[S
     until("the Stop button reached and pressed", lambda: press("Stop") or True)
     until("SHUTOFF, shown", lambda: "SHUTOFF" in browser.find_element(By.TAG_NAME, "h1").text,
           120)
-    actions = browser.find_element(By.CSS_SELECTOR, "table[aria-label='Instance actions']").text
+    actions = text_of(browser, "table[aria-label='Instance actions']") or ""
     assert "start alice" in actions and "stop alice" in actions, actions
     serve.wait_status(sid, "SHUTOFF", 120)
 
@@ -219,15 +220,15 @@ def test_an_admin_sees_every_server_and_the_hosts(console: tuple[Serve, str], br
 
     serve, sid = console
     log_in(browser, serve, "admin", "admin", "admin")
-    row = until("alice's server, with its host", lambda: browser.find_elements(
-        By.CSS_SELECTOR, f'tr[data-server="{sid}"]'))[0]
     host = serve.http.get("/v2.1/os-services", headers={"X-Auth-Token": "admin:admin"}).json()
     (service,) = host["services"]
-    assert service["host"] in row.text
+    row = until("alice's server, with its host",
+                lambda: text_of(browser, f'tr[data-server="{sid}"]'))
+    assert service["host"] in row
     browser.find_element(By.LINK_TEXT, "Hosts").click()
-    up = until("the host, up", lambda: browser.find_elements(
-        By.CSS_SELECTOR, f'tr[data-host="{service["host"]}"] .status'))
-    assert up[0].text == "up"
-    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-host="{service["host"]}"]').text
+    up = until("the host, up", lambda: text_of(
+        browser, f'tr[data-host="{service["host"]}"] .status'))
+    assert up == "up"
+    row = text_of(browser, f'tr[data-host="{service["host"]}"]') or ""
     assert " of " in row  # its vCPUs and memory in use, of what it has
     screenshot(browser, tmp_path, "hosts")

@@ -19,7 +19,17 @@ from harness.cloud import manila_client_user, serve_config
 from harness.keystone import PASSWORD, Keystone
 from harness.manila import KeystoneManila
 from harness.process import wait_for
-from tests.ui.browser import LIVE, choose, click, row_status, screenshot, stopped_server, type_into, until
+from tests.ui.browser import (
+    LIVE,
+    choose,
+    click,
+    row_status,
+    screenshot,
+    stopped_server,
+    text_of,
+    type_into,
+    until,
+)
 from tests.vm.harness import Serve, console_on_failure, serving
 
 pytestmark = [pytest.mark.vm, pytest.mark.manila, pytest.mark.keystone]
@@ -80,8 +90,7 @@ def test_a_member_attaches_a_manila_share_and_sees_it_live(cloud: WebCloud, brow
         By.CSS_SELECTOR, f'tr[data-server="{sid}"]'))
     # the shares page: the Manila share, from the share service, with its size
     browser.get(f"{serve.url}/ui/#/shares")
-    row = until("the Manila share listed", lambda: browser.find_elements(
-        By.CSS_SELECTOR, f'tr[data-share="{share_id}"]'))[0].text
+    row = until("the Manila share listed", lambda: text_of(browser, f'tr[data-share="{share_id}"]'))
     assert cloud.share["name"] in row and "NFS" in row and "1 GiB" in row, row
     screenshot(browser, tmp_path, "shares-manila")
     # attached from the server's page; the agent grants this host's rule in Manila
@@ -99,8 +108,8 @@ def test_a_member_attaches_a_manila_share_and_sees_it_live(cloud: WebCloud, brow
         "ip", "active", {"attachfs_host": HOST}), rule
     # the shares page says where it is attached
     browser.get(f"{serve.url}/ui/#/shares")
-    row = until("where it is attached", lambda: (t := browser.find_element(
-        By.CSS_SELECTOR, f'tr[data-share="{share_id}"]').text) and sid[:8] in t and t)
+    row = until("where it is attached", lambda: (t := text_of(
+        browser, f'tr[data-share="{share_id}"]')) and sid[:8] in t and t)
     assert "inactive" in row, row
     # detached from the server's page: the row goes live, the rule goes in Manila
     browser.get(f"{serve.url}/ui/#/servers/{sid}")

@@ -10,8 +10,13 @@ const session = {
   set(token, who) {
     sessionStorage.setItem("attachfs.token", token);
     sessionStorage.setItem("attachfs.who", JSON.stringify(who));
+    restartEvents();
   },
-  clear() { sessionStorage.removeItem("attachfs.token"); sessionStorage.removeItem("attachfs.who"); },
+  clear() {
+    sessionStorage.removeItem("attachfs.token");
+    sessionStorage.removeItem("attachfs.who");
+    restartEvents();
+  },
 };
 const isAdmin = () => (session.who?.roles || []).includes("admin");
 const canWrite = () => (session.who?.roles || []).some((r) => r === "member" || r === "admin");
@@ -272,13 +277,22 @@ async function draw() {
   } catch (e) { fail(e.message); }
 }
 
+// The event stream, as a watch after a list: once it is on, the page is read again, so that
+// nothing that changed between the page's last read and the subscription is missed. A new
+// session (log in, log out) ends the stream at once and starts one with the new token.
+let stream = null; // the AbortController of the stream under way
+let wake = () => {}; // ends the wait between two streams
+function restartEvents() { stream?.abort(); wake(); }
+
 async function listen() {
-  // server-sent events over fetch: the token goes in a header, as on every other request
   for (;;) {
-    if (!session.token) { await new Promise((r) => setTimeout(r, 1000)); continue; }
+    const token = session.token;
+    if (!token) { await new Promise((r) => { wake = r; }); continue; } // until a log in
+    stream = new AbortController();
     try {
-      const r = await fetch("/v2.1/os-attachfs-events", { headers: { "X-Auth-Token": session.token, Accept: "text/event-stream" } });
+      const r = await fetch("/v2.1/os-attachfs-events", { headers: { "X-Auth-Token": token, Accept: "text/event-stream" }, signal: stream.signal });
       if (!r.ok) throw new Error(String(r.status));
+      if (!location.hash.startsWith("#/login")) render(); // subscribed: read what is shown again
       const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {
@@ -294,7 +308,8 @@ async function listen() {
         }
       }
     } catch (e) { /* reconnect below */ }
-    await new Promise((r) => setTimeout(r, 2000));
+    if (session.token !== token) continue; // a new session: its stream now
+    await new Promise((r) => { wake = r; setTimeout(r, 2000); });
   }
 }
 
