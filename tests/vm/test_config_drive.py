@@ -1,15 +1,17 @@
 """The config drive stays true (the compute service's known bug: shares attached later never
 appear on it). Here the metadata service is switched off, so the config drive is the guest's
 only source: a share attached while stopped is mounted at the next boot, and one attached while
-running is mounted after the drive's media is changed live."""
+running is mounted after the drive's media is changed live, and after a crash that left the
+drive behind the rows, the restarted agent repairs it (the drive is observed, not assumed)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 
 import pytest
 
-from tests.vm.harness import GUEST_TEST, Serve, serving, wait_for
+from tests.vm.harness import GUEST_TEST, Serve, crash_after, serving, wait_for
 
 pytestmark = GUEST_TEST
 
@@ -48,5 +50,17 @@ def test_guest_mounts_from_the_config_drive(serve: Serve) -> None:
                            json={"share": {"share_id": hot, "tag": "hot"}}).status_code == 201
     serve.wait_mapping(sid, hot, "active")
     serve.wait_console(sid, "attachfs-guest: mounted share hot at /mnt/hot")
+
+    # killed between the hot attach's record and the drive's rebuild: the row says active, the
+    # drive does not list the share. The restarted agent sees the drive differ from the rows,
+    # rebuilds it and changes the media: the guest, with nothing but the drive, mounts it.
+    late, _ = serve.new_share("cd-late")
+    crash_after(serve, "hot_attach:record", lambda: serve.http.post(
+        f"/v2.1/servers/{sid}/shares", json={"share": {"share_id": late, "tag": "late"}}))
+    with sqlite3.connect(f"file:{serve.state_dir / 'attachfs.db'}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT status FROM share_mappings WHERE share_id = ?",
+                          (late,)).fetchall() == [("active",)]
+    serve.start()
+    serve.wait_console(sid, "attachfs-guest: mounted share late at /mnt/late")
     assert serve.http.delete(f"/v2.1/servers/{sid}").status_code == 204
     serve.wait_gone(sid)

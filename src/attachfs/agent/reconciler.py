@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from attachfs.agent.attachments import Attachments
+from attachfs.agent.config_drives import ConfigDrives
 from attachfs.agent.executor import Executor, backoff, pending_delay
 from attachfs.agent.server import ServerSteps
 from attachfs.agent.state import (
@@ -66,7 +67,9 @@ class Reconciler:
         self.virt, self.metadata, self.host = attachments.virt, attachments.metadata, config.agent.host
         self.memory = PassMemory(release_started={}, unplugging={},
                                  missing_since={})
-        self.server_steps = ServerSteps(config, db, attachments, images, self.memory)
+        self.drives = ConfigDrives(config, self.virt)
+        self.server_steps = ServerSteps(config, db, attachments, images, self.memory,
+                                        self.drives)
         self.executor = Executor(attachments, self.server_steps, crash_after)
 
     def mount_path(self, share_id: str, read_only: bool) -> str:
@@ -94,6 +97,9 @@ class Reconciler:
         if access_due(desired, self.memory, self.config.agent.access_check_interval,
                       actual.now):
             actual = replace(actual, access=observe_access(self.a.provider, self.host, desired))
+        if snap is not None and desired.config_drive and desired.power != Power.GONE:
+            desired = replace(desired, drive_digest=self.drives.wanted(snap))
+            actual = replace(actual, drive_digest=self.drives.held(snap.server))
         return snap, desired, actual
 
     def plan_for(self, uuid: str) -> tuple[Plan, Snapshot | None, object]:

@@ -4,7 +4,6 @@ mounts and devices no attachment claims, and the server row's outcome (`finish`)
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from attachfs.agent.attachments import Attachments
+from attachfs.agent.config_drives import ConfigDrives
 from attachfs.agent.executor import Outcome
 from attachfs.agent.state import PassMemory, Snapshot, read_snapshot
 from attachfs.config import Config
@@ -21,25 +21,24 @@ from attachfs.core.flavors import server_kind
 from attachfs.core.model import PowerIntent, VmState
 from attachfs.core.moves import IN_PROGRESS, failed, handed_over
 from attachfs.core.reconcile_model import Desired, Phase
-from attachfs.core.rules import ServerKind
 from attachfs.core.steps import Op, Operation, Step
 from attachfs.db import doorbell
 from attachfs.db.engine import Database
 from attachfs.db.tables import InstanceAction, Migration, Server, utcnow
-from attachfs.errors import BackendError, PermanentError
-from attachfs.metadata.app import config_drive_files
+from attachfs.errors import PermanentError
 from attachfs.notify.payloads import instance_action_payload
 from attachfs.paths import under_root
 from attachfs.virt.base import BootImage, GuestShare, GuestSpec
-from attachfs.virt.configdrive import build_config_drive, write_metadata_dir
 
 log = logging.getLogger(__name__)
 
 
 class ServerSteps:
     def __init__(self, config: Config, db: Database, attachments: Attachments,
-                 images: Callable[[], list[BootImage]], memory: PassMemory) -> None:
+                 images: Callable[[], list[BootImage]], memory: PassMemory,
+                 drives: ConfigDrives) -> None:
         self.config, self.db, self.a, self.images = config, db, attachments, images
+        self.drives = drives
         self.virt, self.metadata = attachments.virt, attachments.metadata
         self.memory = memory
 
@@ -55,8 +54,7 @@ class ServerSteps:
                 assert snap is not None
                 self._fenced(step, snap)
             case Op.FORGET:
-                self.config_drive_path(uuid).unlink(missing_ok=True)
-                shutil.rmtree(self.container_metadata_path(uuid), ignore_errors=True)
+                self.drives.remove(uuid)
                 self.a.release_guest(uuid)
             case Op.HANDOFF:
                 assert snap is not None
@@ -66,7 +64,8 @@ class ServerSteps:
             case Op.REMOVE_METADATA:
                 self.metadata.remove(uuid)
             case Op.CONFIG_DRIVE:
-                self._refresh_config_drive(uuid, live=True)
+                if (now := self._snapshot(uuid)) is not None:  # the rows as this pass left them
+                    self.drives.refresh(now, live=True)
             case Op.START_GUEST:
                 assert snap is not None
                 self._start(desired, snap, out)
@@ -98,7 +97,7 @@ class ServerSteps:
                        for s in desired.shares
                        if s.phase in (Phase.REQUESTED, Phase.HELD)
                        and s.id not in out.failed and s.id not in out.pending)
-        drive = self._refresh_config_drive(uuid, live=False)
+        drive = self.drives.refresh(self._snapshot(uuid) or snap, live=False)
         spec = GuestSpec(uuid=uuid, name=server.name, vcpus=server.vcpus,
                          memory_mib=server.memory_mib, image=image,
                          console_log=self.console_log(uuid),
@@ -206,8 +205,7 @@ class ServerSteps:
                                     "delete could not detach " + "; ".join(out.delete_failures))
                 return
             self.console_log(uuid).unlink(missing_ok=True)
-            self.config_drive_path(uuid).unlink(missing_ok=True)
-            shutil.rmtree(self.container_metadata_path(uuid), ignore_errors=True)
+            self.drives.remove(uuid)
             self.a.release_guest(uuid)
             log.info("server %s: deleted", uuid)
         elif step.force:
@@ -295,33 +293,5 @@ class ServerSteps:
             request_id=action.request_id if action else None, fault=None, shares=shares)
         self.a.notifier.notify(f"instance.{event}", payload)
 
-    def config_drive_path(self, uuid: str) -> Path:
-        return under_root(self.config.config_drive_dir, f"{uuid}.iso")
-
-    def container_metadata_path(self, uuid: str) -> Path:
-        return under_root(self.config.container_metadata_dir, uuid)
-
     def console_log(self, uuid: str) -> Path:
         return under_root(self.config.console_dir, f"{uuid}.log")
-
-    def _refresh_config_drive(self, uuid: str, live: bool) -> Path | None:
-        """Rebuild the ISO from the rows; a running guest gets the new media live. A container's
-        is a directory of the same files, bound into it: rewritten, it shows at once."""
-        snap = self._snapshot(uuid)
-        if snap is None:
-            return None
-        layout = self.config.containers.mount_layout
-        files = config_drive_files(snap.server, snap.mappings, layout=layout)
-        if server_kind(snap.server.flavor_id) == ServerKind.CONTAINER:
-            return write_metadata_dir(self.container_metadata_path(uuid), files)
-        if not snap.server.config_drive:
-            return None
-        path = self.config_drive_path(uuid)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        build_config_drive(path, files)
-        if live and self.virt.guest_state(uuid) == "running":
-            try:
-                self.virt.set_config_drive(uuid, path)
-            except BackendError as exc:
-                log.error("server %s: config drive media change failed: %s", uuid, exc)
-        return path

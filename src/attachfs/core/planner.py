@@ -170,11 +170,22 @@ def _plan(b: _Builder) -> Plan:
     for s in d.shares:  # this server's mounts it no longer needs (powered off, failed)
         powering_off = d.power == Power.OFF or stopped_itself
         b.unmount(Operation.POWER_OFF if powering_off else Operation.REPAIR, s.path, needed)
-    if d.config_drive and any(st.op == Op.RECORD and (st.status is None or st.operation in (
-            Operation.HOT_ATTACH, Operation.COLD_ATTACH)) for st in b.steps):
-        b.add(Operation.REPAIR, Op.CONFIG_DRIVE)  # the drive lists what the guest should mount
+    _plan_config_drive(b, booting)
     _plan_finish(b, running or booting, stopped_itself)
     return b.result()
+
+
+def _plan_config_drive(b: _Builder, booting: bool) -> None:
+    """The drive lists what the guest should mount: rebuilt when this pass records a change to
+    that list, or when the drive observed does not hold what the rows say (deleted, edited, a
+    crash between a record and its rebuild). A start builds it anyway."""
+    d = b.d
+    if not d.config_drive or booting:
+        return
+    recorded = any(st.op == Op.RECORD and (st.status is None or st.operation in (
+        Operation.HOT_ATTACH, Operation.COLD_ATTACH)) for st in b.steps)
+    if recorded or (d.drive_digest and d.drive_digest != b.a.drive_digest):
+        b.add(Operation.REPAIR, Op.CONFIG_DRIVE)
 
 
 def _attach_operation(running: bool, booting: bool) -> Operation:

@@ -84,6 +84,8 @@ class Desired:
     settled: bool = True  # generation == observed_generation and no task
     shares: tuple[DesiredShare, ...] = ()
     config_drive: bool = False
+    # a digest of the files the drive must hold (agent/config_drives.py); "" when not computed
+    drive_digest: str = ""
     generation: int = 0  # the server's desired-state version (a reboot request bumps it)
     paths_used_elsewhere: frozenset[str] = frozenset()  # host mounts other servers need
     access_used_elsewhere: frozenset[str] = frozenset()  # shares other attachments hold
@@ -107,6 +109,7 @@ class Actual:
     guest_generation: int | None = None  # the server generation the running guest booted for
     fixed_devices: frozenset[str] = frozenset()  # tags whose device stays until the guest stops
     cooperative: bool = True  # a guest agent mounts and reports; False: the host does it all
+    drive_digest: str = ""  # a digest of the files the config drive holds; "": none, unreadable
     now: float = 0.0  # monotonic, same clock as guest_report and release_started
 
 

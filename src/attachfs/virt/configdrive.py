@@ -86,6 +86,6 @@ def write_metadata_dir(directory: Path, files: dict[str, bytes]) -> Path:
         tmp.replace(dest)
         wanted.add(dest)
     for path in directory.rglob("*"):
-        if path.is_file() and not path.is_symlink() and path not in wanted:
+        if (path.is_symlink() or path.is_file()) and path not in wanted:
             path.unlink()
     return directory
