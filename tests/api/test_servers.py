@@ -21,6 +21,9 @@ def test_create_list_show_delete(client: TestClient, wakes: object) -> None:
     extended = client.get(f"/v2.1/servers/{sid}",
                           headers={"OpenStack-API-Version": "compute 2.97, attachfs 1.0"})
     assert extended.json()["server"]["os-extended-shares:shares_attached"] == []
+    assert (extended.json()["server"]["attachfs:attempts"],
+            extended.json()["server"]["attachfs:last_error"]) == (0, None)
+    assert not [k for k in server if k.startswith("attachfs:")]
     assert "OS-EXT-SRV-ATTR:host" not in server
     r = client.delete(f"/v2.1/servers/{sid}")
     assert r.status_code == 204
@@ -119,3 +122,24 @@ def test_list_newest_first_with_name_filter_and_paging(client: TestClient) -> No
     for params in ({"limit": "x"}, {"limit": -1}, {"marker": "nope"}, {"name": "("}):
         r = client.get("/v2.1/servers", params=params)
         assert r.status_code == 400 and "badRequest" in r.json(), params
+
+
+def test_the_agents_failed_tries_show_on_the_server_with_the_extension(
+        client: TestClient, parts: Parts) -> None:
+    """What the agent records when a server's own step fails and is retried (agent/server.py
+    record_attempt, reconciler.note_stalled) is visible, in the list and on the server."""
+    from attachfs.db.tables import Server
+
+    sid = create_server(client)
+    with parts.db.session() as s:
+        row = s.get(Server, sid)
+        assert row is not None
+        row.attempts, row.last_error = 3, "start_guest failed: libvirtd is not answering"
+    ext = {"OpenStack-API-Version": "compute 2.97, attachfs 1.0"}
+    shown = client.get(f"/v2.1/servers/{sid}", headers=ext).json()["server"]
+    listed = client.get("/v2.1/servers/detail", headers=ext).json()["servers"][0]
+    for body in (shown, listed):
+        assert (body["attachfs:attempts"], body["attachfs:last_error"]) == (
+            3, "start_guest failed: libvirtd is not answering")
+    strict = client.get(f"/v2.1/servers/{sid}").json()["server"]
+    assert "attachfs:attempts" not in strict and "attachfs:last_error" not in strict

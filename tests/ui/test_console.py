@@ -8,6 +8,7 @@ ATTACHFS_SCREENSHOTS=DIR also into DIR: `make screenshots` writes docs/images)."
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,3 +233,23 @@ def test_an_admin_sees_every_server_and_the_hosts(console: tuple[Serve, str], br
     row = text_of(browser, f'tr[data-host="{service["host"]}"]') or ""
     assert " of " in row  # its vCPUs and memory in use, of what it has
     screenshot(browser, tmp_path, "hosts")
+
+
+def test_the_agents_failed_tries_show_on_the_server_page(console: tuple[Serve, str],
+                                                         browser: Any) -> None:
+    """What the agent records of a server step that fails and is retried (the server body's
+    attachfs:attempts and attachfs:last_error) is said on the server's page."""
+    serve, sid = console
+    with sqlite3.connect(serve.state_dir / "attachfs.db") as db:
+        db.execute("UPDATE servers SET attempts = 2, last_error = ? WHERE uuid = ?",
+                   ("start_guest failed: libvirtd is not answering", sid))
+    try:
+        log_in(browser, serve, "carol", "p1", "reader")
+        browser.get(f"{serve.url}/ui/#/servers/{sid}")
+        said = until("the failed tries said", lambda: text_of(browser, "main p.fault"))
+        assert said == ("The agent's last 2 tries failed and are retried: "
+                        "start_guest failed: libvirtd is not answering")
+    finally:
+        with sqlite3.connect(serve.state_dir / "attachfs.db") as db:
+            db.execute("UPDATE servers SET attempts = 0, last_error = NULL WHERE uuid = ?",
+                       (sid,))

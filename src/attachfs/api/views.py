@@ -116,6 +116,11 @@ def server_detail(s: ServerRecord, mappings: Sequence[AttachedShare], base: str,
     }
     if extended:  # seed 004: attached shares shown on the server
         view["os-extended-shares:shares_attached"] = [attached_share(m, admin) for m in mappings]
+        # the agent's tries at the server's own steps (start, stop, ...) that failed and are
+        # retried with backoff: how many in a row, and the last error (each attachment's are in
+        # its `fault`); 0 and null again once the operation completes
+        view["attachfs:attempts"] = s.attempts or 0
+        view["attachfs:last_error"] = s.last_error
     for key, since in SINCE.items():
         if not version.at_least(since):
             view.pop(key, None)

@@ -37,6 +37,8 @@ class ServerRecord(Protocol):
     user_data: str | None
     meta: dict[str, Any]
     fault_message: str | None
+    attempts: int  # the agent's failed tries in a row of the server's own steps
+    last_error: str | None  # the last of them
     config_drive: bool
     launched_at: dt.datetime | None
     created_at: dt.datetime

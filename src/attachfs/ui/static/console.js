@@ -164,8 +164,12 @@ async function serverPage(id) {
   const power = writable ? h("p", {},
     h("button", { type: "button", disabled: server.status !== "SHUTOFF", onclick: () => act("Starting", () => api("POST", `/v2.1/servers/${id}/action`, { "os-start": null })) }, "Start"), " ",
     h("button", { type: "button", disabled: server.status !== "ACTIVE", onclick: () => act("Stopping", () => api("POST", `/v2.1/servers/${id}/action`, { "os-stop": null })) }, "Stop")) : null;
+  // the agent's failed tries at the server's own steps, retried with backoff
+  const retrying = server["attachfs:attempts"] ? h("p", { class: "fault", role: "status" },
+    `The agent's last ${server["attachfs:attempts"]} tries failed and are retried: ${server["attachfs:last_error"] || ""}`) : null;
   show(
     h("h1", {}, server.name, " ", status(server.status)),
+    retrying,
     power,
     h("h2", {}, "Attached shares"),
     table(["Share", "Tag", "Status", "Transport", "Read-only", "Fault", ...(writable ? [""] : [])], rows, "Attached shares"),
