@@ -364,3 +364,68 @@ def test_the_listener_answers_a_waiting_guest_when_the_agent_rings(db: Database)
         sockets.close()
         socket_dir.cleanup()
 
+
+
+# A quiet window no test waits out by accident: what ends it is the rows staying the same.
+GATHER = LongPoll(max_wait=60.0, max_waiting=2, recheck=60.0, detach_quiet=1.0,
+                  detach_gather=30.0)
+
+
+def test_a_guest_told_to_let_go_hears_of_every_detach_sent_back_to_back(db: Database) -> None:
+    """Three DELETEs of one client: one answer without all three, so one round of the guest
+    unmounts them together (not a round per share)."""
+    sid = add_server(db, "vm")
+    for tag in ("a", "b", "c", "d"):
+        add_share(db, sid, tag)
+    reports, bell = GuestReports(), MetadataBell()
+    reports.record(sid, frozenset({"a", "b", "c", "d"}))  # what the guest has mounted
+    app = make_app(db, sid, reports=reports, bell=bell, long_poll=GATHER)
+
+    async def scenario() -> Answer:
+        etag = (await ask(app)).headers["etag"]
+        waiting = asyncio.create_task(ask(app, "wait=60", if_none_match(etag)))
+        await parked(bell, 1)
+        for tag in ("a", "b", "c"):  # as the API commits each DELETE, the agent ringing
+            set_status(db, sid, tag, "detaching")
+            bell.ring()
+            await asyncio.sleep(0.01)
+        return await asyncio.wait_for(waiting, 30)
+
+    answer = asyncio.run(scenario())
+    assert answer.status == 200 and answer.tags() == ["d"]
+
+
+def test_an_attach_is_answered_without_the_detach_window(db: Database) -> None:
+    """Nothing the guest holds is taken away (a share added; a guest that never reported):
+    the answer goes at once, whatever the quiet window."""
+    sid = add_server(db, "vm")
+    add_share(db, sid, "a")
+    reports, bell = GuestReports(), MetadataBell()
+    reports.record(sid, frozenset({"a"}))
+    app = make_app(db, sid, reports=reports, bell=bell,
+                   long_poll=LongPoll(max_wait=60.0, max_waiting=2, recheck=60.0,
+                                      detach_quiet=60.0, detach_gather=60.0))
+    unreported = add_server(db, "quiet")
+    add_share(db, unreported, "x")
+    other_bell = MetadataBell()
+    silent = make_app(db, unreported, reports=reports, bell=other_bell,
+                      long_poll=LongPoll(max_wait=60.0, max_waiting=2, recheck=60.0,
+                                         detach_quiet=60.0, detach_gather=60.0))
+
+    async def scenario() -> tuple[Answer, Answer]:
+        etag = (await ask(app)).headers["etag"]
+        waiting = asyncio.create_task(ask(app, "wait=60", if_none_match(etag)))
+        await parked(bell, 1)
+        add_share(db, sid, "b")
+        bell.ring()
+        added = await asyncio.wait_for(waiting, 10)
+        etag = (await ask(silent)).headers["etag"]
+        waiting = asyncio.create_task(ask(silent, "wait=60", if_none_match(etag)))
+        await parked(other_bell, 1)
+        set_status(db, unreported, "x", "detaching")
+        other_bell.ring()
+        return added, await asyncio.wait_for(waiting, 10)
+
+    added, taken = asyncio.run(scenario())
+    assert added.status == 200 and added.tags() == ["a", "b"]
+    assert taken.status == 200 and taken.tags() == []
