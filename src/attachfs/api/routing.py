@@ -1,5 +1,7 @@
 """The route class of every router: endpoints return JSON-ready values (the views build dicts
-of strings, numbers, booleans, None and lists), answered as a JSONResponse at once.
+of strings, numbers, booleans, None and lists), answered as JSON at once, encoded by
+pydantic-core (a page of servers with 10,000 attachments is 2.6 MB: the standard library's
+encoder took about a tenth of that request).
 
 FastAPI otherwise makes a response model of a `-> dict[str, Any]` annotation and validates
 every answer against it in a second trip through the thread pool, then walks it with
@@ -12,8 +14,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic_core import to_json
 from starlette.responses import Response
 
 
@@ -42,4 +44,6 @@ def answering_json(endpoint: Callable[..., Any], status: int) -> Callable[..., A
 
 
 def _response(value: Any, status: int) -> Response:
-    return value if isinstance(value, Response) else JSONResponse(value, status_code=status)
+    if isinstance(value, Response):
+        return value
+    return Response(to_json(value), status_code=status, media_type="application/json")

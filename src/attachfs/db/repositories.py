@@ -142,9 +142,11 @@ class SqlAttachments:
 
     def of_servers(self, server_uuids: Sequence[str]) -> list[AttachedShare]:
         # Plain rows, not ORM objects: a page of servers can carry 10,000 attachments, and
-        # building a tracked object for each was most of the time of GET servers/detail.
-        rows = self.s.execute(select(*_ATTACHED_SHARE).where(
-            ShareMapping.instance_uuid.in_(list(server_uuids))).order_by(ShareMapping.id))
+        # building a tracked object for each was most of the time of GET servers/detail. Run
+        # on the session's connection, not through the ORM: its loading still wrapped each
+        # of the rows (a third of this read's time).
+        rows = self.s.connection().execute(select(*_ATTACHED_SHARE).where(
+            _MAPPINGS.c.instance_uuid.in_(list(server_uuids))).order_by(_MAPPINGS.c.id))
         return cast(list[AttachedShare], rows.all())
 
     def get(self, server_uuid: str, share_id: str) -> AttachmentRecord | None:
