@@ -84,6 +84,10 @@ def read_directory(directory: Path) -> dict[str, bytes] | None:
     return files
 
 
+def _container(server: Server) -> bool:
+    return server_kind(server.flavor_id) == ServerKind.CONTAINER
+
+
 class ConfigDrives:
     def __init__(self, config: Config, virt: VirtDriver) -> None:
         self.config, self.virt = config, virt
@@ -92,7 +96,7 @@ class ConfigDrives:
 
     def location(self, server: Server) -> Path | None:
         """Where the server's drive lives on this host; None when it has none."""
-        if server_kind(server.flavor_id) == ServerKind.CONTAINER:
+        if _container(server):
             return under_root(self.config.container_metadata_dir, server.uuid)
         if server.config_drive:
             return under_root(self.config.config_drive_dir, f"{server.uuid}.iso")
@@ -110,7 +114,7 @@ class ConfigDrives:
         where = self.location(server)
         if where is None:
             return ABSENT
-        if server_kind(server.flavor_id) == ServerKind.CONTAINER:
+        if _container(server):
             files = read_directory(where)
             return ABSENT if files is None else files_digest(files)
         try:
@@ -137,7 +141,7 @@ class ConfigDrives:
         if self.held(snap.server) == files_digest(files):
             return where
         uuid = snap.server.uuid
-        if server_kind(snap.server.flavor_id) == ServerKind.CONTAINER:
+        if _container(snap.server):
             return write_metadata_dir(where, files)  # bound into it: shows at once
         where.parent.mkdir(parents=True, exist_ok=True)
         build_config_drive(where, files)
