@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,9 +60,10 @@ from attachfs.errors import NoFreeSlot
 from attachfs.virt import libvirt_xml as lx
 from attachfs.virt.base import GuestShare, GuestSpec, GuestView, PowerState, VirtCapabilities
 from attachfs.virt.kvm import kvm_usable
+from attachfs.virt.libvirt_domains import LibvirtDomains
 from attachfs.virt.libvirt_errors import UNPLUG_UNDER_WAY, active, gone, msg, virtiofsd_pidfile
 from attachfs.virt.libvirt_events import DomainEvents
-from attachfs.virt.libvirt_xml import NAME_PREFIX, OWNER_NS, VirtError, domain_name
+from attachfs.virt.libvirt_xml import NAME_PREFIX, VirtError, domain_name
 from attachfs.virt.metadata_net_supervisor import MetadataNetworks, stream_socket_path
 from attachfs.virt.virtiofs_view import pid_of, root_writable
 from attachfs.virt.virtiofsd import VIRTIOFSD, VirtiofsDaemons
@@ -77,7 +77,7 @@ DEFAULT_VIRTIOFS_DIR = Path("/run/attachfs/virtiofs")  # tools; an agent uses it
 
 
 
-class LibvirtDriver:
+class LibvirtDriver(LibvirtDomains):
     def __init__(
         self,
         uri: str = "qemu:///system",
@@ -95,35 +95,16 @@ class LibvirtDriver:
         helpers. virtiofs_dir: the sockets and records of the devices' virtiofsd; virtiofsd:
         the program (virt/virtiofsd.py). scope: name each guest's domain per host
         (libvirt_xml.domain_uuid), for several agents on one libvirtd."""
-        self.owner = owner
-        self.scope = scope
+        super().__init__(uri, owner, scope)
         self._servers: dict[str, str] = {}  # domain uuid -> server uuid (scope set)
-        self.uri = uri
         self.spare_root_ports = spare_root_ports
         self._domain_type = domain_type
         self.networks = networks if networks is not None else MetadataNetworks()
         self.daemons = VirtiofsDaemons(virtiofs_dir, virtiofsd)
-        self._conn: libvirt.virConnect | None = None
         self._events: DomainEvents | None = None
         self.capabilities = VirtCapabilities(
             hot_plug=True, read_only_enforced_by_hypervisor=False,
             share_transports=("virtiofs", "9p"))
-
-    # -- connection ---------------------------------------------------------------------------
-    @property
-    def conn(self) -> libvirt.virConnect:
-        if self._conn is not None:
-            try:
-                if self._conn.isAlive():
-                    return self._conn
-            except libvirt.libvirtError:
-                pass
-            self._conn = None
-        try:
-            self._conn = libvirt.open(self.uri)
-        except libvirt.libvirtError as e:
-            raise VirtError(f"cannot connect to libvirt at {self.uri}: {msg(e)}") from e
-        return self._conn
 
     def watch(self, changed: Callable[[str | None], None]) -> None:
         """Call `changed(uuid)` when one of this driver's guests changes (a device removed, a
@@ -154,36 +135,6 @@ class LibvirtDriver:
     @property
     def domain_type(self) -> str:
         return self._domain_type or ("kvm" if kvm_usable() else "qemu")
-
-    def _lookup(self, uuid: str) -> libvirt.virDomain | None:
-        dom_uuid = lx.domain_uuid(uuid, self.scope)
-        try:
-            dom = self.conn.lookupByUUIDString(dom_uuid)
-        except libvirt.libvirtError as e:
-            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return None
-            raise VirtError(f"looking up guest {uuid}: {msg(e)}") from e
-        if dom.name() != domain_name(dom_uuid) or not self._owned(dom):
-            return None  # not one of ours
-        return dom
-
-    @staticmethod
-    def _server_in(dom: libvirt.virDomain) -> str | None:
-        """The server uuid a per-host domain carries in its metadata."""
-        try:
-            xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, lx.SERVER_NS, 0)
-        except libvirt.libvirtError:
-            return None
-        return ET.fromstring(xml).get("uuid") or None
-
-    def _owned(self, dom: libvirt.virDomain) -> bool:
-        if self.owner is None:
-            return True
-        try:
-            xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, OWNER_NS, 0)
-        except libvirt.libvirtError:
-            return False  # no owner tag (or the guest vanished): not ours
-        return (ET.fromstring(xml).text or "") == self.owner
 
     # -- XML ------------------------------------------------------------------------------------
     def domain_xml(self, spec: GuestSpec) -> str:
@@ -343,25 +294,6 @@ class LibvirtDriver:
         return self.daemons.source(uuid, share.tag) or ""
 
     # -- hot plug -------------------------------------------------------------------------------
-    def _live_xml(self, uuid: str, dom: libvirt.virDomain | None = None) -> str | None:
-        """The running guest's live XML; None when it is not ours or not running."""
-        dom = dom if dom is not None else self._lookup(uuid)
-        if dom is None or not active(dom):
-            return None
-        try:
-            return str(dom.XMLDesc(0))
-        except libvirt.libvirtError as e:
-            if gone(e):
-                return None
-            raise VirtError(f"reading guest {uuid}: {msg(e)}") from e
-
-    def _running(self, uuid: str, doing: str) -> tuple[libvirt.virDomain, str]:
-        dom = self._lookup(uuid)
-        xml = self._live_xml(uuid, dom) if dom is not None else None
-        if dom is None or xml is None:
-            raise VirtError(f"{doing}: guest {uuid} is not running")
-        return dom, xml
-
     def free_share_slots(self, uuid: str) -> int:
         xml = self._live_xml(uuid)
         return len(lx.root_ports(xml)[1]) if xml is not None else 0
