@@ -63,9 +63,9 @@ class LongPoll:
     recheck: float = 5.0
     # A waiting guest told to let go of a share it holds hears it once the answer has stayed
     # the same for detach_quiet s (at most detach_gather s): a client detaching several shares
-    # sends its DELETEs back to back (3-5 ms apart), and one round of the guest then lets go of
-    # them all, where it took a round per few shares, each 150-250 ms under TCG. An attach
-    # (nothing taken away) is answered at once.
+    # sends its DELETEs back to back (12-15 ms apart here, guest and agent busy), and one
+    # round of the guest then lets go of them all, where it took a round per few shares, each
+    # 150-250 ms under TCG. An attach (nothing taken away) is answered at once.
     detach_quiet: float = 0.03
     detach_gather: float = 0.25
 
@@ -279,8 +279,7 @@ class _GuestMetadata:
                 found = self.load()
                 if found is None:
                     return _not_found()
-                answer = JSONResponse(meta_data(*found, extended, self.nfs))
-                etag = etag_of(bytes(answer.body))
+                answer, etag = self._answer(found, extended)
                 if etag not in known and "*" not in known:
                     if gone is not None and not gathered and self._takes_away(found[1]):
                         gathered = True
@@ -308,6 +307,12 @@ class _GuestMetadata:
                 gone.cancel()
                 self.waiting -= 1
 
+    def _answer(self, found: tuple[Server, list[ShareMapping]],
+                extended: bool) -> tuple[JSONResponse, str]:
+        """meta_data.json for the rows `found`, and its entity tag."""
+        answer = JSONResponse(meta_data(*found, extended, self.nfs))
+        return answer, etag_of(bytes(answer.body))
+
     def _takes_away(self, mappings: list[ShareMapping]) -> bool:
         """Whether the answer no longer lists a share the guest last said it has mounted."""
         report = self.reports.mounted(self.server_uuid) if self.reports is not None else None
@@ -326,7 +331,7 @@ class _GuestMetadata:
             found = self.load()
             if found is None:
                 return
-            now_etag = etag_of(bytes(JSONResponse(meta_data(*found, extended, self.nfs)).body))
+            now_etag = self._answer(found, extended)[1]
             if now_etag != etag:
                 etag, still_since = now_etag, time.monotonic()
 
