@@ -16,6 +16,8 @@ host mount)."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import socket
 import sqlite3
 import time
 import uuid
@@ -247,6 +249,20 @@ def test_delete(matrix: Matrix, step: str) -> None:
     share_id, _ = matrix.serve.new_share(f"del-{step}")
     matrix.attach(server, share_id, "gone")
     matrix.serve.wait_mapping(server, share_id, "active")
-    matrix.crash(f"delete:{step}", lambda: matrix.serve.http.delete(f"/v2.1/servers/{server}"))
+
+    def metadata_served() -> bool:  # a listener answers on the guest's metadata socket
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as conn:
+            conn.connect(str(matrix.serve.state_dir / "metadata" / f"{server}.sock"))
+            return True
+        return False
+
+    def delete() -> None:
+        # The delete gives the metadata back only when it is served (the planner's
+        # _give_back_metadata): the restarted agent serves it again in its first passes, and a
+        # DELETE that beat them (a loaded machine) had no remove_metadata step to crash after.
+        wait_for("the restarted agent serving the guest's metadata", metadata_served, 60)
+        matrix.serve.http.delete(f"/v2.1/servers/{server}")
+
+    matrix.crash(f"delete:{step}", delete)
     assert matrix.serve.server(server) is None
     assert matrix.serve.http.delete(f"/v2.1/os-filesystem/del-{step}").status_code == 202
